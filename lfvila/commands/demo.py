@@ -1,0 +1,10 @@
+"""lfvila demo (not implemented yet)."""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    raise SystemExit("lfvila demo: not implemented yet")

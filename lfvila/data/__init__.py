@@ -1,0 +1,1 @@
+"""Streaming loader: shards -> training batches, exactly resumable."""

@@ -1,0 +1,1 @@
+"""Losses, each its own module: global contrastive, MTC, MLM, VTM."""

@@ -1,0 +1,1 @@
+"""Manifest stage: raw clip-caption sources -> canonical clips -> long-form video tables."""

@@ -1,0 +1,1 @@
+"""LF-VILA models: HTWA video encoder, hierarchical text encoder, the joint model."""

@@ -1,0 +1,1 @@
+"""Shard stage: long-form videos -> decoded frames -> WebDataset tar shards."""

@@ -1,0 +1,105 @@
+"""Small synthetic corpora in the shard sample format, for tests and fixtures.
+
+The sample format is the contract between the shard writer and the loader (see README,
+"Sample format"): ``KEY.json`` with ``frame_times`` and ``sentences`` carrying
+``[frame_start, frame_end)`` frame ranges, and ``KEY.NNNN.jpg`` frames in time order.
+Each synthetic sentence names a colour and its frames show that colour, so a model can
+learn the pairing: tests that expect learning use this.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 220, 40),
+    "purple": (150, 50, 200),
+    "orange": (240, 140, 30),
+    "white": (240, 240, 240),
+    "black": (15, 15, 15),
+}
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def synthetic_sample(
+    key: str,
+    rng: random.Random,
+    n_sentences: int = 4,
+    frames_per_sentence: tuple[int, int] = (3, 6),
+    size: tuple[int, int] = (48, 80),
+    fps: float = 3.0,
+) -> dict:
+    """One sample as a webdataset dict: ``__key__``, ``json`` (bytes) and ``NNNN.jpg`` frames."""
+    h, w = size
+    names = list(COLOURS)
+    frames: list[bytes] = []
+    frame_times: list[float] = []
+    sentences = []
+    t = 0.0
+    for i in range(n_sentences):
+        colour = rng.choice(names)
+        n = rng.randint(*frames_per_sentence)
+        start = t
+        first = len(frames)
+        for _ in range(n):
+            noise = np.random.default_rng(rng.randrange(1 << 30)).integers(-12, 13, size=(h, w, 3))
+            rgb = np.clip(np.array(COLOURS[colour])[None, None, :] + noise, 0, 255).astype(np.uint8)
+            frames.append(_jpeg(rgb))
+            frame_times.append(round(t + 0.5 / fps, 6))
+            t += 1.0 / fps
+        sentences.append({
+            "text": f"the screen is {colour} now",
+            "start": round(start, 6),
+            "end": round(t, 6),
+            "clip_id": f"{key}-{i}",
+            "frame_start": first,
+            "frame_end": len(frames),
+        })
+    meta = {
+        "key": key, "source": "synthetic", "video_id": key, "start": 0.0, "end": round(t, 6),
+        "fps": fps, "width": w, "height": h, "frame_times": frame_times, "sentences": sentences,
+    }
+    sample = {"__key__": key, "json": json.dumps(meta).encode()}
+    for i, jpg in enumerate(frames):
+        sample[f"{i:04d}.jpg"] = jpg
+    return sample
+
+
+def write_synthetic_shards(
+    out_dir: str | Path,
+    n_samples: int = 16,
+    samples_per_shard: int = 4,
+    split: str = "train",
+    seed: int = 0,
+    n_sentences: tuple[int, int] = (4, 6),
+    frames_per_sentence: tuple[int, int] = (3, 6),
+    size: tuple[int, int] = (48, 80),
+) -> list[str]:
+    """Write ``{split}-NNNNNN.tar`` shards of synthetic samples; return their paths in order."""
+    import webdataset as wds
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for shard in range((n_samples + samples_per_shard - 1) // samples_per_shard):
+        path = out_dir / f"{split}-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(shard * samples_per_shard, min(n_samples, (shard + 1) * samples_per_shard)):
+                sink.write(synthetic_sample(f"{split}_{i:06d}", rng, rng.randint(*n_sentences),
+                                            frames_per_sentence, size))
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,1 @@
+"""Streaming trainer: step-based loop, checkpoints, evaluation."""

