@@ -1,10 +1,54 @@
-"""lfvila build (not implemented yet)."""
+"""lfvila build: sources -> manifests (clips, rejects, long-form tables) -> WebDataset shards.
+
+Examples:
+  lfvila build --out corpus --source activitynet:train.json --stage manifest
+  lfvila build --out corpus --source hdvila:meta.jsonl --videos videos/ --config pipelines/lfvila8m.yaml
+  lfvila build --out corpus --source hdvila:meta.jsonl --videos videos/ --engine ray --ray-address HOST:6379
+"""
 from __future__ import annotations
+
+import os
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("--out", required=True, help="corpus directory")
+    parser.add_argument("--source", action="append", default=[], metavar="FORMAT:PATH",
+                        help="input source, repeatable; FORMAT is hdvila, activitynet, youcook2, howto100m or subtitles")
+    parser.add_argument("--config", default=None, help="corpus recipe (YAML), e.g. pipelines/lfvila8m.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value, e.g. --set manifest.min_clips=5")
+    parser.add_argument("--stage", choices=["manifest", "shards", "all"], default="all",
+                        help="manifest: tables only; shards: video work from an existing manifest; all (default)")
+    parser.add_argument("--videos", default=None, help="directory of source videos (needed for shards)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local worker processes")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="where shard tasks run")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--shard-range", default=None, metavar="I/N",
+                        help="static partition for array jobs: build only part I of N (0-based)")
+    parser.add_argument("--retry-failed", action="store_true", help="redo shards that hold failed samples")
 
 
 def run(args) -> int:
-    raise SystemExit("lfvila build: not implemented yet")
+    from pathlib import Path
+
+    from lfvila.build_config import BuildConfig
+    from lfvila.config import load_config
+
+    cfg = load_config(BuildConfig, args.config, args.overrides)
+    out = Path(args.out)
+    if args.stage in ("manifest", "all"):
+        from lfvila.manifest.build import build_manifest
+
+        if not args.source:
+            raise SystemExit("lfvila build: at least one --source FORMAT:PATH is needed for the manifest stage")
+        build_manifest(cfg, out, args.source)
+    if args.stage in ("shards", "all"):
+        from lfvila.shards.build import build_shards
+
+        if args.videos is None:
+            if args.stage == "shards":
+                raise SystemExit("lfvila build: --videos DIR is needed for the shard stage")
+            return 0
+        build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
+                     ray_address=args.ray_address, shard_range=args.shard_range, retry_failed=args.retry_failed)
+    return 0
