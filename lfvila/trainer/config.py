@@ -1,0 +1,122 @@
+"""The training config tree: data, model, task, optimiser, schedule and loop settings.
+
+``TrainConfig`` is the root a recipe (``train/*.yaml``) fills; every section is the
+dataclass its component owns, so a recipe is plain YAML and ``--set a.b=c`` reaches any
+field. The resolved tree is written next to every checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lfvila.data.config import DataConfig
+from lfvila.models.lfvila import ModelConfig
+from lfvila.tasks import TaskConfig
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; the defaults are the released LF-VILA hyper-parameters."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    # Biases, norm weights and embedding tables are conventionally not decayed (as in BERT).
+    decay_norm_and_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up from 0 to ``optim.lr``, then linear decay to ``final_lr_ratio * lr``."""
+
+    warmup_steps: int = 0
+    # Steps over which the decay runs; None means ``trainer.max_steps``.
+    total_steps: int | None = None
+    final_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ValueError(f"schedule.total_steps must be >= 1 or null, got {self.total_steps}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"schedule.final_lr_ratio must lie in [0, 1], got {self.final_lr_ratio}")
+
+
+@dataclass
+class TrainerConfig:
+    """The loop: how long, how often to log, save and evaluate, where to write, numerics."""
+
+    max_steps: int = 1000
+    grad_accum: int = 1
+    # Clip the global gradient norm to this value; 0 disables clipping.
+    clip_grad_norm: float = 1.0
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 3
+    # Evaluate on the val split every N steps (0: only at the end); needs data val shards.
+    eval_every: int = 0
+    # Stop evaluation after this many batches per rank (None: the whole val split).
+    eval_max_batches: int | None = None
+    out_dir: str = "runs/lfvila"
+    seed: int = 0
+    # bf16 autocast (or fp16 with a gradient scaler) applies on GPU; CPU runs are fp32.
+    precision: str = "bf16"
+    compile: bool = False
+    tensorboard: bool = True
+    # "auto": CUDA when available; "cpu" or "cuda" to force.
+    device: str = "auto"
+    # Initialise the model from this checkpoint (a checkpoint directory or its model.pt), e.g.
+    # stage 2 from stage 1. Ignored when resuming, which restores everything.
+    init_from: str | None = None
+    # Write every step's rank-averaged losses to out_dir/losses.jsonl (flushed at log steps).
+    loss_log: bool = True
+    # DDP must be told when some trainable parameters get no gradient in a step.
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"trainer.eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_max_batches is not None and self.eval_max_batches < 1:
+            raise ValueError(f"trainer.eval_max_batches must be >= 1 or null, got {self.eval_max_batches}")
+        if self.clip_grad_norm < 0:
+            raise ValueError(f"trainer.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"trainer.device must be auto, cpu or cuda, got {self.device!r}")
+        if not self.out_dir:
+            raise ValueError("trainer.out_dir must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    """Root of a training recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        total = self.schedule.total_steps
+        if total is not None and total < self.schedule.warmup_steps:
+            raise ValueError(f"schedule.total_steps ({total}) must be >= schedule.warmup_steps "
+                             f"({self.schedule.warmup_steps})")

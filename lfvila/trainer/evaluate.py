@@ -1,0 +1,227 @@
+"""Held-out evaluation: retrieval, within-video alignment, stage-2 accuracies, held-out losses.
+
+The metric functions take plain feature tensors, so they are checked on hand-made inputs;
+:func:`evaluate` runs the model over the val shards on every rank, gathers the features
+(each sample once, deduplicated by key) and computes the metrics identically everywhere.
+
+Ranks are 1-based; a tie with the true item counts against it, so a model that maps every
+input to the same feature scores chance level, never better.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from lfvila.trainer.parallel import DistContext
+
+log = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 10)
+
+
+def retrieval_ranks(sim: torch.Tensor) -> torch.Tensor:
+    """1-based rank of the true item for each query; ``sim`` is ``(N, N)`` with truth on the diagonal."""
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"sim must be square (N, N), got {tuple(sim.shape)}")
+    true = sim.diagonal().unsqueeze(1)  # (N, 1)
+    others = ~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    # pessimistic: every other item scoring >= the true one ranks before it
+    return 1 + ((sim >= true) & others).sum(dim=1)
+
+
+def recall_metrics(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
+    """R@1/5/10 (percent) and median rank from 1-based ranks, with their chance levels."""
+    n = ranks.numel()
+    out: dict[str, float] = {}
+    for k in RECALL_AT:
+        out[f"{prefix}_r{k}"] = 100.0 * (ranks <= k).float().mean().item()
+        out[f"{prefix}_r{k}_chance"] = 100.0 * min(k, n) / n
+    out[f"{prefix}_medr"] = float(ranks.float().median().item()) if n % 2 else float(ranks.float().quantile(0.5))
+    out[f"{prefix}_medr_chance"] = (n + 1) / 2
+    return out
+
+
+def paragraph_video_retrieval(paragraph: torch.Tensor, video: torch.Tensor) -> dict[str, float]:
+    """Paragraph-to-video and video-to-paragraph recall; row i of both is the same sample.
+
+    paragraph, video: ``(N, D)`` L2-normalised features.
+    """
+    sim = paragraph.float() @ video.float().T  # (N_paragraphs, N_videos)
+    return {**recall_metrics(retrieval_ranks(sim), "p2v"), **recall_metrics(retrieval_ranks(sim.T), "v2p")}
+
+
+def alignment_accuracy(sentence: torch.Tensor, clip: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Within each video, how often a sentence's most similar clip is its own (and vice versa).
+
+    sentence, clip: ``(N, M, D)``; mask: ``(N, M)`` bool, True for real sentences. Only the
+    video's real positions compete; chance is the mean of ``1 / n_real`` over the rows.
+    """
+    sim = torch.einsum("nid,njd->nij", sentence.float(), clip.float())  # (N, M_sentences, M_clips)
+    valid = mask.bool()
+    pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)  # (N, M, M)
+    sim = sim.masked_fill(~pair_valid, -math.inf)
+    target = torch.arange(sim.shape[1], device=sim.device).expand(sim.shape[0], -1)  # (N, M)
+    rows = valid.sum()
+    if rows == 0:
+        raise ValueError("alignment_accuracy: no real sentences")
+    # a tie with the true position counts as a miss (strictly greater than every other)
+    def hits(s: torch.Tensor) -> torch.Tensor:
+        true = s.gather(2, target.unsqueeze(2))  # (N, M, 1)
+        others = ~torch.eye(s.shape[1], dtype=torch.bool, device=s.device)
+        return ~(((s >= true) & others & pair_valid).any(dim=2))
+
+    n_real = valid.sum(dim=1, keepdim=True).expand_as(valid).float()
+    return {
+        "sentence_to_clip_acc": 100.0 * (hits(sim) & valid).sum().item() / rows.item(),
+        "clip_to_sentence_acc": 100.0 * (hits(sim.transpose(1, 2)) & valid).sum().item() / rows.item(),
+        "alignment_chance": 100.0 * (1.0 / n_real)[valid].mean().item(),
+    }
+
+
+def _cpu(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().cpu()
+
+
+@torch.no_grad()
+def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None,
+                     autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
+    """Run the model over this rank's val batches; return CPU features, held-out losses and keys."""
+    from lfvila.trainer.batch import prepare_batch
+
+    model = task.model
+    rows: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": [], "keys": []}
+    loss_sums: dict[str, float] = {}
+    n_batches = 0
+    for batch in batches:
+        if max_batches is not None and n_batches >= max_batches:
+            break
+        batch = prepare_batch(batch, ctx.device)
+        with autocast or contextlib.nullcontext():
+            video = model.encode_video(batch["video"])
+            text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
+            losses = task.losses(batch)
+        for name, value in losses.items():
+            loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
+        rows["paragraph"].append(_cpu(text["paragraph"]))
+        rows["sentence"].append(_cpu(text["sentence"]))
+        rows["video"].append(_cpu(video["global_"]))
+        rows["clip"].append(_cpu(video["clip"]))
+        rows["mask"].append(batch["sentence_mask"].bool().cpu())
+        rows["keys"].extend(batch["keys"])
+        n_batches += 1
+    out: dict[str, Any] = {k: (torch.cat(v) if v and k != "keys" else v) for k, v in rows.items()}
+    out["loss_sums"] = loss_sums
+    out["n_batches"] = n_batches
+    return out
+
+
+def merge_rank_features(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate every rank's features, keeping the first occurrence of each key."""
+    seen: set[str] = set()
+    keep: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": []}
+    keys: list[str] = []
+    for part in parts:
+        for i, key in enumerate(part["keys"]):
+            if key in seen:
+                continue
+            seen.add(key)
+            keys.append(key)
+            for name in keep:
+                keep[name].append(part[name][i])
+    merged: dict[str, Any] = {k: torch.stack(v) if v else torch.empty(0) for k, v in keep.items()}
+    merged["keys"] = keys
+    return merged
+
+
+def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None = None,
+             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+    """Every metric on the val batches, gathered over ranks; identical on every rank.
+
+    Returns retrieval (``p2v_*``, ``v2p_*``), alignment (``sentence_to_clip_acc`` ...),
+    held-out losses (``val_<name>``), any task accuracies and ``n_samples``, each recall and
+    accuracy next to its ``*_chance`` level.
+    """
+    from lfvila.trainer.checkpoint import capture_rng_state, restore_rng_state
+
+    model = task.model
+    was_training = model.training
+    # Evaluation draws its own fixed random numbers (e.g. MTC key positions in the held-out
+    # losses), so its result does not depend on when it runs and training's streams are untouched.
+    rng = capture_rng_state()
+    torch.manual_seed(0)
+    model.eval()
+    try:
+        local = collect_features(task, batches, ctx, max_batches=max_batches, autocast=autocast)
+    finally:
+        model.train(was_training)
+        restore_rng_state(rng)
+    parts = ctx.gather_objects(local)
+    merged = merge_rank_features(parts)
+    n = len(merged["keys"])
+    metrics: dict[str, float] = {"n_samples": float(n)}
+    if n == 0:
+        log.warning("evaluation saw no samples")
+        return metrics
+    metrics.update(paragraph_video_retrieval(merged["paragraph"], merged["video"]))
+    metrics.update(alignment_accuracy(merged["sentence"], merged["clip"], merged["mask"]))
+    n_batches = sum(p["n_batches"] for p in parts)
+    names = sorted({name for p in parts for name in p["loss_sums"]})
+    for name in names:
+        metrics[f"val_{name}"] = sum(p["loss_sums"].get(name, 0.0) for p in parts) / max(n_batches, 1)
+    return metrics
+
+
+def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
+                        out: Path | None = None) -> tuple[dict[str, float], Path | None]:
+    """Evaluate checkpoint ``path`` with its own config (plus ``overrides``) on its val shards.
+
+    Writes the metrics JSON on rank 0 to ``out`` or ``path/eval.json`` (``eval-<hash>.json``
+    when the val shards differ from the training run's) and returns ``(metrics, json_path)``.
+    """
+    import hashlib
+
+    import yaml
+
+    from lfvila.config import apply_overrides, from_dict
+    from lfvila.data import build_loader
+    from lfvila.trainer.checkpoint import MODEL, read_meta
+    from lfvila.trainer.config import TrainConfig
+    from lfvila.trainer.loop import build_task, seed_everything, write_eval_json
+    from lfvila.trainer.parallel import setup_distributed
+
+    path = Path(path)
+    meta = read_meta(path)
+    with open(path / "config.yaml", encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    original_val = saved["data"].get("val_shards")
+    cfg = from_dict(TrainConfig, apply_overrides(saved, list(overrides or [])))
+    if not cfg.data.val_shards:
+        raise ValueError(f"{path}: no val shards in its config; pass --data URLS")
+    ctx = setup_distributed(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed)
+    task = build_task(cfg)
+    task.model.load_state_dict(torch.load(path / MODEL, map_location="cpu", weights_only=True))
+    task.model.to(ctx.device)
+    use_cuda = ctx.device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None
+    autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
+    loader = build_loader(cfg.data, "val", rank=ctx.rank, world_size=ctx.world_size, stage=cfg.task.stage,
+                          epoch_mode=True)
+    metrics = evaluate(task, loader, ctx, max_batches=max_batches, autocast=autocast)
+    metrics = {"step": meta["step"], **metrics}
+    if not ctx.is_main:
+        return metrics, None
+    if out is None:
+        if cfg.data.val_shards == original_val:
+            out = path / "eval.json"
+        else:
+            digest = hashlib.sha1(json.dumps(cfg.data.val_shards).encode()).hexdigest()[:8]
+            out = path / f"eval-{digest}.json"
+    write_eval_json(metrics, out)
+    return metrics, out

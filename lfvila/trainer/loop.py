@@ -1,0 +1,406 @@
+"""The step-based training loop.
+
+One optimizer step (:meth:`Trainer.train_step`) = ``grad_accum`` micro-batches through
+:meth:`Trainer.forward_backward`, gradient clipping, AdamW and the lr schedule. The stream
+has no epochs that matter: the run is ``trainer.max_steps`` steps long, and the loader's
+position is part of every checkpoint, so a resumed run sees exactly the batches, random
+numbers and therefore losses the uninterrupted run would have seen.
+
+Per step the losses stay on the device; at log steps they are averaged across ranks in one
+collective, written to ``losses.jsonl`` and TensorBoard, and summarised in one log line.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from lfvila.config import to_dict, write_config
+from lfvila.trainer import checkpoint as ckpt
+from lfvila.trainer.batch import batch_size, prepare_batch
+from lfvila.trainer.config import TrainConfig
+from lfvila.trainer.optim import build_optimizer, build_scheduler
+from lfvila.trainer.parallel import DistContext, setup_distributed
+
+log = logging.getLogger(__name__)
+
+
+class TaskForward(nn.Module):
+    """Makes ``task.losses(batch)`` the ``forward`` of one module, so DDP can wrap it.
+
+    DDP synchronises gradients only for work done inside its wrapped module's ``forward``;
+    the tasks call the model's ``encode_*`` methods, hence this thin adapter.
+    """
+
+    def __init__(self, task: Any) -> None:
+        super().__init__()
+        self.model = task.model
+        self.task = task if isinstance(task, nn.Module) else None
+        self._task = task
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self._task.losses(batch)
+
+
+@dataclass
+class _Window:
+    """What happened since the last log line."""
+
+    step_losses: list[tuple[int, torch.Tensor, float]] = field(default_factory=list)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)
+    samples: int = 0
+    data_wait_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def build_task(cfg: TrainConfig) -> Any:
+    """The model and the task object of ``cfg.task.stage``."""
+    from lfvila.models.lfvila import build_model
+    from lfvila.tasks import build_task as build_stage_task
+
+    return build_stage_task(build_model(cfg.model), cfg.task)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: str | None = None, ctx: DistContext | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or setup_distributed(cfg.trainer.device)
+        self.out = Path(cfg.trainer.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.step = 0
+        tcfg = cfg.trainer
+        # Same seed on every rank for the weights; each rank then gets its own stream.
+        seed_everything(tcfg.seed)
+        self.task = build_task(cfg)
+        self.model = self.task.model.to(self.ctx.device)
+        self._freeze_untrained()
+        if tcfg.init_from and resume is None:
+            self._init_weights(tcfg.init_from)
+        self.optimizer = build_optimizer(self._trainable_named(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tcfg.max_steps)
+        use_cuda = self.ctx.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.precision) if use_cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and tcfg.precision == "fp16")
+        self.forward_module: nn.Module = TaskForward(self.task)
+        if self.ctx.distributed:
+            self.forward_module = nn.parallel.DistributedDataParallel(
+                self.forward_module, device_ids=[self.ctx.device.index] if use_cuda else None,
+                find_unused_parameters=tcfg.find_unused_parameters)
+        self.ddp = self.forward_module if self.ctx.distributed else None
+        if tcfg.compile:
+            self.forward_module = torch.compile(self.forward_module)
+        from lfvila.data import build_loader
+
+        self.loader = build_loader(cfg.data, "train", rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                   stage=cfg.task.stage)
+        seed_everything(tcfg.seed + 1_000_003 * self.ctx.rank + 1)
+        if resume is not None:
+            self._resume(resume)
+        self.tb = None
+        self.loss_log = None
+
+    # ---- setup helpers -------------------------------------------------------------------
+
+    def _trainable_named(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _freeze_untrained(self) -> None:
+        """Parameters the task does not train get no gradient (and DDP does not wait for them)."""
+        trainable = {id(p) for p in self.task.trainable_parameters()}
+        for param in self.model.parameters():
+            if id(param) not in trainable:
+                param.requires_grad_(False)
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.model.parameters())
+        if self.ctx.is_main:
+            log.info("model: %.2fM parameters, %.2fM trained by stage %d", n_all / 1e6, n_train / 1e6,
+                     self.cfg.task.stage)
+
+    def _init_weights(self, spec: str) -> None:
+        state = ckpt.load_model_weights(spec)
+        result = self.model.load_state_dict(state, strict=False)
+        loaded = len(state) - len(result.unexpected_keys)
+        if loaded == 0:
+            raise ValueError(f"init_from {spec!r}: no parameter of the checkpoint matches this model")
+        if self.ctx.is_main:
+            log.info("initialised %d tensors from %s (%d missing, %d unexpected)", loaded, spec,
+                     len(result.missing_keys), len(result.unexpected_keys))
+
+    def _resume(self, resume: str) -> None:
+        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
+        if path is None:
+            if self.ctx.is_main:
+                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
+            return
+        state = ckpt.load_checkpoint(path, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.model.load_state_dict(state["model"])
+        train_state = state["train_state"]
+        self.optimizer.load_state_dict(train_state["optimizer"])
+        self.scheduler.load_state_dict(train_state["scheduler"])
+        self.scaler.load_state_dict(train_state["scaler"])
+        self.step = train_state["step"]
+        self.loader.load_state_dict(state["rank_state"]["loader"])
+        ckpt.restore_rng_state(state["rank_state"]["rng"])
+        if self.ctx.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def forward_backward(self, batch: dict[str, Any], *, sync: bool) -> dict[str, torch.Tensor]:
+        """Losses of one micro-batch and their gradients (accumulated; all-reduced when ``sync``)."""
+        no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+        with no_sync:
+            with self.autocast():
+                losses = self.forward_module(batch)
+            total = sum(losses.values())
+            self.scaler.scale(total / self.cfg.trainer.grad_accum).backward()
+        return {name: value.detach() for name, value in losses.items()}
+
+    def train_step(self, batches: Iterator[dict[str, Any]], window: _Window) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean losses (on device)."""
+        accum = self.cfg.trainer.grad_accum
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            waited = time.perf_counter()
+            batch = next(batches)
+            window.data_wait_s += time.perf_counter() - waited
+            window.samples += batch_size(batch) * self.ctx.world_size
+            batch = prepare_batch(batch, self.ctx.device)
+            losses = self.forward_backward(batch, sync=micro == accum - 1)
+            for name, value in losses.items():
+                sums[name] = sums[name] + value if name in sums else value
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.trainer.clip_grad_norm > 0:
+            window.grad_norms.append(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.trainer.clip_grad_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {name: value / accum for name, value in sums.items()}
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps``, evaluating and checkpointing on schedule; return the last metrics."""
+        tcfg = self.cfg.trainer
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_config(self.cfg, self.out / "config.yaml")
+            if tcfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # purge_step drops events a killed run wrote after its last checkpoint
+                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
+            if tcfg.loss_log:
+                self.loss_log = open(self.out / "losses.jsonl", "a", encoding="utf-8")
+        metrics: dict[str, Any] = {}
+        bar = self._progress_bar()
+        window = _Window()
+        batches = iter(self.loader)
+        last_saved = self.step if self.step else -1
+        try:
+            while self.step < tcfg.max_steps:
+                lr = self.scheduler.get_last_lr()[0]
+                losses = self.train_step(batches, window)
+                self.step += 1
+                window.step_losses.append((self.step, torch.stack([losses[k] for k in sorted(losses)]), lr))
+                self._loss_names = sorted(losses)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
+                    self._flush_log(window)
+                    window = _Window()
+                if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step != tcfg.max_steps:
+                    metrics = self.run_eval()
+                if self.step % tcfg.ckpt_every == 0:
+                    self.save()
+                    last_saved = self.step
+            if last_saved != self.step:
+                self.save()
+            metrics = self.run_eval() or metrics
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+            if self.loss_log is not None:
+                self.loss_log.close()
+        return metrics
+
+    def _progress_bar(self):
+        if not (self.ctx.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.trainer.max_steps, initial=self.step, desc="train", unit="step",
+                    dynamic_ncols=True, leave=False)
+
+    def _flush_log(self, window: _Window) -> None:
+        """Average the window's per-step losses across ranks; write jsonl, TensorBoard and one line."""
+        if not window.step_losses:
+            return
+        names = self._loss_names
+        stacked = torch.stack([v for _, v, _ in window.step_losses]).float()  # (n_steps, n_losses)
+        per_step = self.ctx.mean(stacked).cpu().tolist()
+        counters = self._loader_counters()
+        elapsed = time.perf_counter() - window.started
+        grad_norm = torch.stack(window.grad_norms).float().mean().item() if window.grad_norms else None
+        if not self.ctx.is_main:
+            return
+        for (step, _, lr), values in zip(window.step_losses, per_step):
+            record = {"step": step, "loss": sum(values), "lr": lr, **dict(zip(names, values))}
+            if self.loss_log is not None:
+                self.loss_log.write(json.dumps(record) + "\n")
+            if self.tb is not None:
+                self.tb.add_scalar("train/loss", record["loss"], step)
+                self.tb.add_scalar("train/lr", lr, step)
+                for name, value in zip(names, values):
+                    self.tb.add_scalar(f"train/{name}", value, step)
+        if self.loss_log is not None:
+            self.loss_log.flush()
+        last = dict(zip(names, per_step[-1]))
+        mean = {n: sum(v[i] for v in per_step) / len(per_step) for i, n in enumerate(names)}
+        samples_per_s = window.samples / max(elapsed, 1e-9)
+        wait_frac = window.data_wait_s / max(elapsed, 1e-9)
+        memory = self._memory_gb()
+        if self.tb is not None:
+            self.tb.add_scalar("perf/samples_per_s", samples_per_s, self.step)
+            self.tb.add_scalar("perf/data_wait_fraction", wait_frac, self.step)
+            self.tb.add_scalar("perf/memory_gb", memory, self.step)
+            if grad_norm is not None:
+                self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
+            for reason, count in counters.items():
+                self.tb.add_scalar(f"data/skipped_{reason}", count, self.step)
+        loss_text = " ".join(f"{n} {mean[n]:.4f}" for n in names)
+        skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v) or "none"
+        line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(last.values()):.4f} ({loss_text}) "
+                f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s | data wait {wait_frac:.0%} "
+                f"| {'gpu' if self.ctx.device.type == 'cuda' else 'rss'} mem {memory:.2f}G"
+                + (f" | grad norm {grad_norm:.3g}" if grad_norm is not None else "")
+                + f" | skipped {skipped}")
+        self._write_line(line)
+
+    def _write_line(self, line: str) -> None:
+        if sys.stderr.isatty():
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                log.info(line)
+        else:
+            log.info(line)
+
+    def _loader_counters(self) -> dict[str, int]:
+        """The loader's skip counters, summed over ranks."""
+        counters = getattr(self.loader, "counters", None)
+        local = dict(counters()) if counters is not None else {}
+        total: dict[str, int] = {}
+        for part in self.ctx.gather_objects(local):
+            for reason, count in part.items():
+                total[reason] = total.get(reason, 0) + int(count)
+        return total
+
+    def _memory_gb(self) -> float:
+        if self.ctx.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
+        # ru_maxrss is in KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    # ---- checkpoints and evaluation --------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write the checkpoint of the current step (every rank must call this)."""
+        def shared() -> dict[str, Any]:
+            return {
+                "model": self.model.state_dict(),
+                "train_state": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                                "scaler": self.scaler.state_dict(), "step": self.step},
+            }
+
+        per_rank = {"rng": ckpt.capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step}
+        path = ckpt.save_checkpoint(self.ckpt_root, self.step, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                    shared=shared, per_rank=per_rank, config=to_dict(self.cfg),
+                                    keep_last=self.cfg.trainer.keep_last, barrier=self.ctx.barrier)
+        if self.ctx.is_main:
+            log.info("saved checkpoint %s", path)
+        return path
+
+    def has_val_data(self) -> bool:
+        return bool(self.cfg.data.val_shards)
+
+    def run_eval(self) -> dict[str, float]:
+        """Evaluate on the val shards; log, write ``eval/step_N.json`` and ``eval.json`` in the checkpoint."""
+        if not self.has_val_data():
+            return {}
+        from lfvila.data import build_loader
+        from lfvila.trainer.evaluate import evaluate
+
+        loader = build_loader(self.cfg.data, "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
+                              stage=self.cfg.task.stage, epoch_mode=True)
+        metrics = evaluate(self.task, loader, self.ctx, max_batches=self.cfg.trainer.eval_max_batches,
+                           autocast=self.autocast())
+        if self.ctx.is_main:
+            metrics = {"step": self.step, **metrics}
+            write_eval_json(metrics, self.out / "eval" / f"step_{self.step:08d}.json")
+            step_ckpt = ckpt.checkpoint_path(self.ckpt_root, self.step)
+            if (step_ckpt / ckpt.META).is_file():
+                write_eval_json(metrics, step_ckpt / "eval.json")
+            log.info("eval step %d: %s", self.step, format_metrics(metrics))
+            if self.tb is not None:
+                for name, value in metrics.items():
+                    if name != "step" and not name.endswith("_chance") and math.isfinite(value):
+                        self.tb.add_scalar(f"eval/{name}", value, self.step)
+        return metrics
+
+
+def write_eval_json(metrics: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A compact one-line summary: each figure with its chance level in brackets."""
+    parts = []
+    for name, value in metrics.items():
+        if name.endswith("_chance") or name == "step":
+            continue
+        chance = metrics.get(f"{name}_chance", metrics.get("alignment_chance") if name.endswith("_acc") else None)
+        parts.append(f"{name} {value:.4g}" + (f" (chance {chance:.3g})" if chance is not None else ""))
+    return ", ".join(parts)
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None) -> dict[str, Any]:
+    """Run a whole training job in this process (one rank of it under torchrun)."""
+    trainer = Trainer(cfg, resume=resume)
+    return trainer.fit()
