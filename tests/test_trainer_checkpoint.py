@@ -70,3 +70,11 @@ def test_init_from_reads_dir_or_file(tmp_path):
     assert ckpt.load_model_weights(path / "model.pt")["w"].tolist() == [7.0] * 3
     with pytest.raises(ValueError, match="does not exist"):
         ckpt.load_model_weights(tmp_path / "nope")
+
+
+def test_init_from_run_dir_takes_newest(tmp_path):
+    for step in (1, 2):
+        _save(tmp_path / "run" / "checkpoints", step)
+    assert ckpt.load_model_weights(tmp_path / "run")["w"].tolist() == [2.0] * 3
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        ckpt.load_model_weights(tmp_path)

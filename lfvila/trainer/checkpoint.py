@@ -183,8 +183,14 @@ def load_checkpoint(path: str | os.PathLike, *, rank: int, world_size: int) -> d
 
 
 def load_model_weights(spec: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model state_dict from a checkpoint directory or a ``model.pt`` file."""
+    """The model state_dict from a checkpoint directory, its ``model.pt``, or a run directory
+    (``trainer.out_dir``) or its ``checkpoints/`` folder, meaning the newest complete checkpoint there."""
     path = Path(spec)
+    if path.is_dir() and not (path / META).is_file():
+        newest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if newest is None:
+            raise ValueError(f"init_from {spec!r}: no complete checkpoint in {path}")
+        path = newest
     if path.is_dir():
         path = path / MODEL
     if not path.is_file():

@@ -84,7 +84,8 @@ def build_task(cfg: TrainConfig) -> Any:
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: str | None = None, ctx: DistContext | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, resume: str | None = None, ctx: DistContext | None = None,
+                 loader: Any = None) -> None:
         self.cfg = cfg
         self.ctx = ctx or setup_distributed(cfg.trainer.device)
         self.out = Path(cfg.trainer.out_dir)
@@ -111,10 +112,12 @@ class Trainer:
         self.ddp = self.forward_module if self.ctx.distributed else None
         if tcfg.compile:
             self.forward_module = torch.compile(self.forward_module)
-        from lfvila.data import build_loader
+        if loader is None:  # benchmarks pass a synthetic stream
+            from lfvila.data import build_loader
 
-        self.loader = build_loader(cfg.data, "train", rank=self.ctx.rank, world_size=self.ctx.world_size,
-                                   stage=cfg.task.stage)
+            loader = build_loader(cfg.data, "train", rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                  stage=cfg.task.stage)
+        self.loader = loader
         seed_everything(tcfg.seed + 1_000_003 * self.ctx.rank + 1)
         if resume is not None:
             self._resume(resume)
