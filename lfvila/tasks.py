@@ -1,0 +1,169 @@
+"""Training stages as objects: each takes a batch and returns its named, already weighted losses.
+
+Stage 1 trains the two towers with the global video-paragraph contrastive loss and MTC.
+Stage 2 freezes what stage 1 learned (video encoder, projections, BERT embeddings, sentence and
+paragraph layers and embeddings) and trains the cross-modal layers with MLM and video-text matching.
+Freezing happens here, in the task constructor: the model has no notion of stages.
+
+Batches follow the loader contract: ``video`` float ``(B, 3, T, H, W)`` (already normalised),
+``text_ids`` / ``text_mask`` ``(B, M, L)``, ``sentence_mask`` ``(B, M)``; stage 2 adds ``mlm_ids`` and
+``mlm_labels`` ``(B, M, L)`` (-100 where not masked).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from lfvila.losses import GlobalContrastiveLoss, MLMLoss, MTCLoss, VTMLoss, mismatch_pairs
+from lfvila.models.lfvila import LFVILA
+
+
+@dataclass
+class TaskConfig:
+    """Which stage, and its loss weights and options. Defaults are the released ones.
+
+    mtc_reference_negatives reproduces the released code's MTC negatives (the first "other video"
+    negative is the key's own video); only for compatibility experiments.
+    gather_across_ranks: contrastive losses see the negatives of every rank (all-gather with gradient).
+    """
+
+    stage: int = 1
+    global_weight: float = 1.0
+    global_temperature: float = 0.05
+    mtc_weight: float = 0.25
+    mtc_temperature: float = 0.05
+    mtc_keys: int = 2
+    mtc_values: int = 2
+    mtc_negatives: int = 3
+    mtc_reference_negatives: bool = False
+    mlm_weight: float = 1.0
+    vtm_weight: float = 10.0
+    gather_across_ranks: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"task.stage must be 1 or 2, got {self.stage}")
+        for name in ("global_weight", "mtc_weight", "mlm_weight", "vtm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("global_temperature", "mtc_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"task.{name} must be > 0, got {getattr(self, name)}")
+        if self.mtc_keys < 1:
+            raise ValueError(f"task.mtc_keys must be >= 1, got {self.mtc_keys}")
+        if self.mtc_values < 2:
+            raise ValueError(f"task.mtc_values must be >= 2 (a temporal choice), got {self.mtc_values}")
+        if self.mtc_negatives < 0:
+            raise ValueError(f"task.mtc_negatives must be >= 0, got {self.mtc_negatives}")
+
+
+def _parameters(modules: Iterable[nn.Module | None]) -> list[nn.Parameter]:
+    """Unique parameters of ``modules`` (tied weights once), in order."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+class _Task:
+    """Shared bookkeeping: which parameters train (``requires_grad`` set in the constructor)."""
+
+    def __init__(self, model: LFVILA, cfg: TaskConfig, trainable: list[nn.Parameter]):
+        self.model = model
+        self.cfg = cfg
+        self._trainable = trainable
+        wanted = {id(p) for p in trainable}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters this stage trains (everything else has ``requires_grad=False``)."""
+        return list(self._trainable)
+
+
+class Stage1Task(_Task):
+    """Global video-paragraph contrastive loss + MTC; trains both towers and the four projections.
+
+    The cross-modal layers, MLM / matching heads and video token embeddings take no part and are frozen,
+    so DDP never waits for their gradients.
+    """
+
+    def __init__(self, model: LFVILA, cfg: TaskConfig):
+        text = model.text
+        modules = [model.video, text.embeddings, text.sentence_layers, text.paragraph_embeddings,
+                   text.paragraph_layers, model.clip_proj, model.video_proj, model.sentence_proj,
+                   model.paragraph_proj]
+        super().__init__(model, cfg, _parameters(modules))
+        self.global_loss = GlobalContrastiveLoss(cfg.global_temperature, gather=cfg.gather_across_ranks)
+        self.mtc_loss = MTCLoss(cfg.mtc_temperature, cfg.mtc_keys, cfg.mtc_values, cfg.mtc_negatives,
+                                cfg.mtc_reference_negatives, gather=cfg.gather_across_ranks)
+
+    def losses(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``{"global": ..., "mtc": ...}`` weighted; MTC draws from ``generator`` or the global CPU RNG."""
+        video = self.model.encode_video(batch["video"])
+        text = self.model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
+        if video["clip"].shape[1] != text["sentence"].shape[1]:
+            raise ValueError(f"{video['clip'].shape[1]} clips but {text['sentence'].shape[1]} sentences per sample")
+        out = {"global": self.cfg.global_weight * self.global_loss(video["global_"], text["paragraph"])}
+        if self.cfg.mtc_weight > 0:
+            out["mtc"] = self.cfg.mtc_weight * self.mtc_loss(
+                text["sentence"], video["clip"], batch["sentence_mask"], generator=generator
+            )
+        return out
+
+
+class Stage2Task(_Task):
+    """MLM (matched pairs only) + video-text matching on the cross-modal layers.
+
+    Frozen (as in the paper): the video encoder, the four projections, the BERT embeddings, the
+    sentence and paragraph layers and the paragraph embeddings. Trained: the cross-modal layers, the
+    video token embeddings, the MLM head (its decoder is tied to the frozen word embeddings, so only its
+    transform and bias train) and the matching head. Frozen modules also stay in eval mode (no dropout).
+    """
+
+    def __init__(self, model: LFVILA, cfg: TaskConfig):
+        if model.video_tokens is None:
+            raise ValueError("stage 2 needs cross-modal layers: set model.text.cross_layers > 0")
+        text = model.text
+        self.frozen_modules: list[nn.Module] = [
+            model.video, model.clip_proj, model.video_proj, model.sentence_proj, model.paragraph_proj,
+            text.embeddings, text.sentence_layers, text.paragraph_embeddings, text.paragraph_layers,
+        ]
+        frozen = {id(p) for p in _parameters(self.frozen_modules)}
+        candidates = _parameters([text.cross_layers, text.mlm_head, text.match_head, model.video_tokens])
+        super().__init__(model, cfg, [p for p in candidates if id(p) not in frozen])
+        self.mlm_loss = MLMLoss()
+        self.vtm_loss = VTMLoss()
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"mlm": ..., "vtm": ...}`` weighted. The first B // 2 samples get another sample's video."""
+        for module in self.frozen_modules:
+            module.eval()
+        if "mlm_ids" not in batch or "mlm_labels" not in batch:
+            raise ValueError("stage 2 batches need mlm_ids and mlm_labels (build the loader with stage=2)")
+        with torch.no_grad():  # everything below the cross-modal layers is frozen
+            video = self.model.encode_video(batch["video"])
+            text = self.model.encode_text(batch["mlm_ids"], batch["text_mask"], batch["sentence_mask"])
+        b = text["tokens"].shape[0]
+        video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device)
+        hidden = self.model.fuse(text["tokens"], text["token_mask"], video["tokens"][video_index])  # (B, S+N, C)
+        out = {"vtm": self.cfg.vtm_weight * self.vtm_loss(self.model.match_logits(hidden), vtm_labels)}
+
+        # MLM on matched pairs only; the head runs on the masked positions alone (vocab-sized logits are big).
+        matched = vtm_labels.bool()
+        labels = batch["mlm_labels"][matched].flatten(1)  # (B', M*L)
+        word_hidden = hidden[matched, 1 : 1 + labels.shape[1]]  # (B', M*L, C), after the paragraph token
+        masked = labels != -100
+        logits = self.model.mlm_logits(word_hidden[masked])  # (K, vocab)
+        out["mlm"] = self.cfg.mlm_weight * self.mlm_loss(logits, labels[masked])
+        return out
+
+
+def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task:
+    """The task object of ``cfg.stage``."""
+    return Stage1Task(model, cfg) if cfg.stage == 1 else Stage2Task(model, cfg)
