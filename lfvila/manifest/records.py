@@ -1,0 +1,143 @@
+"""Record types shared by the manifest stage, the reject vocabulary, and small field parsers.
+
+Adapters yield ``RawVideo`` (one video with its raw clips, times and text still unvalidated) or
+``Reject`` (a record that could not even be parsed). Validation turns raw clips into ``Clip``s or
+more ``Reject``s; every input record ends in exactly one of the two.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import NamedTuple
+
+# The fixed reject vocabulary (docs/manifest.md explains each; manifests/schemas/ lists it too).
+MALFORMED_RECORD = "malformed_record"  # unparseable line/entry or missing field; detail names the line
+INVALID_UTF8 = "invalid_utf8"  # bytes that are not UTF-8 in an id or the text
+UNSAFE_ID = "unsafe_id"  # id with a path separator, "..", NUL/control characters, empty or too long
+BAD_TIMESTAMP = "bad_timestamp"  # time that does not parse or is not finite
+NEGATIVE_TIME = "negative_time"
+END_NOT_AFTER_START = "end_not_after_start"  # zero-length or inverted span
+BEYOND_DURATION = "beyond_duration"  # ends past the known video duration by more than the tolerance
+EMPTY_TEXT = "empty_text"  # no text after normalisation (or no text for the clip in a text file)
+DUPLICATE_CLIP = "duplicate_clip"  # same clip id, same (start, end, text), or a video seen before
+REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGATIVE_TIME,
+                  END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP)
+
+# Float noise in released annotations (e.g. 66.22000000001 for 66.22): an end past the duration by
+# less than this is the same time, snapped to the duration and counted separately from "clamped".
+FLOAT_NOISE_S = 1e-6
+
+
+class RawClip(NamedTuple):
+    """One unvalidated clip (or ASR fragment) as the adapter read it."""
+
+    clip_id: str
+    number: int  # hdvila: n of <vid>.<n>.mp4; others: 0-based order in the source record
+    start: object  # float, int or a time string; validated later
+    end: object
+    text: object  # str (possibly with surrogate escapes for invalid UTF-8) or None
+    line: int  # 1-based line in the input file where the record starts (0 when unknown)
+    word_starts: tuple | None = None  # ASR only: per word of text.split(), its start time or None
+
+
+class RawVideo(NamedTuple):
+    video_id: str
+    duration: object  # seconds if the source knows it, else None
+    clips: list
+    file: str
+
+
+class Reject(NamedTuple):
+    source: str
+    video_id: str | None
+    clip_id: str | None
+    stage: str  # "parse" (adapter), "validate", "text" (hdvila text file)
+    reason: str
+    detail: str
+    value: str | None  # the offending value, as text
+    file: str
+    line: int
+
+
+class Clip(NamedTuple):
+    """A validated canonical clip (for ASR sources: a built sentence)."""
+
+    clip_id: str
+    clip_index: int
+    start: float
+    end: float
+    text: str
+    clamped: bool
+    line: int
+
+
+_HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
+
+
+def parse_time(value: object) -> float:
+    """Seconds from a number or ``[HH:]MM:SS[.mmm]`` / ``HH:MM:SS,mmm`` / ``"12.5"``; ValueError if not finite."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = float(value)
+    elif isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) == 3 and len(parts[0]) <= 3:
+            # Fast path for the HD-VILA / VTT form HH:MM:SS.mmm.
+            t = int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2].replace(",", "."))
+            if not (parts[1].isdigit() and parts[2][:1].isdigit() and parts[0].isdigit()):
+                raise ValueError(f"not a time: {value!r}")
+        else:
+            m = _HMS.match(value.strip())
+            if m:
+                t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
+            else:
+                t = float(value)
+    else:
+        raise ValueError(f"not a time: {value!r}")
+    if not math.isfinite(t):
+        raise ValueError(f"not finite: {value!r}")
+    return t
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_invalid_utf8(text: str) -> bool:
+    """True when ``text`` holds surrogates (invalid UTF-8 decoded with surrogateescape, or bad JSON escapes)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, replace control characters by spaces, collapse whitespace, strip."""
+    if not text.isascii():
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        text = _CONTROL.sub(" ", text)
+    elif not text.isprintable():
+        text = _CONTROL.sub(" ", text)
+    return " ".join(text.split())
+
+
+def unsafe_id_reason(value: object, max_length: int) -> str | None:
+    """Why ``value`` cannot be part of a file or tar member name, or None when it is safe."""
+    if not isinstance(value, str):
+        return "not a string"
+    if not value:
+        return "empty"
+    if len(value) > max_length:
+        return f"longer than {max_length} characters"
+    if "/" in value or "\\" in value:
+        return "path separator"
+    if ".." in value or value == ".":
+        return "dot path component"
+    if not value.isprintable():
+        return "control or non-printable character"
+    if value != value.strip():
+        return "leading or trailing whitespace"
+    return None

@@ -1,0 +1,29 @@
+"""Shared reading loop for sources stored as one JSON object keyed by video id."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lfvila.manifest.jsonstream import JsonStreamError, iter_object_items
+from lfvila.manifest.records import MALFORMED_RECORD, RawVideo, Reject
+
+# parse_entry(video_id, value, line, file) -> RawVideo, raising ValueError for a malformed entry.
+EntryParser = Callable[[str, object, int, str], RawVideo]
+
+
+def read_json_object(source: str, path: Path, object_path: tuple[str, ...], parse_entry: EntryParser,
+                     progress: Callable[[int], None] | None) -> Iterator[RawVideo | Reject]:
+    """One RawVideo per entry; a malformed entry is one Reject; broken JSON ends the file with a Reject."""
+    file = str(path)
+    with open(path, "rb") as f:
+        try:
+            for video_id, value, line in iter_object_items(f, object_path, progress=progress):
+                try:
+                    yield parse_entry(video_id, value, line, file)
+                except ValueError as e:
+                    yield Reject(source, video_id, None, "parse", MALFORMED_RECORD, f"line {line}: {e}",
+                                 repr(value)[:500], file, line)
+        except JsonStreamError as e:
+            # The rest of the file cannot be resynchronised: one reject stands for it, with the line.
+            yield Reject(source, None, None, "parse", MALFORMED_RECORD, f"line {e.line}: invalid JSON ({e}); "
+                         "the rest of the file was not read", None, file, e.line)

@@ -1,0 +1,157 @@
+"""hdvila: HD-VILA-100M metadata, one JSON object per line and per video.
+
+``{"video_id": V, "clip": [{"clip_id": "V.<n>.mp4", "span": ["HH:MM:SS.mmm", ...], "text": ...}]}``.
+The sentence may sit on each clip entry (``text``) or in a separate file given as
+``hdvila:META?text=TEXTS`` mapping clip_id to text: JSON lines ``{"clip_id", "text"}`` or TSV
+``clip_id<TAB>text``. The text file is indexed in a temporary SQLite database (on disk, so memory
+stays bounded for 100M clips) and joined per video; a clip's own ``text`` wins over the file.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lfvila.manifest.records import INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, RawClip, RawVideo, Reject, has_invalid_utf8
+from lfvila.manifest.sources._io import iter_lines
+
+IS_ASR = False
+OPTIONS = ("text",)
+SOURCE = "hdvila"
+_BATCH = 50_000
+
+
+def input_files(path: Path, options: dict) -> list[Path]:
+    return [path] + ([Path(options["text"])] if options.get("text") else [])
+
+
+def clip_number(video_id: str, clip_id: str) -> int | None:
+    """n of ``<video_id>.<n>.mp4``, or None when the clip id does not follow the release's pattern."""
+    if not (clip_id.endswith(".mp4") and clip_id.startswith(video_id) and clip_id[len(video_id):len(video_id) + 1] == "."):
+        return None
+    middle = clip_id[len(video_id) + 1:-4]
+    return int(middle) if middle.isdigit() and middle.isascii() else None
+
+
+def _reject(video_id, clip_id, stage, reason, detail, value, file, line) -> Reject:
+    return Reject(SOURCE, video_id, clip_id, stage, reason, detail, None if value is None else str(value)[:500], file, line)
+
+
+def read(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict) -> Iterator[RawVideo | Reject]:
+    """Yield one RawVideo per metadata line; malformed lines and clip entries become Rejects."""
+    file = str(path)
+    if options.get("text"):
+        with tempfile.TemporaryDirectory(prefix="lfvila-hdvila-text-") as tmp:
+            conn = sqlite3.connect(Path(tmp) / "texts.sqlite")
+            try:
+                yield from _load_texts(conn, Path(options["text"]), progress, stats)
+                yield from _read_metadata(path, file, progress, conn, stats)
+            finally:
+                conn.close()
+    else:
+        yield from _read_metadata(path, file, progress, None, stats)
+
+
+def _read_metadata(path: Path, file: str, progress, conn, stats: dict) -> Iterator[RawVideo | Reject]:
+    texts_used = 0
+    for line_no, line in iter_lines(path, progress):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            yield _reject(None, None, "parse", MALFORMED_RECORD, f"line {line_no}: invalid JSON ({e})", line.strip(), file, line_no)
+            continue
+        if not (isinstance(obj, dict) and isinstance(obj.get("video_id"), str) and isinstance(obj.get("clip"), list)):
+            yield _reject(None, None, "parse", MALFORMED_RECORD,
+                          f"line {line_no}: expected an object with video_id (string) and clip (list)", line.strip(), file, line_no)
+            continue
+        video_id = obj["video_id"]
+        texts = _lookup(conn, video_id) if conn is not None else None
+        clips = []
+        for entry in obj["clip"]:
+            clip_id = entry.get("clip_id") if isinstance(entry, dict) else None
+            span = entry.get("span") if isinstance(entry, dict) else None
+            if not isinstance(clip_id, str) or not isinstance(span, list) or len(span) != 2:
+                yield _reject(video_id, clip_id if isinstance(clip_id, str) else None, "parse", MALFORMED_RECORD,
+                              f"line {line_no}: clip entry needs clip_id (string) and span [start, end]", json.dumps(entry)[:500], file, line_no)
+                continue
+            number = clip_number(video_id, clip_id)
+            if number is None:
+                yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
+                              f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
+                continue
+            text = entry.get("text")
+            if text is None and texts:
+                text = texts.get(clip_id)
+                texts_used += text is not None
+            clips.append(RawClip(clip_id, number, span[0], span[1], text, line_no))
+        yield RawVideo(video_id, obj.get("duration"), clips, file)
+    if conn is not None:
+        stats["text_rows_used"] = texts_used
+        stats["text_rows_unused"] = stats.get("text_rows", 0) - texts_used
+
+
+def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
+    texts: dict = {}
+    for clip_id, text in conn.execute("SELECT clip_id, text FROM t WHERE video_id = ? ORDER BY rowid", (video_id,)):
+        texts.setdefault(clip_id, text)
+    return texts
+
+
+def _parse_text_line(line: str) -> tuple[str, str]:
+    """(clip_id, text) of one JSON-lines or TSV line; ValueError when malformed."""
+    if line.lstrip().startswith("{"):
+        obj = json.loads(line)
+        if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) or not isinstance(obj.get("text"), str):
+            raise ValueError("expected {\"clip_id\": str, \"text\": str}")
+        return obj["clip_id"], obj["text"]
+    clip_id, tab, text = line.rstrip("\r\n").partition("\t")
+    if not tab:
+        raise ValueError("expected clip_id<TAB>text")
+    return clip_id, text
+
+
+def _load_texts(conn: sqlite3.Connection, path: Path, progress, stats: dict) -> Iterator[Reject]:
+    """Index the text file by video id; malformed, invalid and duplicate lines become Rejects."""
+    file = str(path)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("CREATE TABLE t (video_id TEXT, clip_id TEXT, text TEXT, line INTEGER)")
+    batch: list[tuple] = []
+    rows = 0
+    for line_no, line in iter_lines(path, progress):
+        if not line.strip() or (line_no == 1 and line.rstrip("\r\n") == "clip_id\ttext"):
+            continue
+        try:
+            clip_id, text = _parse_text_line(line)
+        except ValueError as e:
+            yield _reject(None, None, "text", MALFORMED_RECORD, f"text file line {line_no}: {e}", line.strip(), file, line_no)
+            continue
+        if has_invalid_utf8(clip_id) or has_invalid_utf8(text):
+            yield _reject(None, None, "text", INVALID_UTF8, f"text file line {line_no}: bytes that are not UTF-8",
+                          line.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace"), file, line_no)
+            continue
+        parts = clip_id.rsplit(".", 2)
+        if len(parts) != 3 or parts[2] != "mp4" or not parts[1].isdigit():
+            yield _reject(None, clip_id, "text", MALFORMED_RECORD, f"text file line {line_no}: clip_id is not <video_id>.<n>.mp4",
+                          clip_id, file, line_no)
+            continue
+        batch.append((parts[0], clip_id, text, line_no))
+        if len(batch) >= _BATCH:
+            conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", batch)
+            rows += len(batch)
+            batch.clear()
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", batch)
+    rows += len(batch)
+    conn.execute("CREATE INDEX t_video ON t (video_id)")
+    conn.execute("CREATE INDEX t_clip ON t (clip_id, rowid)")
+    duplicates = conn.execute(
+        "SELECT video_id, clip_id, line FROM t WHERE rowid NOT IN (SELECT MIN(rowid) FROM t GROUP BY clip_id) ORDER BY rowid")
+    for video_id, clip_id, line_no in duplicates:
+        rows -= 1
+        yield _reject(video_id, clip_id, "text", DUPLICATE_CLIP, f"text file line {line_no}: clip_id already has a text",
+                      clip_id, file, line_no)
+    stats["text_rows"] = rows
