@@ -1,0 +1,1 @@
+"""Seeing a built corpus: summary tables (``inspect``), contact sheets (``preview``), plots (``report``)."""

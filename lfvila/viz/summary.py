@@ -1,0 +1,175 @@
+"""``lfvila inspect``: what a corpus holds, per split, computed from its tables and shards.
+
+Numbers come from the files themselves (``longform.parquet``, ``shards/index.parquet``, the
+per-shard status files, ``rejects.parquet`` and the tars on disk), not from a cached summary, so
+``inspect`` also tells the truth about a corpus whose build was interrupted.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lfvila.viz.corpus import (
+    CorpusPaths,
+    key_splits,
+    read_corpus_json,
+    read_table,
+    shard_status,
+    shard_tars,
+    split_of_shard,
+)
+
+OK_STATUSES = ("ok", "success", "written")
+
+
+@dataclass
+class SplitSummary:
+    """One split: long-form videos planned by the manifest, and what the shard stage wrote."""
+
+    split: str
+    longform_videos: int = 0  # rows of longform.parquet
+    longform_hours: float = 0.0
+    samples: int = 0  # rows of shards/index.parquet
+    hours: float = 0.0  # video time covered by the written samples
+    frames: int = 0
+    sentences: int = 0
+    shards: int = 0  # complete .tar files
+    bytes: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # samples rejected by the video stage, by reason
+
+
+@dataclass
+class CorpusSummary:
+    root: str
+    splits: dict[str, SplitSummary]
+    manifest_rejects: dict[str, int]  # records dropped by the manifest stage, by reason
+    input_records: int | None = None
+    kept_clips: int | None = None
+    lfvila_version: str | None = None
+    has_manifest: bool = False
+    has_index: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sum(table, column: str) -> float:
+    if table is None or column not in table.column_names:
+        return 0.0
+    return float(sum(v for v in table.column(column).to_pylist() if v is not None))
+
+
+def _count_by(values) -> dict[str, int]:
+    return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def summarize(root: Path) -> CorpusSummary:
+    """Summarise the corpus at ``root`` (any stage of completion)."""
+    paths = CorpusPaths(Path(root))
+    if not paths.root.is_dir():
+        raise FileNotFoundError(f"no corpus directory at {paths.root}")
+    splits: dict[str, SplitSummary] = {}
+
+    def split(name: str) -> SplitSummary:
+        return splits.setdefault(name, SplitSummary(name))
+
+    longform = read_table(paths.longform, ["key", "split", "start", "end"])
+    if longform is not None:
+        for name, start, end in zip(*(longform.column(c).to_pylist() for c in ("split", "start", "end"))):
+            s = split(name)
+            s.longform_videos += 1
+            s.longform_hours += (end - start) / 3600.0
+
+    index = read_table(paths.index, ["key", "split", "shard", "n_frames", "duration", "n_sentences"])
+    if index is not None:
+        for name in set(index.column("split").to_pylist()):
+            rows = index.filter(index.column("split").to_numpy(zero_copy_only=False) == name)
+            s = split(name)
+            s.samples = rows.num_rows
+            s.hours = _sum(rows, "duration") / 3600.0
+            s.frames = int(_sum(rows, "n_frames"))
+            s.sentences = int(_sum(rows, "n_sentences"))
+
+    for tar in shard_tars(paths):
+        s = split(split_of_shard(tar))
+        s.shards += 1
+        s.bytes += tar.stat().st_size
+
+    status = shard_status(paths)
+    if status:
+        splits_of = key_splits(paths)
+        failed: dict[str, list[str]] = {}
+        for row in status:
+            if str(row.get("status")) in OK_STATUSES:
+                continue
+            name = row.get("split") or splits_of.get(row["key"]) or split_of_shard(Path(str(row["shard"])))
+            failed.setdefault(name, []).append(str(row.get("reason") or row.get("status")))
+        for name, reasons in failed.items():
+            split(name).failed = _count_by(reasons)
+
+    rejects = read_table(paths.rejects, ["reason"])
+    manifest_rejects = _count_by(rejects.column("reason").to_pylist()) if rejects is not None else {}
+
+    corpus = read_corpus_json(paths)
+    counts = corpus.get("counts", {}) if isinstance(corpus.get("counts"), dict) else {}
+    clips = read_table(paths.clips, ["clip_id"])
+    return CorpusSummary(
+        root=str(paths.root),
+        splits=dict(sorted(splits.items(), key=lambda kv: (kv[0] != "train", kv[0]))),
+        manifest_rejects=manifest_rejects,
+        input_records=counts.get("input_records"),
+        kept_clips=clips.num_rows if clips is not None else counts.get("kept_clips"),
+        lfvila_version=corpus.get("lfvila_version"),
+        has_manifest=longform is not None,
+        has_index=index is not None,
+    )
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def format_summary(summary: CorpusSummary) -> str:
+    """A plain-text report: one table of splits, then rejects by reason."""
+    lines = [f"corpus {summary.root}" + (f" (lfvila {summary.lfvila_version})" if summary.lfvila_version else "")]
+    if summary.input_records is not None or summary.kept_clips is not None:
+        lines.append(f"input records: {summary.input_records if summary.input_records is not None else '?'}"
+                     f"  kept clips: {summary.kept_clips if summary.kept_clips is not None else '?'}"
+                     f"  rejected by the manifest: {sum(summary.manifest_rejects.values())}")
+    header = ("split", "planned", "planned_h", "samples", "hours", "frames", "sentences", "shards", "bytes", "failed")
+    rows = [header]
+    totals = SplitSummary("total")
+    for s in summary.splits.values():
+        rows.append((s.split, str(s.longform_videos), f"{s.longform_hours:.2f}", str(s.samples), f"{s.hours:.2f}",
+                     str(s.frames), str(s.sentences), str(s.shards), _bytes(s.bytes), str(sum(s.failed.values()))))
+        for name in ("longform_videos", "longform_hours", "samples", "hours", "frames", "sentences", "shards", "bytes"):
+            setattr(totals, name, getattr(totals, name) + getattr(s, name))
+        totals.failed = dict(Counter(totals.failed) + Counter(s.failed))
+    if len(summary.splits) > 1:
+        rows.append(("total", str(totals.longform_videos), f"{totals.longform_hours:.2f}", str(totals.samples),
+                     f"{totals.hours:.2f}", str(totals.frames), str(totals.sentences), str(totals.shards),
+                     _bytes(totals.bytes), str(sum(totals.failed.values()))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines.append("")
+    lines.append("planned: long-form videos in the manifest; samples: written to shards; failed: rejected by the video stage")
+    for r in rows:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    if not summary.has_manifest:
+        lines.append("(no longform.parquet: the manifest stage has not run)")
+    if not summary.has_index:
+        lines.append("(no shards/index.parquet: the shard stage has not finished)")
+    if summary.manifest_rejects:
+        lines.append("")
+        lines.append("manifest rejects (records) by reason:")
+        lines += [f"  {reason:<24} {n}" for reason, n in summary.manifest_rejects.items()]
+    for s in summary.splits.values():
+        if s.failed:
+            lines.append("")
+            lines.append(f"{s.split}: samples rejected by the video stage, by reason:")
+            lines += [f"  {reason:<24} {n}" for reason, n in s.failed.items()]
+    return "\n".join(lines)
