@@ -1,0 +1,248 @@
+"""Shard stage driver: plan shard tasks from ``OUT/longform.parquet``, run them, then write the indexes.
+
+Planning is deterministic: per split, the long-form videos in key order are cut into consecutive
+groups of ``shards.samples_per_shard``; group ``i`` of split ``s`` is shard ``{s}-{i:06d}``. Shard
+tasks are independent and write disjoint files, so they run anywhere: in this process, in local
+worker processes (``engine="local"``), or on a Ray cluster (``engine="ray"``) whose nodes see the
+same ``OUT`` and videos directory. ``shard_range="i/N"`` keeps every N-th task starting at i, for
+array jobs. When every shard of the corpus is complete, the driver writes ``shards/index.parquet``,
+``shards/status.parquet``, one wids index per split and the ``video`` section of ``corpus.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from lfvila.shards.task import ShardTask, is_complete, paths, read_stats, run_shard_task, task_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def plan_shard_tasks(cfg, out: Path) -> list[ShardTask]:
+    """All shard tasks of the corpus, splits in name order, each split's rows in key order."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(Path(out) / "longform.parquet").to_pylist()
+    by_split: dict[str, list[dict]] = {}
+    for row in rows:
+        if "." in row["key"] or "/" in row["key"]:
+            raise ValueError(f"longform.parquet: key {row['key']!r} contains '.' or '/', not a WebDataset key")
+        by_split.setdefault(row["split"], []).append(row)
+    size = cfg.shards.samples_per_shard
+    tasks = []
+    for split in sorted(by_split):
+        split_rows = sorted(by_split[split], key=lambda r: r["key"])
+        for index, lo in enumerate(range(0, len(split_rows), size)):
+            chunk = split_rows[lo:lo + size]
+            tasks.append(ShardTask(split, index, chunk, task_fingerprint(chunk, cfg)))
+    return tasks
+
+
+def parse_shard_range(text: str | None) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        part, total = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard_range must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= part < total:
+        raise ValueError(f"shard_range {text!r}: need 0 <= I < N")
+    return part, total
+
+
+def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: str = "local",
+                 ray_address: str | None = None, shard_range: str | None = None,
+                 retry_failed: bool = False) -> dict:
+    """Build the shards of ``out`` from its manifest and ``videos_dir``; return the corpus video summary.
+
+    Complete shards are skipped (with ``retry_failed``, shards holding failed samples are redone).
+    The summary (also written to ``corpus.json`` under ``video``) is only final when every shard is
+    complete; with a ``shard_range`` it is written by whichever part finishes last.
+    """
+    out, videos_dir = Path(out), Path(videos_dir)
+    if not (out / "longform.parquet").exists():
+        raise FileNotFoundError(f"{out / 'longform.parquet'} is missing: run the manifest stage first")
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"videos directory {videos_dir} does not exist")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    part, total = parse_shard_range(shard_range)
+    tasks = plan_shard_tasks(cfg, out)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    mine = tasks[part::total]
+    todo = [t for t in mine if not is_complete(shard_dir, t, retry_failed)]
+    log.info("%d shard tasks in the corpus, %d in this part, %d to do", len(tasks), len(mine), len(todo))
+
+    run = _run_ray if engine == "ray" else _run_local
+    run(todo, out, videos_dir, cfg, workers=workers, ray_address=ray_address)
+
+    if all(is_complete(shard_dir, t) for t in tasks):
+        return write_corpus_indexes(out, tasks, cfg)
+    done = sum(is_complete(shard_dir, t) for t in tasks)
+    log.info("%d of %d shards complete; indexes are written when all are", done, len(tasks))
+    return {}
+
+
+class _Progress:
+    """tqdm bar over shards: samples/s, hours of video written, failures so far."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="shard", desc="shards", dynamic_ncols=True)
+        self.start = time.monotonic()
+        self.samples = self.failures = 0
+        self.seconds = 0.0
+
+    def update(self, stats: dict) -> None:
+        self.samples += stats["samples_written"]
+        self.failures += stats["samples_rejected"] + stats["samples_failed"]
+        self.seconds += stats["video_seconds"]
+        rate = self.samples / max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix(samples_s=f"{rate:.2f}", video_h=f"{self.seconds / 3600:.2f}", rejected=self.failures)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int, **_) -> None:
+    progress = _Progress(len(todo))
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for task in todo:
+                progress.update(run_shard_task(task, out, videos_dir, cfg))
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: workers start clean (no inherited threads or locks from the driver).
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = [pool.submit(run_shard_task, task, out, videos_dir, cfg) for task in todo]
+            for future in as_completed(futures):
+                progress.update(future.result())
+    finally:
+        progress.close()
+
+
+def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int,
+             ray_address: str | None) -> None:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+    remote_task = ray.remote(num_cpus=1, max_retries=2)(run_shard_task)
+    progress = _Progress(len(todo))
+    try:
+        # Absolute paths: Ray workers run in their own working directory.
+        pending = [remote_task.remote(t, out.resolve(), videos_dir.resolve(), cfg) for t in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                progress.update(ray.get(ref))
+    finally:
+        progress.close()
+        if started_here:
+            ray.shutdown()
+
+
+def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
+    """Write index.parquet, status.parquet, per-split wids indexes and corpus.json's ``video`` section."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard_dir = out / "shards"
+    status = pa.concat_tables([pq.read_table(paths(shard_dir, t.name)["status"]) for t in tasks]) if tasks else None
+    if status is not None:
+        _write_parquet(status, shard_dir / "status.parquet")
+        written = status.filter(pa.compute.equal(status["status"], "written"))
+        index = pa.table({
+            "key": written["key"], "split": written["split"],
+            "shard": pa.compute.binary_join_element_wise(written["shard"], pa.scalar(".tar"), ""),
+            "offset": written["offset"], "size": written["size"], "n_frames": written["n_frames"],
+            "duration": written["duration"], "n_sentences": written["n_sentences"],
+        })
+        _write_parquet(index, shard_dir / "index.parquet")
+
+    summary: dict = {"fps": cfg.video.fps, "frame_height": cfg.video.frame_height, "splits": {}}
+    for split in sorted({t.split for t in tasks}):
+        split_stats = [read_stats(shard_dir, t.name) for t in tasks if t.split == split]
+        summary["splits"][split] = _sum_stats(split_stats)
+        shardlist = [{"url": f"{s['shard']}.tar", "nsamples": s["samples_written"], "filesize": s["tar_bytes"]}
+                     for s in split_stats if s["samples_written"] > 0]
+        wids = {"wids_version": 1, "name": f"lfvila-{split}", "shardlist": shardlist}
+        _write_json(shard_dir / f"{split}.wids.json", wids)
+    summary["totals"] = _sum_stats(list(summary["splits"].values()))
+    t = summary["totals"]
+    rejected = sum(t["clips_rejected_by_reason"].values())
+    summary["clips_check"] = (f"input clips {t['clips_input']} == clips in written samples {t['clips_written']}"
+                              f" + rejected clips {rejected}")
+    summary["clips_check_ok"] = t["clips_input"] == t["clips_written"] + rejected
+
+    corpus_path = out / "corpus.json"
+    corpus = json.loads(corpus_path.read_text()) if corpus_path.exists() else {}
+    corpus["video"] = summary
+    _write_json(corpus_path, corpus)
+    return summary
+
+
+def _sum_stats(stats: list[dict]) -> dict:
+    """Add up shard stats (or split summaries): counts, seconds, bytes and per-reason tallies."""
+    total = {"shards": 0, "samples_planned": 0, "samples_written": 0, "samples_rejected": 0, "samples_failed": 0,
+             "rejected_by_reason": {}, "clips_input": 0, "clips_written": 0, "clips_rejected_by_reason": {},
+             "frames": 0, "video_seconds": 0.0, "bytes": 0, "decode_errors": 0}
+    for s in stats:
+        total["shards"] += s.get("shards", 1)
+        total["bytes"] += s.get("bytes", s.get("tar_bytes", 0))
+        for k in ("samples_planned", "samples_written", "samples_rejected", "samples_failed", "clips_input",
+                  "clips_written", "frames", "video_seconds", "decode_errors"):
+            total[k] += s[k]
+        for k in ("rejected_by_reason", "clips_rejected_by_reason"):
+            for reason, n in s[k].items():
+                total[k][reason] = total[k].get(reason, 0) + n
+    total["video_seconds"] = round(total["video_seconds"], 3)
+    total["video_hours"] = round(total["video_seconds"] / 3600, 4)
+    for k in ("rejected_by_reason", "clips_rejected_by_reason"):
+        total[k] = dict(sorted(total[k].items()))
+    return total
+
+
+def format_summary(summary: dict) -> str:
+    """The final summary table printed by ``lfvila build``."""
+    header = f"{'split':<8}{'shards':>8}{'written':>9}{'rejected':>9}{'failed':>8}{'hours':>9}{'frames':>10}{'MB':>10}"
+    lines = [header, "-" * len(header)]
+    for name, s in [*summary.get("splits", {}).items(), ("total", summary.get("totals"))]:
+        if s is None:
+            continue
+        lines.append(f"{name:<8}{s['shards']:>8}{s['samples_written']:>9}{s['samples_rejected']:>9}"
+                     f"{s['samples_failed']:>8}{s['video_hours']:>9.3f}{s['frames']:>10}{s['bytes'] / 1e6:>10.1f}")
+    totals = summary.get("totals") or {}
+    for reason, n in totals.get("rejected_by_reason", {}).items():
+        lines.append(f"  rejected samples, {reason}: {n}")
+    if "clips_check" in summary:
+        lines.append(("OK: " if summary["clips_check_ok"] else "MISMATCH: ") + summary["clips_check"])
+    return "\n".join(lines)
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

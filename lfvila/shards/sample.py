@@ -1,0 +1,216 @@
+"""One long-form video (a manifest row) -> one WebDataset sample written into a shard.
+
+Frames: slot ``n`` of the long-form video's grid shows the source frame on screen at
+``start + (n + 0.5) / fps`` (see lfvila/video/decode.py). Only slots whose time falls inside at
+least one sentence span are stored: gaps between sentences carry no text. Sentence ``i`` owns the
+stored frames ``[frame_start, frame_end)``: exactly those whose time lies in ``[start, end)``.
+
+Policies (each recorded per sample in the shard's status table, docs/shards.md):
+- span past the end of the file: the frames that exist are kept, sentences are clipped to the
+  decoded end, and sentences left without frames are dropped (their clips counted as rejected);
+- decode errors part-way: ffmpeg conceals what it can and goes on; its error lines are counted
+  (``decode_errors``) and a sample with more than ``video.max_decode_errors`` (default 0) is
+  rejected as ``decode_error``; within the limit, if ffmpeg gives up part-way, what was decoded
+  before is kept as for a short file;
+- a sample is rejected when fewer sentences keep frames than the manifest's rule asks of a
+  long-form video (``min(manifest.min_clips, its clip count)``): it is no longer long-form.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lfvila.shards.tar import DeterministicTarWriter
+from lfvila.video.decode import SegmentDecoder, SegmentResult, slot_at_or_after, slot_time
+from lfvila.video.source import find_source
+
+# Sample reasons whose cause may be outside the data (missing download, overloaded machine): the
+# sample is "failed" rather than "rejected", and --retry-failed redoes its shard.
+RETRYABLE_REASONS = {"video_not_found", "decode_timeout", "internal_error"}
+
+
+@dataclass
+class SampleOutcome:
+    """One row of a shard's status table."""
+
+    key: str
+    status: str  # written | rejected | failed
+    reason: str = ""  # empty when written
+    detail: str = ""
+    n_frames: int = 0
+    n_sentences: int = 0
+    n_clips: int = 0  # clips of the manifest row
+    clips_written: int = 0
+    clip_rejects: dict[str, int] = field(default_factory=dict)  # clips dropped from a written sample
+    duration: float = 0.0
+    offset: int = -1  # byte offset of the sample's first member in the tar
+    size: int = 0  # bytes of all its members, headers and padding included
+    decode_errors: int = 0
+    trimmed: bool = False
+
+
+@dataclass
+class _Segment:
+    """One decoder run: a file and the grid slots it provides."""
+
+    path: Path | None
+    file_offset: float  # source time minus file time (0 for a full video, the clip start for a clip)
+    first_slot: int
+    count: int
+    result: SegmentResult | None = None
+    missing_reason: str = ""
+
+
+def _wanted_slots(sentences: list[dict], grid_start: float, fps: float) -> list[int]:
+    wanted: set[int] = set()
+    for s in sentences:
+        wanted.update(range(slot_at_or_after(s["start"], grid_start, fps), slot_at_or_after(s["end"], grid_start, fps)))
+    return sorted(wanted)
+
+
+def _plan_segments(row: dict, videos_dir: Path, wanted: list[int], fps: float) -> tuple[list[_Segment], list[int]] | None:
+    """Segments to decode and, per sentence, the index of the segment that serves it."""
+    sentences = row["sentences"]
+    source = find_source(videos_dir, row["video_id"], [s["clip_id"] for s in sentences])
+    if source is None:
+        return None
+    if source.full is not None:
+        seg = _Segment(source.full, 0.0, wanted[0], wanted[-1] - wanted[0] + 1) if wanted else None
+        return ([seg] if seg else []), [0] * len(sentences)
+    segments: list[_Segment] = []
+    owner: list[int] = []
+    covered = -1
+    grid_start = row["start"]
+    for s in sentences:
+        lo = max(slot_at_or_after(s["start"], grid_start, fps), covered + 1)
+        hi = slot_at_or_after(s["end"], grid_start, fps)
+        path = source.clips.get(s["clip_id"])
+        seg = _Segment(path, s["start"], lo, max(0, hi - lo),
+                       missing_reason="" if path is not None else "clip_file_not_found")
+        owner.append(len(segments))
+        segments.append(seg)
+        covered = max(covered, hi - 1)
+    return segments, owner
+
+
+def _sample_json(row: dict, fps: float, width: int, height: int, times: list[float], sentences: list[dict],
+                 decode_errors: int) -> bytes:
+    meta = {
+        "key": row["key"], "source": row["source"], "video_id": row["video_id"],
+        "start": round(min(s["start"] for s in sentences), 6), "end": round(max(s["end"] for s in sentences), 6),
+        "fps": fps, "width": width, "height": height,
+        "frame_times": [round(t, 6) for t in times],
+        "sentences": sentences,
+        "decode_errors": decode_errors,
+    }
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) -> SampleOutcome:
+    """Decode ``row``'s long-form video and append its sample to ``tar``; the tar is unchanged when it is not written."""
+    import simplejpeg
+
+    vcfg = cfg.video
+    fps = vcfg.fps
+    key = row["key"]
+    sentences = list(row["sentences"])
+    outcome = SampleOutcome(key=key, status="rejected", n_clips=len(sentences))
+    grid_start = row["start"]
+    wanted = _wanted_slots(sentences, grid_start, fps)
+    plan = _plan_segments(row, videos_dir, wanted, fps)
+    if plan is None:
+        outcome.status, outcome.reason = "failed", "video_not_found"
+        outcome.detail = f"no {row['video_id']}.<ext> or {row['video_id']}/<clip_id> under {videos_dir}"
+        return outcome
+    segments, owner = plan
+    wanted_set = set(wanted)
+    digits = max(4, len(str(max(len(wanted) - 1, 0))))
+    deadline = time.monotonic() + vcfg.timeout_s + vcfg.timeout_per_video_s * (row["end"] - row["start"])
+
+    mark = tar.tell()
+    times: list[float] = []
+    width = height = None
+    decoded_until: list[float] = []  # per segment: source time up to which frames exist
+    for seg in segments:
+        if seg.path is None or seg.count == 0:
+            decoded_until.append(float("inf"))
+            continue
+        file_start = grid_start + seg.first_slot / fps - seg.file_offset
+        decoder = SegmentDecoder(seg.path, file_start, seg.count, fps, vcfg.frame_height, width,
+                                 vcfg.decoder_threads, deadline)
+        for i, frame in decoder:
+            slot = seg.first_slot + i
+            if slot not in wanted_set:
+                continue
+            if width is None:
+                height, width = frame.shape[:2]
+            jpg = simplejpeg.encode_jpeg(frame, quality=vcfg.jpeg_quality, colorspace="RGB", colorsubsampling="420")
+            tar.add(f"{key}.{len(times):0{digits}d}.jpg", jpg)
+            times.append(slot_time(slot, grid_start, fps))
+        seg.result = res = decoder.result
+        if res.frames:
+            # Errors of a file that gave no frame are its reject reason instead (clip or sample level).
+            outcome.decode_errors += len(res.error_lines)
+        if res.timed_out:
+            tar.rollback(mark)
+            outcome.status, outcome.reason = "failed", "decode_timeout"
+            outcome.detail = f"{seg.path.name}: no result within the deadline"
+            return outcome
+        truncated = res.frames < seg.count
+        decoded_until.append(grid_start + (seg.first_slot + res.frames) / fps if truncated else float("inf"))
+        outcome.trimmed |= truncated and res.frames > 0
+
+    if outcome.decode_errors > vcfg.max_decode_errors:
+        tar.rollback(mark)
+        outcome.reason = "decode_error"
+        outcome.detail = "; ".join(line for seg in segments if seg.result for line in seg.result.error_lines[:2])[:500]
+        outcome.trimmed = False
+        return outcome
+
+    kept: list[dict] = []
+    for s, seg_index in zip(sentences, owner):
+        seg = segments[seg_index] if segments else None
+        end = min(s["end"], decoded_until[seg_index]) if seg else s["end"]
+        lo = bisect.bisect_left(times, s["start"])
+        hi = bisect.bisect_left(times, end)
+        if hi > lo:
+            kept.append({"text": s["text"], "start": round(s["start"], 6), "end": round(end, 6),
+                         "clip_id": s["clip_id"], "frame_start": lo, "frame_end": hi})
+            continue
+        if seg is None:
+            reason = "no_frames_in_span"
+        elif seg.missing_reason:
+            reason = seg.missing_reason
+        elif seg.result is not None and seg.result.frames == 0:
+            reason = seg.result.reason()
+        elif end < s["end"]:
+            reason = "past_end_of_video"
+        else:
+            reason = "no_frames_in_span"
+        outcome.clip_rejects[reason] = outcome.clip_rejects.get(reason, 0) + 1
+
+    needed = min(cfg.manifest.min_clips, len(sentences))
+    if len(kept) < max(needed, 1):
+        tar.rollback(mark)
+        outcome.clip_rejects = {}
+        first = next((g for g in segments if g.result is not None or g.missing_reason), None)
+        if not times and first is not None:
+            outcome.reason = first.missing_reason or first.result.reason()
+            outcome.detail = "" if first.missing_reason else first.result.detail()
+        else:
+            outcome.reason = "too_little_left"
+            outcome.detail = f"{len(kept)} of {len(sentences)} sentences have frames; {needed} needed"
+        return outcome
+
+    tar.add(f"{key}.json", _sample_json(row, fps, width, height, times, kept, outcome.decode_errors))
+    outcome.status = "written"
+    outcome.n_frames = len(times)
+    outcome.n_sentences = outcome.clips_written = len(kept)
+    outcome.duration = round(max(s["end"] for s in kept) - min(s["start"] for s in kept), 6)
+    outcome.offset, outcome.size = mark, tar.tell() - mark
+    if outcome.decode_errors:
+        outcome.detail = "; ".join(line for seg in segments if seg.result for line in seg.result.error_lines[:1])[:500]
+    return outcome

@@ -1,0 +1,180 @@
+"""One shard task: write ``{split}-{NNNNNN}.tar``, then its status table, then its stats (last).
+
+Completion protocol (what makes a rerun skip a shard, and a SIGKILL at any moment harmless):
+1. the tar is written under a unique temporary name and renamed into place;
+2. ``.status.parquet`` (one row per planned sample) is written under a temporary name and renamed;
+3. ``.stats.json`` is written the same way, last. A shard is complete when its stats exist, name
+   the same task fingerprint (config + manifest rows) and the tar has the recorded size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import traceback
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardTask:
+    """A shard to build: its name and its manifest rows (in key order)."""
+
+    split: str
+    index: int
+    rows: list[dict]
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+
+def task_fingerprint(rows: list[dict], cfg) -> str:
+    """Hash of everything that determines a shard's bytes: its rows, the video/shard config, the version."""
+    import lfvila
+    from lfvila.config import to_dict
+
+    blob = json.dumps({"rows": rows, "video": to_dict(cfg.video), "shards": to_dict(cfg.shards),
+                       "min_clips": cfg.manifest.min_clips, "version": lfvila.__version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def paths(shard_dir: Path, name: str) -> dict[str, Path]:
+    return {"tar": shard_dir / f"{name}.tar", "status": shard_dir / f"{name}.status.parquet",
+            "stats": shard_dir / f"{name}.stats.json"}
+
+
+def read_stats(shard_dir: Path, name: str) -> dict | None:
+    p = paths(shard_dir, name)["stats"]
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(shard_dir: Path, task: ShardTask, retry_failed: bool = False) -> bool:
+    """True when the shard exists for this exact task (and, with retry_failed, has no failed samples)."""
+    stats = read_stats(shard_dir, task.name)
+    if stats is None or stats.get("fingerprint") != task.fingerprint:
+        return False
+    p = paths(shard_dir, task.name)
+    try:
+        if p["tar"].stat().st_size != stats["tar_bytes"] or not p["status"].exists():
+            return False
+    except OSError:
+        return False
+    return not (retry_failed and stats["samples_failed"] > 0)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clear_stale(shard_dir: Path, name: str) -> None:
+    """Remove temporaries of earlier, killed attempts at this shard."""
+    for stale in shard_dir.glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+STATUS_COLUMNS = ("key", "split", "shard", "status", "reason", "detail", "n_frames", "n_sentences", "n_clips",
+                  "clips_written", "clip_rejects", "duration", "offset", "size", "decode_errors", "trimmed")
+
+
+def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
+    """Build one shard (see module docstring) and return its stats dict."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lfvila.shards.sample import SampleOutcome, write_sample
+    from lfvila.shards.tar import DeterministicTarWriter
+
+    shard_dir = Path(out) / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale(shard_dir, task.name)
+    p = paths(shard_dir, task.name)
+    # Stats go first so a half-redone shard can never look complete.
+    p["stats"].unlink(missing_ok=True)
+    tmp_tar = shard_dir / f".{task.name}.tar.{uuid.uuid4().hex}.tmp"
+    tar = DeterministicTarWriter(tmp_tar)
+    outcomes: list[SampleOutcome] = []
+    try:
+        for row in task.rows:
+            mark = tar.tell()
+            try:
+                outcome = write_sample(row, Path(videos_dir), cfg, tar)
+            except Exception as exc:  # a bug or an I/O error must not take the other samples with it
+                tar.rollback(mark)
+                log.warning("sample %s: %s", row["key"], exc)
+                outcome = SampleOutcome(key=row["key"], status="failed", reason="internal_error",
+                                        n_clips=len(row["sentences"]),
+                                        detail=traceback.format_exception_only(exc)[-1].strip()[:500])
+            outcomes.append(outcome)
+        tar.close()
+    except BaseException:
+        tar.abort()
+        raise
+    os.replace(tmp_tar, p["tar"])
+
+    rows = []
+    for o in outcomes:
+        d = asdict(o)
+        d["clip_rejects"] = json.dumps(d["clip_rejects"], sort_keys=True)
+        rows.append({"split": task.split, "shard": task.name, **d})
+    table = pa.Table.from_pylist(rows, schema=_status_schema())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
+
+    stats = _shard_stats(task, outcomes, p["tar"].stat().st_size, cfg.video.fps)
+    _atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    return stats
+
+
+def _status_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("status", pa.string()),
+        ("reason", pa.string()), ("detail", pa.string()), ("n_frames", pa.int32()), ("n_sentences", pa.int32()),
+        ("n_clips", pa.int32()), ("clips_written", pa.int32()), ("clip_rejects", pa.string()),
+        ("duration", pa.float64()), ("offset", pa.int64()), ("size", pa.int64()), ("decode_errors", pa.int32()),
+        ("trimmed", pa.bool_()),
+    ])
+
+
+def _shard_stats(task: ShardTask, outcomes, tar_bytes: int, fps: float) -> dict:
+    rejected: dict[str, int] = {}
+    clip_rejects: dict[str, int] = {}
+    for o in outcomes:
+        if o.status != "written":
+            rejected[o.reason] = rejected.get(o.reason, 0) + 1
+            clip_rejects[o.reason] = clip_rejects.get(o.reason, 0) + o.n_clips
+        for reason, n in o.clip_rejects.items():
+            clip_rejects[reason] = clip_rejects.get(reason, 0) + n
+    written = [o for o in outcomes if o.status == "written"]
+    return {
+        "shard": task.name, "split": task.split, "fingerprint": task.fingerprint,
+        "samples_planned": len(outcomes), "samples_written": len(written),
+        "samples_rejected": sum(o.status == "rejected" for o in outcomes),
+        "samples_failed": sum(o.status == "failed" for o in outcomes),
+        "rejected_by_reason": dict(sorted(rejected.items())),
+        "clips_input": sum(o.n_clips for o in outcomes),
+        "clips_written": sum(o.clips_written for o in written),
+        "clips_rejected_by_reason": dict(sorted(clip_rejects.items())),
+        "frames": sum(o.n_frames for o in written),
+        "video_seconds": round(sum(o.duration for o in written), 6),
+        "frame_seconds": round(sum(o.n_frames for o in written) / fps, 6),
+        "decode_errors": sum(o.decode_errors for o in outcomes),
+        "tar_bytes": tar_bytes,
+    }

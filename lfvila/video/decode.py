@@ -1,0 +1,209 @@
+"""Decode frames on a fixed time grid with an ffmpeg subprocess.
+
+Why ffmpeg as a subprocess (measured in docs/bench-build.md): it decoded a 720p H.264 span with the
+least CPU of ffmpeg, PyAV and decord, it can be killed when it hangs (a C-level hang inside PyAV or
+decord would take the worker with it), its memory is its own, and it honours rotation metadata.
+
+Time grid. A long-form video starting at ``grid_start`` is cut into slots of ``1/fps`` seconds;
+slot ``n`` covers ``[grid_start + n/fps, grid_start + (n+1)/fps)`` and its frame is the source frame
+on screen at the slot's midpoint ``grid_start + (n + 0.5)/fps`` (the last frame whose presentation
+time is before the midpoint). ffmpeg's ``fps`` filter with ``round=near`` implements exactly this
+rule: it rounds each input timestamp to the nearest output tick and keeps, per tick, the latest
+frame rounded to at most that tick. Selecting by presentation time makes variable frame rate work.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+FFMPEG_ENV = "LFVILA_FFMPEG"
+_POINTER = re.compile(r" @ 0x[0-9a-f]+")
+_NO_STREAM = ("matches no streams", "does not contain any stream", "Output file is empty")
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: ``$LFVILA_FFMPEG`` if set, else imageio-ffmpeg's bundled build."""
+    exe = os.environ.get(FFMPEG_ENV)
+    if exe:
+        found = shutil.which(exe)
+        if found is None:
+            raise FileNotFoundError(f"{FFMPEG_ENV}={exe!r} is not an executable")
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass
+class SegmentResult:
+    """What one decoder run produced: frames received, and why it stopped."""
+
+    frames: int = 0
+    returncode: int | None = None
+    timed_out: bool = False
+    error_lines: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """ffmpeg exited with an error (not counting our own early stop)."""
+        return self.timed_out or (self.returncode not in (0, None))
+
+    def reason(self) -> str:
+        """Reject reason when nothing was decoded: a fixed vocabulary (docs/shards.md)."""
+        if self.timed_out:
+            return "decode_timeout"
+        text = "\n".join(self.error_lines)
+        if any(s in text for s in _NO_STREAM):
+            return "no_video_stream"
+        if self.failed or self.error_lines:
+            return "unreadable"
+        return "span_past_end"
+
+    def detail(self) -> str:
+        """First error lines, with memory addresses removed so the text is the same on every run."""
+        return " | ".join(self.error_lines[:3])[:500]
+
+
+def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps: float, height: int,
+                    width: int | None, threads: int, input_seek: bool) -> list[str]:
+    import ffmpeg  # ffmpeg-python: builds the filter graph with correct escaping
+
+    if input_seek:
+        # Accurate input seek: ffmpeg jumps to the keyframe before `seek`, decodes from there and
+        # drops the frames before `seek`; timestamps start at 0 at `seek`.
+        stream = ffmpeg.input(str(path), ss=f"{seek:.6f}", t=f"{duration:.6f}", threads=threads)["v:0"]
+    else:
+        # Fallback for files whose index makes seeking fail: decode from the start, cut with trim.
+        stream = ffmpeg.input(str(path), threads=threads)["v:0"]
+        stream = stream.filter("trim", start=f"{seek:.6f}", end=f"{seek + duration:.6f}")
+        shift -= seek
+    if shift != 0:
+        # Move the timeline so that slot 0 begins at 0; pre-cut clips can start up to half a
+        # slot after their first slot's start, and a negative seek is not possible.
+        stream = stream.filter("setpts", f"PTS+({shift:.6f})/TB")
+    stream = stream.filter("fps", fps=f"{fps:g}", start_time=0, round="near")
+    # dar = display aspect ratio after ffmpeg's automatic rotation: honours rotation and SAR.
+    w = str(width) if width is not None else f"2*max(1,trunc({height}*dar/2+0.5))"
+    stream = stream.filter("scale", w=w, h=height, flags="bicubic").filter("setsar", 1)
+    args = stream.output("pipe:", format="image2pipe", vcodec="ppm").compile(cmd="ffmpeg")
+    return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *args[1:]]
+
+
+class SegmentDecoder:
+    """Stream ``count`` grid slots of one file as RGB frames; never holds more than one frame.
+
+    ``file_start`` is the time in the file where slot 0 begins (it may be slightly negative for a
+    pre-cut clip: then the first frame fills the gap). Iterate to get ``(slot, frame (H, W, 3) uint8)``;
+    afterwards ``result`` tells how it ended. The process is killed at ``deadline`` (time.monotonic()).
+    """
+
+    def __init__(self, path: Path, file_start: float, count: int, fps: float, height: int,
+                 width: int | None, threads: int, deadline: float):
+        self.path, self.count, self.deadline = path, count, deadline
+        seek = max(file_start, 0.0)
+        shift = seek - file_start
+        # Read a quarter slot past the last needed slot so ffmpeg's EOF rounding emits it.
+        duration = (count + 0.25) / fps - shift
+        # Input seeking first; decoding from the start as the fallback (and for seek 0: some files
+        # give nothing after even `-ss 0`).
+        modes = (True, False) if seek > 0 else (False,)
+        self.commands = [_ffmpeg_command(path, seek, shift, duration, fps, height, width, threads, input_seek=m)
+                         for m in modes]
+        self.result = SegmentResult()
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for command in self.commands:
+            # Some files (a broken index, e.g. a Matroska file without cues) give no frame and no
+            # error after an input seek; decoding them from the start is the only way in.
+            self.result = SegmentResult()
+            yield from self._run(command)
+            if self.result.frames or self.result.failed:
+                return
+
+    def _run(self, command: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+        with tempfile.TemporaryFile() as errfile:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=errfile)
+            stopped_early = False
+            try:
+                for frame in _read_ppm_frames(proc.stdout, self.deadline):
+                    yield self.result.frames, frame
+                    self.result.frames += 1
+                    if self.result.frames >= self.count:
+                        stopped_early = True
+                        break
+            except TimeoutError:
+                self.result.timed_out = True
+            finally:
+                if stopped_early or self.result.timed_out:
+                    proc.kill()
+                proc.stdout.close()
+                try:
+                    proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    self.result.timed_out = True
+            self.result.returncode = 0 if stopped_early else proc.returncode
+            errfile.seek(0)
+            text = errfile.read(65536).decode("utf-8", "replace")
+            self.result.error_lines = [_POINTER.sub("", line).strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_ppm_frames(pipe, deadline: float) -> Iterator[np.ndarray]:
+    """Parse a stream of binary PPM images (``P6\\nW H\\n255\\n`` + W*H*3 bytes) from a pipe."""
+    fd = pipe.fileno()
+    buf = bytearray()
+    eof = False
+
+    def fill(n: int) -> bool:
+        nonlocal eof
+        while len(buf) < n and not eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, max(1 << 16, n - len(buf)))
+            if not chunk:
+                eof = True
+            buf.extend(chunk)
+        return len(buf) >= n
+
+    while True:
+        # ffmpeg writes the header as "P6\nW H\n255\n": three newlines, well under 32 bytes.
+        if not fill(32):
+            return
+        end = buf.index(b"\n", buf.index(b"\n", buf.index(b"\n") + 1) + 1) + 1
+        magic, w, h, maxval = bytes(buf[:end]).split()
+        if magic != b"P6" or maxval != b"255":
+            raise ValueError(f"unexpected frame header {bytes(buf[:end])!r} from ffmpeg")
+        size = int(w) * int(h) * 3
+        if not fill(end + size):
+            return
+        frame = np.frombuffer(bytes(buf[end:end + size]), dtype=np.uint8).reshape(int(h), int(w), 3)
+        del buf[:end + size]
+        yield frame
+
+
+def slot_at_or_after(t: float, grid_start: float, fps: float) -> int:
+    """Index of the first grid slot whose midpoint time is at or after ``t`` (never negative)."""
+    # 1e-6 s tolerance: times come from text with millisecond precision.
+    return max(0, math.ceil((t - grid_start) * fps - 0.5 - 1e-6))
+
+
+def slot_time(n: int, grid_start: float, fps: float) -> float:
+    """Midpoint time (seconds in the source video) of slot ``n``: the time its frame shows."""
+    return grid_start + (n + 0.5) / fps
