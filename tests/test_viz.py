@@ -144,3 +144,40 @@ def test_report_cli_writes_plots_and_markdown(corpus, tmp_path):
     # words per sentence: "the screen is <colour> now" has 5 words, so every quantile is 5.
     row = next(line for line in md.splitlines() if line.startswith("| words per sentence | train"))
     assert row.split("|")[4].strip() == "5.00"
+
+
+def test_demo_sample_built_for_real_then_inspected(tmp_path, capsys):
+    """Render part of the demo sample, run the real ``lfvila build``, and check what the viz commands see."""
+    from lfvila.sample import render_sample
+
+    # The first 12 videos hold two quirks: an unlisted clip splitting a run in two (video 3) and
+    # a split leaving a run too short to keep (video 11).
+    rendered = render_sample(tmp_path / "sample", limit=12, workers=2)
+    corpus = tmp_path / "corpus"
+    assert main(["build", "--out", str(corpus), "--source", rendered.sources[0], "--videos", str(rendered.videos_dir),
+                 "--set", "manifest.val_fraction=0.3", "--set", "video.frame_height=60",
+                 "--set", "shards.samples_per_shard=4", "--workers", "2"]) == 0
+    summary = summarize(corpus)
+    index = pq.read_table(corpus / "shards" / "index.parquet").to_pylist()
+    # 12 videos, one split in two, one short run dropped: 13 long-form videos, all written.
+    assert sum(s.longform_videos for s in summary.splits.values()) == 13
+    assert sum(s.samples for s in summary.splits.values()) == len(index) == 13
+    assert sum(s.shards for s in summary.splits.values()) == len({r["shard"] for r in index}) >= 4
+    assert main(["inspect", str(corpus)]) == 0
+    assert "kept clips in no long-form video (runs shorter than the minimum): 2" in capsys.readouterr().out
+
+    # The preview's frames are the ones the sentences describe: each sentence's frames show its colour.
+    from lfvila.sample import COLOURS
+    for row in index[:3]:
+        meta, frames = read_sample(corpus, row["key"])
+        for sentence in meta["sentences"]:
+            colour = next(c for c in COLOURS if f" {c} " in f" {sentence['text'].rstrip('.')} ")
+            expected = np.array([int(COLOURS[colour], 16) >> s & 255 for s in (16, 8, 0)])
+            for i in range(sentence["frame_start"], sentence["frame_end"]):
+                pixel = np.asarray(Image.open(io.BytesIO(frames[i])).convert("RGB"))[1:4, 1:4].reshape(-1, 3).mean(0)
+                assert np.abs(pixel - expected).max() < 30, (row["key"], i, sentence["text"])
+    sheet = tmp_path / "sheet.png"
+    assert main(["preview", str(corpus), "--key", index[0]["key"], "-o", str(sheet)]) == 0
+    assert Image.open(sheet).size[0] > 800
+    assert main(["report", str(corpus)]) == 0
+    assert "| words per sentence | train |" in (corpus / "report" / "report.md").read_text()

@@ -61,8 +61,12 @@ def read_corpus_json(paths: CorpusPaths) -> dict:
 
 
 def shard_tars(paths: CorpusPaths) -> list[Path]:
-    """Complete shards (``{split}-NNNNNN.tar``; temporary names never end in ``.tar``)."""
-    return sorted(p for p in paths.shards_dir.glob("*.tar") if not p.name.startswith("."))
+    """Complete shards: ``{split}-NNNNNN.tar`` (temporary names start with a dot), and when the
+    corpus writes per-shard ``NAME.stats.json`` files (written last), only tars that have one."""
+    tars = sorted(p for p in paths.shards_dir.glob("*.tar") if not p.name.startswith("."))
+    if any(paths.shards_dir.glob("*.stats.json")):
+        tars = [t for t in tars if t.with_suffix(".stats.json").exists()]
+    return tars
 
 
 def split_of_shard(path: Path) -> str:
@@ -79,31 +83,32 @@ def key_splits(paths: CorpusPaths) -> dict[str, str]:
 
 
 def shard_status(paths: CorpusPaths) -> list[dict]:
-    """Per-sample status rows written next to the shards (key, status, reason, ...).
+    """Per-sample status rows of the video stage (key, split, shard, status, reason, ...), one per key.
 
     Found by content rather than by name: every parquet file under ``shards/`` other than the
-    index that has ``key`` and ``status`` columns.
+    index that has ``key`` and ``status`` columns (per-shard files and a combined one). A key seen
+    twice keeps its row from the per-shard file, which is rewritten when a shard is redone.
     """
-    rows: list[dict] = []
+    by_key: dict[str, dict] = {}
     if not paths.shards_dir.is_dir():
-        return rows
-    for path in sorted(paths.shards_dir.rglob("*.parquet")):
-        if path == paths.index or path.name.startswith("."):
+        return []
+    files = sorted(p for p in paths.shards_dir.rglob("*.parquet") if p != paths.index and not p.name.startswith("."))
+    # Combined tables (no shard name in the file name) first, so per-shard rows override them.
+    files.sort(key=lambda p: p.name.count(".") > 1)
+    for path in files:
+        if not {"key", "status"} <= set(pq.read_schema(path).names):
             continue
-        names = set(pq.read_schema(path).names)
-        if {"key", "status"} <= names:
-            table = pq.read_table(path)
-            for row in table.to_pylist():
-                row.setdefault("shard", path.name)
-                rows.append(row)
-    return rows
+        for row in pq.read_table(path).to_pylist():
+            row.setdefault("shard", path.name.split(".", 1)[0])
+            by_key[row["key"]] = row
+    return list(by_key.values())
 
 
 def shard_path(paths: CorpusPaths, shard: str) -> Path:
     """Resolve the ``shard`` column of the index (a name, a path relative to the corpus, or absolute)."""
     given = Path(shard)
     candidates = [given] if given.is_absolute() else [paths.shards_dir / given, paths.root / given]
-    candidates.append(paths.shards_dir / given.name)
+    candidates += [paths.shards_dir / given.name, paths.shards_dir / f"{given.name}.tar"]
     for candidate in candidates:
         if candidate.exists():
             return candidate

@@ -58,7 +58,10 @@ def distributions(root: Path) -> Distributions:
                 per_video.setdefault(split, []).append(int(row["n_clips"]))
             for sentence in row.get("sentences") or []:
                 words.setdefault(split, []).append(len(str(sentence["text"]).split()))
-    return Distributions(durations, per_video, words, of_written_samples=index is not None)
+    def ordered(by_split: dict) -> dict:
+        return dict(sorted(by_split.items(), key=lambda kv: (kv[0] != "train", kv[0])))
+
+    return Distributions(ordered(durations), ordered(per_video), ordered(words), of_written_samples=index is not None)
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -100,6 +103,7 @@ def plot_histogram(values_by_split: dict[str, list[float]], xlabel: str, path: P
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -113,12 +117,13 @@ def plot_rejects(summary: CorpusSummary, path: Path) -> Path:
     if bars:
         labels, counts = zip(*bars)
         y = np.arange(len(bars))
-        ax.barh(y, counts, color=["tab:blue" if label.startswith("manifest") else "tab:red" for label in labels])
+        ax.barh(y, counts, height=min(0.8, 0.25 * len(bars)), color=["tab:blue" if label.startswith("manifest") else "tab:red" for label in labels])
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         for yi, n in zip(y, counts):
             ax.text(n, yi, f" {n}", va="center", fontsize=8)
         ax.set_xlabel("count (manifest: input records; video: long-form samples)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     else:
         ax.text(0.5, 0.5, "no rejects", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])

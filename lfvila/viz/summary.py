@@ -29,6 +29,7 @@ class SplitSummary:
 
     split: str
     longform_videos: int = 0  # rows of longform.parquet
+    longform_clips: int = 0
     longform_hours: float = 0.0
     samples: int = 0  # rows of shards/index.parquet
     hours: float = 0.0  # video time covered by the written samples
@@ -74,11 +75,13 @@ def summarize(root: Path) -> CorpusSummary:
     def split(name: str) -> SplitSummary:
         return splits.setdefault(name, SplitSummary(name))
 
-    longform = read_table(paths.longform, ["key", "split", "start", "end"])
+    longform = read_table(paths.longform, ["key", "split", "start", "end", "n_clips"])
     if longform is not None:
-        for name, start, end in zip(*(longform.column(c).to_pylist() for c in ("split", "start", "end"))):
+        for name, start, end, n_clips in zip(*(longform.column(c).to_pylist()
+                                               for c in ("split", "start", "end", "n_clips"))):
             s = split(name)
             s.longform_videos += 1
+            s.longform_clips += n_clips
             s.longform_hours += (end - start) / 3600.0
 
     index = read_table(paths.index, ["key", "split", "shard", "n_frames", "duration", "n_sentences"])
@@ -141,6 +144,10 @@ def format_summary(summary: CorpusSummary) -> str:
         lines.append(f"input records: {summary.input_records if summary.input_records is not None else '?'}"
                      f"  kept clips: {summary.kept_clips if summary.kept_clips is not None else '?'}"
                      f"  rejected by the manifest: {sum(summary.manifest_rejects.values())}")
+    if summary.kept_clips is not None and summary.has_manifest:
+        in_longform = sum(s.longform_clips for s in summary.splits.values())
+        lines.append(f"clips in long-form videos: {in_longform}  kept clips in no long-form video "
+                     f"(runs shorter than the minimum): {summary.kept_clips - in_longform}")
     header = ("split", "planned", "planned_h", "samples", "hours", "frames", "sentences", "shards", "bytes", "failed")
     rows = [header]
     totals = SplitSummary("total")
