@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lfvila.video.decode import ffmpeg_exe  # $LFVILA_FFMPEG or imageio-ffmpeg's build
+
 log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "manifests" / "sample"
@@ -240,16 +242,6 @@ def load_scenes(path: Path) -> list[VideoScene]:
 # Rendering
 
 
-def ffmpeg_exe() -> str:
-    """The ffmpeg binary: ``$LFVILA_FFMPEG`` or the one shipped by imageio-ffmpeg."""
-    exe = os.environ.get("LFVILA_FFMPEG")
-    if exe:
-        return exe
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def _shape_box(shape: str, width: int, height: int) -> tuple[int, int]:
     """(w, h) in pixels of a shape, even so yuv420p chroma stays aligned."""
     even = lambda v: max(2, int(v) // 2 * 2)  # noqa: E731
@@ -332,7 +324,7 @@ def render_video(scene: VideoScene, videos_dir: Path, width: int = 320, height: 
                        capture_output=True, timeout=300)
         os.replace(tmp, out)
     except FileNotFoundError as e:
-        raise RuntimeError(f"ffmpeg not found ({e.filename}); set LFVILA_FFMPEG to an ffmpeg binary") from e
+        raise RuntimeError(f"ffmpeg not found ({e}); set LFVILA_FFMPEG to an ffmpeg binary") from e
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"ffmpeg failed rendering {scene.video_id}: {e.stderr.decode(errors='replace')[-2000:]}") from e
     finally:
