@@ -9,9 +9,10 @@ Algorithm (measured on the real files in docs/manifest.md):
 3. Time every kept word: a word's own timing tag (YouTube ``<c>`` tags) when the source has one,
    otherwise linear interpolation by character position inside its fragment, between the
    fragment's start, the timed words around it and the fragment's end. A word ends where the next
-   word starts, the last new word of a fragment where the fragment ends.
+   word starts, the last new word of a fragment where the fragment ends, and lasts at most
+   ``max_word_s`` (cues stay up through silences).
 4. Split. Punctuated text (at least ``punctuated_min_ratio`` of the words end in . ? !) goes
-   through the sentence splitter (Punkt by default, chosen by the measured comparison in
+   through the sentence splitter (pysbd by default, chosen by the measured comparison in
    docs/manifest.md). Unpunctuated text ends a sentence at every pause of at least ``pause_s``.
    Either way a sentence longer than ``max_sentence_words`` or ``max_sentence_s`` is cut at its
    largest internal pause (never leaving fewer than ``min_sentence_words`` words before the cut).
@@ -73,8 +74,9 @@ def _interpolate(offsets: list[int], length: int, known: list, start: float, end
     return times
 
 
-def dedupe_words(video: ValidatedVideo, window: int) -> TimedWords:
+def dedupe_words(video: ValidatedVideo, cfg: AsrConfig) -> TimedWords:
     """Steps 1-3: order fragments, drop rolling duplication, time each kept word."""
+    window, max_word_s = cfg.overlap_window_words, cfg.max_word_s
     fragments = sorted(video.clips, key=lambda c: (c.start, c.clip_index))
     out = TimedWords([], [], [], [], fragments, 0)
     history: list[str] = []
@@ -96,7 +98,7 @@ def dedupe_words(video: ValidatedVideo, window: int) -> TimedWords:
             offsets.append(pos)
             pos += len(w) + 1
         starts = _interpolate(offsets, pos - 1, new_known, frag.start, frag.end)
-        ends = starts[1:] + [max(frag.end, starts[-1])]
+        ends = [min(e, s + max_word_s) for s, e in zip(starts, starts[1:] + [max(frag.end, starts[-1])])]
         out.words.extend(new_words)
         out.starts.extend(starts)
         out.ends.extend(ends)
@@ -167,7 +169,7 @@ class SentenceResult:
 
 def build_sentences(video: ValidatedVideo, cfg: AsrConfig) -> SentenceResult:
     """All steps: the video's valid fragments -> sentences as canonical clips (ids ``<video_id>.<k>``)."""
-    tw = dedupe_words(video, cfg.overlap_window_words)
+    tw = dedupe_words(video, cfg)
     punctuated = is_punctuated(tw.words, cfg.punctuated_min_ratio)
     if punctuated:
         text = " ".join(tw.words)

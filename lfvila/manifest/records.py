@@ -72,26 +72,23 @@ class Clip(NamedTuple):
     line: int
 
 
+_HHMMSS_MMM = re.compile(r"\d\d:\d\d:\d\d\.\d\d\d")
 _HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
 
 
 def parse_time(value: object) -> float:
     """Seconds from a number or ``[HH:]MM:SS[.mmm]`` / ``HH:MM:SS,mmm`` / ``"12.5"``; ValueError if not finite."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = float(value)
-    elif isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) == 3 and len(parts[0]) <= 3:
-            # Fast path for the HD-VILA / VTT form HH:MM:SS.mmm.
-            t = int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2].replace(",", "."))
-            if not (parts[1].isdigit() and parts[2][:1].isdigit() and parts[0].isdigit()):
-                raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, str):
+        # Fast path for the HD-VILA / WebVTT form HH:MM:SS.mmm (hundreds of millions of calls).
+        if _HHMMSS_MMM.fullmatch(value):
+            return int(value[:2]) * 3600 + int(value[3:5]) * 60 + float(value[6:])
+        m = _HMS.match(value.strip())
+        if m:
+            t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
         else:
-            m = _HMS.match(value.strip())
-            if m:
-                t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
-            else:
-                t = float(value)
+            t = float(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = float(value)
     else:
         raise ValueError(f"not a time: {value!r}")
     if not math.isfinite(t):
@@ -100,6 +97,7 @@ def parse_time(value: object) -> float:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CLEAN_ASCII = re.compile(r"[!-~]+(?: [!-~]+)*").fullmatch
 
 
 def has_invalid_utf8(text: str) -> bool:
@@ -115,19 +113,27 @@ def has_invalid_utf8(text: str) -> bool:
 
 def clean_text(text: str) -> str:
     """NFC-normalise, replace control characters by spaces, collapse whitespace, strip."""
-    if not text.isascii():
+    if _CLEAN_ASCII(text):
+        return text  # printable ASCII words separated by single spaces: the common case, kept cheap
+    if text.isascii():
+        if not text.isprintable():
+            text = _CONTROL.sub(" ", text)
+    else:
         if not unicodedata.is_normalized("NFC", text):
             text = unicodedata.normalize("NFC", text)
         text = _CONTROL.sub(" ", text)
-    elif not text.isprintable():
-        text = _CONTROL.sub(" ", text)
     return " ".join(text.split())
+
+
+_FAST_SAFE_ID = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 
 
 def unsafe_id_reason(value: object, max_length: int) -> str | None:
     """Why ``value`` cannot be part of a file or tar member name, or None when it is safe."""
     if not isinstance(value, str):
         return "not a string"
+    if len(value) <= max_length and _FAST_SAFE_ID.fullmatch(value):
+        return None  # plain ASCII words separated by single dots: safe
     if not value:
         return "empty"
     if len(value) > max_length:

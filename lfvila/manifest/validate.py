@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import (
     BAD_TIMESTAMP, BEYOND_DURATION, DUPLICATE_CLIP, EMPTY_TEXT, END_NOT_AFTER_START, FLOAT_NOISE_S, INVALID_UTF8,
-    NEGATIVE_TIME, UNSAFE_ID, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, unsafe_id_reason,
+    NEGATIVE_TIME, UNSAFE_ID, _CLEAN_ASCII, _FAST_SAFE_ID, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, unsafe_id_reason,
 )
+
+
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot loop)
 
 
 @dataclass
@@ -71,16 +74,18 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
     max_id = cfg.max_id_length
     seen_clip_ids: set = set()
     seen_content: set = set()
+    fast_safe = _FAST_SAFE_ID.fullmatch
     for raw in video.clips:
-        clip_id = raw.clip_id
-        if has_invalid_utf8(clip_id):
-            reject(raw, INVALID_UTF8, "clip_id is not valid UTF-8", clip_id)
-            continue
-        if (why := unsafe_id_reason(clip_id, max_id)) is not None:
-            reject(raw, UNSAFE_ID, f"clip_id: {why}", clip_id)
-            continue
-        text = raw.text
-        if isinstance(text, str) and has_invalid_utf8(text):
+        clip_id, text = raw.clip_id, raw.text
+        if not (type(clip_id) is str and len(clip_id) <= max_id and fast_safe(clip_id)):
+            if not isinstance(clip_id, str) or has_invalid_utf8(clip_id):
+                reject(raw, INVALID_UTF8 if isinstance(clip_id, str) else UNSAFE_ID, "clip_id is not valid UTF-8"
+                       if isinstance(clip_id, str) else "clip_id is not a string", clip_id)
+                continue
+            if (why := unsafe_id_reason(clip_id, max_id)) is not None:
+                reject(raw, UNSAFE_ID, f"clip_id: {why}", clip_id)
+                continue
+        if isinstance(text, str) and not _CLEAN_ASCII(text) and has_invalid_utf8(text):
             reject(raw, INVALID_UTF8, "text is not valid UTF-8", text)
             continue
         try:
@@ -124,7 +129,7 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
             continue
         seen_clip_ids.add(clip_id)
         seen_content.add(content)
-        out.clips.append(Clip(clip_id, raw.number, start, end, text, clamped, raw.line))
+        out.clips.append(_new_tuple(Clip, (clip_id, raw.number, start, end, text, clamped, raw.line)))
         if raw.word_starts is not None:
             out.word_starts[clip_id] = raw.word_starts
     return out

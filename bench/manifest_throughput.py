@@ -1,0 +1,103 @@
+"""Throughput and peak memory of the whole manifest stage on synthetic HD-VILA metadata.
+
+Generates HD-VILA-format JSON lines (one video per line, ~30 clips each, clip texts of ~32
+words, ~3 % of clip numbers missing so runs break, a few malformed lines and bad spans), then runs
+``lfvila build --stage manifest`` in a fresh child process per size and reports wall time, CPU time,
+clips per second per core (clips / CPU seconds of the child) and the child's peak RSS.
+
+    .venv/bin/python bench/manifest_throughput.py --sizes 1000000 10000000 --workdir /tmp/lfvila-bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORDS = ("the a to and of you this it in that is we so going for on be with just can your here now "
+         "right want do have one little bit really like make get what all up out see go know about then "
+         "put take cut add water time way use some there look little good also need start inch board "
+         "paint oil pan heat minutes piece side top back first next").split()
+
+
+def _hms(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def generate(path: Path, n_clips: int, seed: int = 0) -> int:
+    """Write synthetic HD-VILA metadata with about ``n_clips`` clips; returns the exact clip count."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 45))) for _ in range(4096)]
+    written = 0
+    v = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < n_clips:
+            video_id = f"syn{v:09d}"
+            v += 1
+            if v % 50_000 == 0:
+                f.write('{"video_id": "broken", "clip": [\n')  # a malformed line
+            k = min(rng.randint(10, 50), n_clips - written)
+            t = rng.uniform(0, 30)
+            clips = []
+            number = 0
+            for _ in range(k):
+                number += 2 if rng.random() < 0.03 else 1
+                dur = rng.uniform(4, 20)
+                start, end = (t, t + dur) if rng.random() > 0.001 else (t + dur, t)  # a few inverted spans
+                clips.append({"clip_id": f"{video_id}.{number}.mp4", "span": [_hms(start), _hms(end)],
+                              "text": texts[rng.randrange(len(texts))]})
+                t += dur + rng.uniform(0, 3)
+            f.write(json.dumps({"video_id": video_id, "url": f"https://www.youtube.com/watch?v={video_id}",
+                                "clip": clips}) + "\n")
+            written += k
+    return written
+
+
+def run_stage(meta: Path, out: Path) -> dict:
+    """Run the manifest stage in a child process; wall, CPU and peak RSS of that child alone."""
+    code = ("import sys; from lfvila.cli import main; "
+            f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta)!r}, '--stage', 'manifest']))")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"manifest stage failed with status {status}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lfvila-bench-manifest"))
+    parser.add_argument("--keep", action="store_true", help="keep the generated input and outputs")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"| clips | input MB | wall s | CPU s | clips/s (wall) | clips/s/core (CPU) | peak RSS MB | long-form videos |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        meta = args.workdir / f"hdvila_{size}.jsonl"
+        out = args.workdir / f"out_{size}"
+        n = generate(meta, size)
+        r = run_stage(meta, out)
+        counts = json.loads((out / "corpus.json").read_text())["counts"]
+        videos = counts["longform"]["train"]["videos"] + counts["longform"]["val"]["videos"]
+        print(f"| {n:,} | {meta.stat().st_size / 1e6:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+              f"{n / r['wall_s']:,.0f} | {n / r['cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | {videos:,} |", flush=True)
+        if not args.keep:
+            meta.unlink()
+            for p in out.iterdir():
+                p.unlink()
+            out.rmdir()
+    print(f"\nmachine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; "
+          f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+if __name__ == "__main__":
+    main()
