@@ -155,8 +155,8 @@ def _with(clips: list[ClipScene], n: int, **changes) -> list[ClipScene]:
 # Quirk videos, by position in the generated list: (name, number of clips).
 _QUIRKS = {
     3: ("clip 6 missing from the metadata: runs 1-5 and 7-10 become two long videos", 10),
-    11: ("clip 5 missing: run 1-4 is kept, run 6-7 is too short and rejected by the merge", 7),
-    19: ("only 3 clips: too short for a long video, rejected by the merge", 3),
+    11: ("clip 5 missing: run 1-4 is kept, run 6-7 is too short and left out by the merge", 7),
+    19: ("only 3 clips: too short for a long video, left out by the merge", 3),
     27: ("clip 5 has empty text: rejected, leaving runs 1-4 and 6-9", 9),
     35: ("clip 2 listed twice: the duplicate entry is rejected", 5),
     43: ("listed in the metadata but the video file is missing", 5),
