@@ -184,7 +184,7 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
         counts.kept_clips += len(clips)
         counts.videos_with_clips += 1
         writers.add_clips(source, video.video_id, video.duration, clips)
-        split = split_of(video.video_id, mcfg.val_fraction)
+        split = mcfg.force_split or split_of(video.video_id, mcfg.val_fraction)
         for piece in longform_videos(clips, by_number, mcfg):
             key = longform_key(source, video.video_id, piece[0].clip_index)
             writers.add_longform(key, split, source, video.video_id, video.duration, piece)

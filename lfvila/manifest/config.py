@@ -60,6 +60,9 @@ class ManifestConfig:
     # clamped (ActivityNet Captions rounds durations to 0.01 s); further past is rejected.
     duration_tolerance_s: float = 0.01
     max_id_length: int = 200  # longer video/clip ids are rejected as unsafe
+    # "train" or "val" puts every long-form video in that split (e.g. building ActivityNet val_1 as an
+    # evaluation corpus); None splits by a hash of the video id with val_fraction.
+    force_split: str | None = None
     asr: AsrConfig = field(default_factory=AsrConfig)
 
     def __post_init__(self) -> None:
@@ -77,5 +80,7 @@ class ManifestConfig:
             raise ValueError(f"manifest.max_overlap_s must be >= 0, got {self.max_overlap_s}")
         if self.duration_tolerance_s < 0:
             raise ValueError(f"manifest.duration_tolerance_s must be >= 0, got {self.duration_tolerance_s}")
+        if self.force_split not in (None, "train", "val"):
+            raise ValueError(f"manifest.force_split must be null, 'train' or 'val', got {self.force_split!r}")
         if not 8 <= self.max_id_length <= 1000:
             raise ValueError(f"manifest.max_id_length must be in [8, 1000], got {self.max_id_length}")

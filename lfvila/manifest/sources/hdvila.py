@@ -145,7 +145,7 @@ def _load_texts(conn: sqlite3.Connection, path: Path, progress, stats: dict) -> 
     conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", batch)
     rows += len(batch)
     conn.execute("CREATE INDEX t_video ON t (video_id)")
-    conn.execute("CREATE INDEX t_clip ON t (clip_id, rowid)")
+    conn.execute("CREATE INDEX t_clip ON t (clip_id)")
     duplicates = conn.execute(
         "SELECT video_id, clip_id, line FROM t WHERE rowid NOT IN (SELECT MIN(rowid) FROM t GROUP BY clip_id) ORDER BY rowid")
     for video_id, clip_id, line_no in duplicates:
