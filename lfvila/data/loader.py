@@ -30,7 +30,6 @@ from lfvila.data.collate import RenderedSample, Tokenizer, collate, render_video
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SkipSample, plan_sample
-from lfvila.text import resolve_bert_dir
 
 logger = logging.getLogger("lfvila.data")
 
@@ -320,7 +319,9 @@ def build_loader(cfg: DataConfig, split: str, *, rank: int = 0, world_size: int 
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
-    resolve_bert_dir(cfg.bert_dir)  # fail here, not inside a worker process
+    # Load the tokenizer here, not in the workers: a bad bert_dir fails now, and forked workers
+    # inherit it instead of each importing transformers again (seconds per worker).
+    _tokenizer(cfg.bert_dir, cfg.max_tokens)
     mode = "epoch" if epoch_mode else ("resampled" if cfg.resampled else "repeat")
     n_streams = world_size * max(1, cfg.num_workers)
     if mode == "repeat" and len(urls) < n_streams:
