@@ -35,6 +35,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from lfvila.video.decode import ffmpeg_exe  # $LFVILA_FFMPEG or imageio-ffmpeg's build
 
@@ -148,45 +149,45 @@ def _clips(rng: random.Random, n_clips: int, t0: float) -> tuple[list[ClipScene]
     return clips, t
 
 
-def _with(clips: list[ClipScene], n: int, **changes) -> list[ClipScene]:
-    return [ClipScene(**{**asdict(c), **changes}) if c.n == n else c for c in clips]
+class _Quirk(NamedTuple):
+    """A deliberately odd video: what it exercises, its clip count and what is changed."""
+
+    description: str
+    n_clips: int
+    clip: int = 0  # the clip number changed by ``clip_changes`` (0: none)
+    clip_changes: tuple[tuple[str, object], ...] = ()
+    missing_file: bool = False
+    cut_end_s: float = 0.0  # the file ends this long before the last clip's span does
 
 
-# Quirk videos, by position in the generated list: (name, number of clips).
+# Quirk videos, by position in the generated list.
 _QUIRKS = {
-    3: ("clip 6 missing from the metadata: runs 1-5 and 7-10 become two long videos", 10),
-    11: ("clip 5 missing: run 1-4 is kept, run 6-7 is too short and left out by the merge", 7),
-    19: ("only 3 clips: too short for a long video, left out by the merge", 3),
-    27: ("clip 5 has empty text: rejected, leaving runs 1-4 and 6-9", 9),
-    35: ("clip 2 listed twice: the duplicate entry is rejected", 5),
-    43: ("listed in the metadata but the video file is missing", 5),
-    51: ("the file ends 1.5 s before the last clip's span does (a truncated download)", 6),
+    3: _Quirk("clip 6 missing from the metadata: runs 1-5 and 7-10 become two long videos", 10,
+              6, (("listed", False),)),
+    11: _Quirk("clip 5 missing: run 1-4 is kept, run 6-7 is too short and left out by the merge", 7,
+               5, (("listed", False),)),
+    19: _Quirk("only 3 clips: too short for a long video, left out by the merge", 3),
+    27: _Quirk("clip 5 has empty text: rejected, leaving runs 1-4 and 6-9", 9, 5, (("text", ""),)),
+    35: _Quirk("clip 2 listed twice: the duplicate entry is rejected", 5, 2, (("duplicated", True),)),
+    43: _Quirk("listed in the metadata but the video file is missing", 5, missing_file=True),
+    51: _Quirk("the file ends 1.5 s before the last clip's span does (a truncated download)", 6, cut_end_s=1.5),
 }
 
 
 def generate_scenes(n_videos: int = 100, seed: int = 0) -> list[VideoScene]:
-    """The demo sample: ``n_videos`` videos of 4-8 clips (quirk videos as listed in ``_QUIRKS``)."""
+    """The demo sample: ``n_videos`` videos of 4-8 clips, with the quirk videos of ``_QUIRKS``."""
     rng = random.Random(seed)
     scenes = []
     for i in range(n_videos):
         video_id = _video_id(rng)
-        quirk, n_clips = _QUIRKS.get(i, ("", rng.randint(4, 8)))
-        clips, t_end = _clips(rng, n_clips, t0=rng.uniform(0.5, 2.0))
+        n_clips = rng.randint(4, 8)  # drawn for quirk videos too, so the other videos do not change
+        quirk = _QUIRKS.get(i) or _Quirk("", n_clips)
+        clips, t_end = _clips(rng, quirk.n_clips, t0=rng.uniform(0.5, 2.0))
         duration = round(t_end + rng.uniform(0.0, 1.0), 3)
-        missing_file = False
-        if i == 3:
-            clips = _with(clips, 6, listed=False)
-        elif i == 11:
-            clips = _with(clips, 5, listed=False)
-        elif i == 27:
-            clips = _with(clips, 5, text="")
-        elif i == 35:
-            clips = _with(clips, 2, duplicated=True)
-        elif i == 43:
-            missing_file = True
-        elif i == 51:
-            duration = round(clips[-1].end - 1.5, 3)
-        scenes.append(VideoScene(video_id, duration, tuple(clips), missing_file, quirk))
+        clips = [ClipScene(**{**asdict(c), **dict(quirk.clip_changes)}) if c.n == quirk.clip else c for c in clips]
+        if quirk.cut_end_s:
+            duration = round(clips[-1].end - quirk.cut_end_s, 3)
+        scenes.append(VideoScene(video_id, duration, tuple(clips), quirk.missing_file, quirk.description))
     return scenes
 
 
