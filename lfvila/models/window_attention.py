@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,7 @@ def window_reverse(windows: torch.Tensor, window: Size3, size: Size3) -> torch.T
 @functools.lru_cache(maxsize=256)
 def _relative_position_index(window: Size3, table_window: Size3, device: torch.device) -> torch.Tensor:
     # coords: (3, N) for the tokens of one window, time-major like window_partition.
-    coords = torch.stack(torch.meshgrid(*(torch.arange(w) for w in window), indexing="ij")).flatten(1)
+    coords = torch.stack(torch.meshgrid(*(torch.arange(w, device="cpu") for w in window), indexing="ij")).flatten(1)
     relative = coords[:, :, None] - coords[:, None, :]  # (3, N, N): query minus key
     span_t, span_h, span_w = (2 * w - 1 for w in table_window)
     shifted = [relative[d] + table_window[d] - 1 for d in range(3)]  # each in [0, 2W-1)
@@ -99,18 +100,22 @@ def relative_position_index(window: Size3, table_window: Size3, device: torch.de
 
 
 # --------------------------------------------------------------------------- shift / padding mask
-@functools.lru_cache(maxsize=256)
-def _allowed_mask(feature_size: Size3, window: Size3, shift: Size3, device: torch.device) -> torch.Tensor | None:
+def allowed_mask(feature_size: Size3, window: Size3, shift: Size3) -> torch.Tensor | None:
+    """(nW, N, N) bool on CPU: may query i attend to key j in window w? ``None`` when all may.
+
+    ``window`` and ``shift`` are the effective ones (see :func:`effective_window`). Keys are
+    forbidden when they are padding, or when the cyclic shift brought them next to the query
+    from the other side of the feature map.
+    """
     padded = padded_size(feature_size, window)
-    needs_pad = padded != tuple(feature_size)
-    if not needs_pad and not any(shift):
+    if padded == tuple(feature_size) and not any(shift):
         return None
     # Per position of the padded map, in ORIGINAL coordinates: is it a real token, and was it
     # wrapped around by the cyclic shift (original coordinate < shift)? Two tokens that share a
     # window after the shift are neighbours only if they wrapped identically in every dimension.
-    grids = torch.meshgrid(*(torch.arange(p) for p in padded), indexing="ij")
-    valid = torch.ones(padded, dtype=torch.bool)
-    group = torch.zeros(padded, dtype=torch.long)
+    grids = torch.meshgrid(*(torch.arange(p, device="cpu") for p in padded), indexing="ij")
+    valid = torch.ones(padded, dtype=torch.bool, device="cpu")
+    group = torch.zeros(padded, dtype=torch.long, device="cpu")
     for d in range(3):
         valid &= grids[d] < feature_size[d]
         group = group * 2 + (grids[d] < shift[d]).long()
@@ -122,18 +127,42 @@ def _allowed_mask(feature_size: Size3, window: Size3, shift: Size3, device: torc
     allowed = (group_w[:, :, None] == group_w[:, None, :]) & valid_w[:, None, :]  # (nW, Nq, Nk)
     # A padded query may find no allowed key; letting it see itself keeps every softmax row
     # well defined (its output is cropped away, but NaN would poison the backward pass).
-    allowed |= torch.eye(allowed.shape[-1], dtype=torch.bool)
-    return allowed.to(device)
+    return allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device="cpu")
 
 
-def allowed_mask(feature_size: Size3, window: Size3, shift: Size3, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """(nW, N, N) bool: may query i attend to key j in window w? ``None`` when everything is allowed.
+class WindowGroups(NamedTuple):
+    """Windows that share one mask pattern, so each group runs as one attention call."""
 
-    ``window`` and ``shift`` are the effective ones (see :func:`effective_window`). Keys are
-    forbidden when they are padding, or when the cyclic shift brought them next to the query
-    from the other side of the feature map.
+    indices: list[torch.Tensor]  # per group: (n_g,) window indices
+    allowed: list[torch.Tensor]  # per group: (N, N) bool
+    inverse: torch.Tensor  # (nW,) puts the concatenated group outputs back in window order
+
+
+@functools.lru_cache(maxsize=256)
+def _window_groups(feature_size: Size3, window: Size3, shift: Size3, device: torch.device) -> WindowGroups | None:
+    allowed = allowed_mask(feature_size, window, shift)
+    if allowed is None:
+        return None
+    patterns, which = torch.unique(allowed.flatten(1), dim=0, return_inverse=True)
+    indices = [torch.nonzero(which == g).squeeze(1) for g in range(len(patterns))]
+    inverse = torch.argsort(torch.cat(indices))
+    return WindowGroups(
+        indices=[i.to(device) for i in indices],
+        allowed=[p.view(allowed.shape[1:]).to(device) for p in patterns],
+        inverse=inverse.to(device),
+    )
+
+
+def window_groups(feature_size: Size3, window: Size3, shift: Size3, device: torch.device | str = "cpu") -> WindowGroups | None:
+    """Windows grouped by mask pattern (cached); ``None`` when no window needs a mask.
+
+    A shift or padding only affects the last one or two windows along each dimension, so there
+    are at most 27 patterns (4 for a spatial shift without padding) however many windows there
+    are: masks stay (heads, N, N) per group instead of
+    (nW, heads, N, N), which matters for long windows (a full-length temporal window at 96
+    frames would need a 2 GB per-window mask in the first stage).
     """
-    return _allowed_mask(tuple(feature_size), tuple(window), tuple(shift), torch.device(device))
+    return _window_groups(tuple(feature_size), tuple(window), tuple(shift), torch.device(device))
 
 
 def masked_value(dtype: torch.dtype) -> float:
@@ -163,15 +192,11 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def attention_mask(self, window: Size3, allowed: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive float mask (1 or nW, heads, N, N): relative position bias, forbidden keys filled."""
+    def relative_position_bias(self, window: Size3) -> torch.Tensor:
+        """(heads, N, N) bias for an effective ``window`` (possibly clamped)."""
         index = relative_position_index(window, self.window, self.relative_position_bias_table.device)
         n = index.shape[0]
-        bias = self.relative_position_bias_table[index.reshape(-1)].view(n, n, self.heads)
-        bias = bias.permute(2, 0, 1).unsqueeze(0).to(dtype)  # (1, heads, N, N)
-        if allowed is None:
-            return bias
-        return bias.masked_fill(~allowed[:, None], masked_value(dtype))  # (nW, heads, N, N)
+        return self.relative_position_bias_table[index.reshape(-1)].view(n, n, self.heads).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, shift: Size3 = (0, 0, 0)) -> torch.Tensor:
         """x: (B, T, H, W, C), already normalised; ``shift`` per (t, h, w) before clamping."""
@@ -185,20 +210,28 @@ class WindowAttention(nn.Module):
         _, nW, N, _ = windows.shape
 
         qkv = self.qkv(windows).view(B, nW, N, 3, self.heads, C // self.heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, C/heads)
-        mask = self.attention_mask(window, allowed_mask((T, H, W), window, shift, x.device), q.dtype)
-        if mask.shape[0] == 1:
-            # Same mask for every window: windows join the batch, the mask broadcasts over it.
-            q, k, v = (t.reshape(B * nW, self.heads, N, -1) for t in (q, k, v))  # mask (1, heads, N, N)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, C/heads)
+        bias = self.relative_position_bias(window).to(qkv.dtype)  # (heads, N, N)
+        groups = window_groups((T, H, W), window, shift, x.device)
+        if groups is None:
+            out = self._attend(qkv, bias)
         else:
-            # Per-window masks: windows join the heads, the mask broadcasts over the batch.
-            q, k, v = (t.reshape(B, nW * self.heads, N, -1) for t in (q, k, v))
-            mask = mask.reshape(1, nW * self.heads, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.reshape(B, nW, self.heads, N, -1).transpose(2, 3).reshape(B, nW, N, C)
-        out = self.proj(out)
+            # Bias with forbidden keys filled, one attention call per mask pattern.
+            fill = masked_value(qkv.dtype)
+            outs = [self._attend(qkv.index_select(2, idx), bias.masked_fill(~allowed, fill))
+                    for idx, allowed in zip(groups.indices, groups.allowed)]
+            out = torch.cat(outs, dim=1).index_select(1, groups.inverse)
+        out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))  # (B, nW, N, C)
 
         x = window_reverse(out, window, (Tp, Hp, Wp))  # (B, Tp, Hp, Wp, C)
         if any(shift):
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
         return x[:, :T, :H, :W].contiguous()
+
+    @staticmethod
+    def _attend(qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """qkv (3, B, n, heads, N, d), additive mask (heads, N, N) -> (B, n, heads, N, d)."""
+        _, B, n, heads, N, d = qkv.shape
+        q, k, v = (t.reshape(B * n, heads, N, d) for t in qkv.unbind(0))  # windows join the batch
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(0))
+        return out.view(B, n, heads, N, d)
