@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: build only part I of N (0-based)")
-    parser.add_argument("--retry-failed", action="store_true", help="redo shards that hold failed samples")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also redo complete shards holding failed samples (missing video, timeout, error)")
 
 
 def run(args) -> int:
@@ -43,12 +44,16 @@ def run(args) -> int:
             raise SystemExit("lfvila build: at least one --source FORMAT:PATH is needed for the manifest stage")
         build_manifest(cfg, out, args.source)
     if args.stage in ("shards", "all"):
-        from lfvila.shards.build import build_shards
+        from lfvila.shards.build import build_shards, format_summary
 
         if args.videos is None:
             if args.stage == "shards":
                 raise SystemExit("lfvila build: --videos DIR is needed for the shard stage")
             return 0
-        build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
-                     ray_address=args.ray_address, shard_range=args.shard_range, retry_failed=args.retry_failed)
+        summary = build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
+                               ray_address=args.ray_address, shard_range=args.shard_range,
+                               retry_failed=args.retry_failed)
+        if summary:
+            print(format_summary(summary))
+            print(f"shards: {out / 'shards'}  index: {out / 'shards' / 'index.parquet'}")
     return 0
