@@ -72,7 +72,7 @@ class Clip(NamedTuple):
     line: int
 
 
-_HHMMSS_MMM = re.compile(r"\d\d:\d\d:\d\d\.\d\d\d")
+_TWO_DIGITS_COLON = {f"{i:02d}:": i for i in range(100)}
 _HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
 
 
@@ -80,8 +80,11 @@ def parse_time(value: object) -> float:
     """Seconds from a number or ``[HH:]MM:SS[.mmm]`` / ``HH:MM:SS,mmm`` / ``"12.5"``; ValueError if not finite."""
     if isinstance(value, str):
         # Fast path for the HD-VILA / WebVTT form HH:MM:SS.mmm (hundreds of millions of calls).
-        if _HHMMSS_MMM.fullmatch(value):
-            return int(value[:2]) * 3600 + int(value[3:5]) * 60 + float(value[6:])
+        if len(value) == 12 and value[8] == ".":
+            try:  # the table only holds "00:".."99:"; with the "." checked, "SS.mmm" cannot be nan/inf
+                return _TWO_DIGITS_COLON[value[:3]] * 3600 + _TWO_DIGITS_COLON[value[3:6]] * 60 + float(value[6:])
+            except (KeyError, ValueError):
+                pass
         m = _HMS.match(value.strip())
         if m:
             t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
@@ -97,7 +100,7 @@ def parse_time(value: object) -> float:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CLEAN_ASCII = re.compile(r"[!-~]+(?: [!-~]+)*").fullmatch
+_PRINTABLE_ASCII = re.compile(r"[ -~]*").fullmatch
 
 
 def has_invalid_utf8(text: str) -> bool:
@@ -113,7 +116,7 @@ def has_invalid_utf8(text: str) -> bool:
 
 def clean_text(text: str) -> str:
     """NFC-normalise, replace control characters by spaces, collapse whitespace, strip."""
-    if _CLEAN_ASCII(text):
+    if _PRINTABLE_ASCII(text) and "  " not in text and text[:1] != " " and text[-1:] != " ":
         return text  # printable ASCII words separated by single spaces: the common case, kept cheap
     if text.isascii():
         if not text.isprintable():

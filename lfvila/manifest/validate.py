@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import (
     BAD_TIMESTAMP, BEYOND_DURATION, DUPLICATE_CLIP, EMPTY_TEXT, END_NOT_AFTER_START, FLOAT_NOISE_S, INVALID_UTF8,
-    NEGATIVE_TIME, UNSAFE_ID, _CLEAN_ASCII, _FAST_SAFE_ID, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, unsafe_id_reason,
+    NEGATIVE_TIME, UNSAFE_ID, _FAST_SAFE_ID, _PRINTABLE_ASCII, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, unsafe_id_reason,
 )
 
 
@@ -75,28 +75,37 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
     seen_clip_ids: set = set()
     seen_content: set = set()
     fast_safe = _FAST_SAFE_ID.fullmatch
+    kept = out.clips
     for raw in video.clips:
-        clip_id, text = raw.clip_id, raw.text
+        clip_id, number, start_raw, end_raw, text, line, word_starts = raw
         if not (type(clip_id) is str and len(clip_id) <= max_id and fast_safe(clip_id)):
-            if not isinstance(clip_id, str) or has_invalid_utf8(clip_id):
-                reject(raw, INVALID_UTF8 if isinstance(clip_id, str) else UNSAFE_ID, "clip_id is not valid UTF-8"
-                       if isinstance(clip_id, str) else "clip_id is not a string", clip_id)
+            if not isinstance(clip_id, str):
+                reject(raw, UNSAFE_ID, "clip_id is not a string", clip_id)
+                continue
+            if has_invalid_utf8(clip_id):
+                reject(raw, INVALID_UTF8, "clip_id is not valid UTF-8", clip_id)
                 continue
             if (why := unsafe_id_reason(clip_id, max_id)) is not None:
                 reject(raw, UNSAFE_ID, f"clip_id: {why}", clip_id)
                 continue
-        if isinstance(text, str) and not _CLEAN_ASCII(text) and has_invalid_utf8(text):
-            reject(raw, INVALID_UTF8, "text is not valid UTF-8", text)
+        if type(text) is str and _PRINTABLE_ASCII(text) and "  " not in text and text[:1] != " " and text[-1:] != " ":
+            clean = text  # already clean printable ASCII: the common case, kept cheap
+        elif isinstance(text, str):
+            if has_invalid_utf8(text):
+                reject(raw, INVALID_UTF8, "text is not valid UTF-8", text)
+                continue
+            clean = clean_text(text)
+        else:
+            clean = ""
+        try:
+            start = parse_time(start_raw)
+        except ValueError:
+            reject(raw, BAD_TIMESTAMP, "start does not parse as a time", start_raw)
             continue
         try:
-            start = parse_time(raw.start)
+            end = parse_time(end_raw)
         except ValueError:
-            reject(raw, BAD_TIMESTAMP, "start does not parse as a time", raw.start)
-            continue
-        try:
-            end = parse_time(raw.end)
-        except ValueError:
-            reject(raw, BAD_TIMESTAMP, "end does not parse as a time", raw.end)
+            reject(raw, BAD_TIMESTAMP, "end does not parse as a time", end_raw)
             continue
         if start < 0 or end < 0:
             reject(raw, NEGATIVE_TIME, "start or end is negative", f"{start}-{end}")
@@ -116,20 +125,19 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
                 out.clamped += 1
             else:
                 out.snapped += 1
-        text = clean_text(text) if isinstance(text, str) else ""
-        if not text:
-            reject(raw, EMPTY_TEXT, "no text" if raw.text is None else "text is empty after normalisation", raw.text)
+        if not clean:
+            reject(raw, EMPTY_TEXT, "no text" if text is None else "text is empty after normalisation", text)
             continue
         if clip_id in seen_clip_ids:
             reject(raw, DUPLICATE_CLIP, "clip_id repeated within the video", clip_id)
             continue
-        content = (start, end, text)
+        content = (start, end, clean)
         if content in seen_content:
-            reject(raw, DUPLICATE_CLIP, "same start, end and text as an earlier clip of the video", text)
+            reject(raw, DUPLICATE_CLIP, "same start, end and text as an earlier clip of the video", clean)
             continue
         seen_clip_ids.add(clip_id)
         seen_content.add(content)
-        out.clips.append(_new_tuple(Clip, (clip_id, raw.number, start, end, text, clamped, raw.line)))
-        if raw.word_starts is not None:
-            out.word_starts[clip_id] = raw.word_starts
+        kept.append(_new_tuple(Clip, (clip_id, number, start, end, clean, clamped, line)))
+        if word_starts is not None:
+            out.word_starts[clip_id] = word_starts
     return out
