@@ -61,13 +61,13 @@ class VideoTokenEmbeddings(nn.Module):
     ``(B, T*k, Cv)`` -> ``(B, T*k, Ct)``; the projection exists only when ``Cv != Ct`` (paper: both 1024).
     """
 
-    def __init__(self, video_width: int, text_width: int, max_frames: int, tokens_per_frame: int, eps: float = 1e-5):
+    def __init__(self, video_width: int, text_width: int, max_frames: int, tokens_per_frame: int):
         super().__init__()
         self.tokens_per_frame = tokens_per_frame
         self.proj = nn.Linear(video_width, text_width) if video_width != text_width else nn.Identity()
         self.temporal = nn.Parameter(0.02 * torch.randn(1, max_frames, 1, text_width))
         self.spatial = nn.Parameter(0.02 * torch.randn(1, 1, tokens_per_frame, text_width))
-        self.norm = nn.LayerNorm(text_width, eps=eps)
+        self.norm = nn.LayerNorm(text_width)  # default eps 1e-5, as released
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, n, _ = tokens.shape
@@ -94,8 +94,7 @@ class LFVILA(nn.Module):
         self.paragraph_proj = nn.Linear(text_width, cfg.embed_dim)
         # The cross-modal input exists only when there are cross-modal layers, so every parameter is usable.
         self.video_tokens = (
-            VideoTokenEmbeddings(video_width, text_width, cfg.max_frames, cfg.tokens_per_frame,
-                                 eps=self.text.bert_cfg.layer_norm_eps)
+            VideoTokenEmbeddings(video_width, text_width, cfg.max_frames, cfg.tokens_per_frame)
             if cfg.text.cross_layers else None
         )
 

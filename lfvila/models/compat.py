@@ -1,0 +1,224 @@
+"""Released LF-VILA checkpoints <-> this model, and the switches that reproduce the released behaviour.
+
+Key mapping (released ``LFVILA_Pretrain`` state_dict -> :class:`lfvila.models.lfvila.LFVILA`)::
+
+    video_encoder.*                            -> video.*   (see lfvila.models.video.VIDEO_KEY_MAP_NOTES;
+                                                             the untrained local tap is dropped)
+    text_encoder.bert.embeddings.*             -> text.embeddings.*
+    text_encoder.bert.encoder.layer.{i}.*      -> text.sentence_layers.{i}.*            i <  S
+                                                  text.paragraph_layers.{i - S}.*       S <= i < S + P
+                                                  text.cross_layers.{i - S - P}.*       S + P <= i
+    text_encoder.bert.pooler.dense.*           -> text.match_head.pooler.dense.*
+    text_encoder.seq_relationship.*            -> text.match_head.classifier.*
+    text_encoder.cls.predictions.{bias,transform.*} -> text.mlm_head.predictions.*
+    text_encoder.cls.predictions.decoder.*     -> dropped (tied to the word embeddings and the bias)
+    sent_embedding.position_embeddings.weight  -> text.paragraph_embeddings.position_embeddings.weight
+    sent_embedding.segment_embeddings.weight   -> text.paragraph_embeddings.segment_embeddings.weight
+    sent_embedding.norm.*                      -> text.paragraph_embeddings.norm.*
+    video_token_pos.t_pos_embed                -> video_tokens.temporal      (1, 32, 1, C)
+    video_token_pos.s_pos_embed                -> video_tokens.spatial       (1, 1, 6, C)
+    video_token_pos.norm.*                     -> video_tokens.norm.*
+    video_local_proj.*                         -> clip_proj.*
+    text_local_proj.*                          -> sentence_proj.*
+    video_global_proj.*                        -> video_proj.*
+    text_global_proj.*                         -> paragraph_proj.*
+    *.position_ids, *.relative_position_index, *.attn_mask  -> dropped (buffers, recomputed)
+
+(S, P = ``text.sentence_layers``, ``text.paragraph_layers``: 8 and 4 for the released weights.)
+Stage-1 checkpoints hold BERT layers 0-11 only and no ``video_token_pos``: the cross-modal part then
+keeps its initialisation (BERT-large layers 12-23 when ``text.init_from_pretrained``), as in the released
+stage-2 start. ``video_token_proj.*`` is this project's extension (video width != text width) and is
+absent from released checkpoints, whose widths are equal.
+
+Switches that reproduce the released behaviour (see :func:`released_compatible`):
+
+* ``model.video.clip_features = "final"``: the released encoder lost its local tap, so clip features
+  (MTC) pool the final stage, like the global feature.
+* ``task.mtc_reference_negatives = True``: MTC "other video" negatives by roll 0, 1, 2 (the first is the
+  key's own video).
+* ``text.sentence_layers/paragraph_layers/cross_layers = 8/4/12``, ``text.max_sentences = 8``,
+  ``model.max_frames = 32``, ``model.tokens_per_frame = 6`` (the paper presets).
+
+Known remaining differences, none of which occurs on LF-VILA-8M pre-training data (every sample has its
+4 sentences): with padded sentences the released paragraph token averaged the padded sentences' first
+tokens too (here: real sentences only), and its per-sentence layers ran padded sentences with uniform
+attention (their outputs are unused here). The released VTM pairing rolled only the first half of the
+batch (with 2 or 3 samples a "mismatched" pair was the sample itself); here the first half takes the
+next sample's video. The released window attention defects at other resolutions are described with
+the video mapping.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import torch
+
+from lfvila.models.lfvila import LFVILA, ModelConfig
+from lfvila.models.text import TextEncoderConfig
+from lfvila.models.video import remap_released_video_keys
+
+log = logging.getLogger(__name__)
+
+BERT_LAYER = "text_encoder.bert.encoder.layer."
+VIDEO_PREFIX = "video_encoder."
+
+# Released prefix -> our prefix (longest first where one is a prefix of another).
+PREFIXES: tuple[tuple[str, str], ...] = (
+    ("text_encoder.bert.embeddings.", "text.embeddings."),
+    ("text_encoder.bert.pooler.", "text.match_head.pooler."),
+    ("text_encoder.seq_relationship.", "text.match_head.classifier."),
+    ("text_encoder.cls.predictions.", "text.mlm_head.predictions."),
+    ("sent_embedding.position_embeddings.", "text.paragraph_embeddings.position_embeddings."),
+    ("sent_embedding.segment_embeddings.", "text.paragraph_embeddings.segment_embeddings."),
+    ("sent_embedding.norm.", "text.paragraph_embeddings.norm."),
+    ("video_token_pos.norm.", "video_tokens.norm."),
+    ("video_token_proj.", "video_tokens.proj."),
+    ("video_local_proj.", "clip_proj."),
+    ("text_local_proj.", "sentence_proj."),
+    ("video_global_proj.", "video_proj."),
+    ("text_global_proj.", "paragraph_proj."),
+)
+EXACT: dict[str, str] = {
+    "video_token_pos.t_pos_embed": "video_tokens.temporal",
+    "video_token_pos.s_pos_embed": "video_tokens.spatial",
+}
+DROPPED_SUFFIXES = ("position_ids", "token_type_ids", "relative_position_index", "attn_mask",
+                    "predictions.decoder.weight", "predictions.decoder.bias")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: ``loaded`` / ``missing`` are our keys, ``unexpected`` released keys with no place."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def released_compatible(model_cfg: ModelConfig, task_cfg=None):
+    """Copies of the configs with every switch that reproduces the released code turned on.
+
+    Returns the model config (and the task config too when one is given).
+    """
+    model_cfg = dataclasses.replace(model_cfg, video=dataclasses.replace(model_cfg.video, clip_features="final"))
+    if task_cfg is None:
+        return model_cfg
+    return model_cfg, dataclasses.replace(task_cfg, mtc_reference_negatives=True)
+
+
+def _bert_layer_target(index: int, rest: str, cfg: TextEncoderConfig) -> str | None:
+    for name, count in (("sentence_layers", cfg.sentence_layers), ("paragraph_layers", cfg.paragraph_layers),
+                        ("cross_layers", cfg.cross_layers)):
+        if index < count:
+            return f"text.{name}.{index}.{rest}"
+        index -= count
+    return None
+
+
+def released_key_to_ours(key: str, text_cfg: TextEncoderConfig) -> str | None:
+    """Our key for a released (non-video) key, or None when it has no place (or is a dropped buffer)."""
+    if key.endswith(DROPPED_SUFFIXES):
+        return None
+    if key in EXACT:
+        return EXACT[key]
+    if key.startswith(BERT_LAYER):
+        index, rest = key[len(BERT_LAYER):].split(".", 1)
+        return _bert_layer_target(int(index), rest, text_cfg)
+    for released, ours in PREFIXES:
+        if key.startswith(released):
+            return ours + key[len(released):]
+    return None
+
+
+def _unwrap(state: dict) -> dict[str, torch.Tensor]:
+    """Accept a bare state_dict or one nested under "model"/"module"/"state_dict"; strip a DDP "module." prefix."""
+    for wrapper in ("model", "module", "state_dict"):
+        if wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def convert_released_state_dict(state: dict, model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Released keys -> our keys; returns the converted dict and the released keys that found no place."""
+    state = _unwrap(state)
+    converted: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    video_part = {k: v for k, v in state.items() if k.startswith(VIDEO_PREFIX)}
+    for key, value in remap_released_video_keys(video_part, prefix=VIDEO_PREFIX).items():
+        converted["video." + key] = value
+    for key, value in state.items():
+        if key.startswith(VIDEO_PREFIX):
+            continue
+        target = released_key_to_ours(key, model_cfg.text)
+        if target is None:
+            if not key.endswith(DROPPED_SUFFIXES):
+                unexpected.append(key)
+            continue
+        converted[target] = value
+    return converted, unexpected
+
+
+@torch.no_grad()
+def load_released(model: LFVILA, source: str | PathLike | dict) -> LoadReport:
+    """Load an official LF-VILA checkpoint (path to a ``torch.save``d state_dict, or the dict itself).
+
+    Parameters the checkpoint does not hold keep their values (reported as ``missing``); a shape that
+    differs raises ``ValueError`` naming the key. For the released numerics build the model with
+    :func:`released_compatible` (``clip_features="final"``).
+    """
+    if not isinstance(source, dict):
+        source = torch.load(Path(source), map_location="cpu", weights_only=True)
+    converted, unexpected = convert_released_state_dict(source, model.cfg)
+    if model.cfg.video.clip_features != "final":
+        log.warning("released weights were trained with clip features from the final stage; "
+                    "set model.video.clip_features='final' to compute what the released model computes")
+    own = model.state_dict()
+    report = LoadReport(unexpected=sorted(unexpected))
+    for key, value in converted.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        if own[key].shape != value.shape:
+            hint = " (set text.max_sentences to its rows)" if "segment_embeddings" in key else ""
+            raise ValueError(f"released {key}: shape {tuple(value.shape)} != model {tuple(own[key].shape)}{hint}")
+        own[key].copy_(value)
+        report.loaded.append(key)
+    tied = {"text.mlm_head.predictions.decoder.weight", "text.mlm_head.predictions.decoder.bias"}
+    report.missing = sorted(set(own) - set(report.loaded) - tied)
+    return report
+
+
+def export_released(model: LFVILA) -> dict[str, torch.Tensor]:
+    """This model's weights under the released key names (the inverse of :func:`load_released`)."""
+    video_inverse = {"local_merge.": "local_feat_proj.", "local_norm.": "norm_local."}
+    text_cfg = model.cfg.text
+    layer_offsets = {"sentence_layers": 0, "paragraph_layers": text_cfg.sentence_layers,
+                     "cross_layers": text_cfg.sentence_layers + text_cfg.paragraph_layers}
+    exact_inverse = {ours: released for released, ours in EXACT.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("video."):
+            rest = key[len("video."):]
+            for ours, released in video_inverse.items():
+                if rest.startswith(ours):
+                    rest = released + rest[len(ours):]
+            out[VIDEO_PREFIX + rest] = value
+            continue
+        if key in exact_inverse:
+            out[exact_inverse[key]] = value
+            continue
+        stack = next((name for name in layer_offsets if key.startswith(f"text.{name}.")), None)
+        if stack is not None:
+            index, rest = key[len(f"text.{stack}."):].split(".", 1)
+            out[f"{BERT_LAYER}{layer_offsets[stack] + int(index)}.{rest}"] = value
+            continue
+        released = next((r + key[len(o):] for r, o in PREFIXES if key.startswith(o)), None)
+        if released is not None:
+            out[released] = value
+    return out
