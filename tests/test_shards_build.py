@@ -214,3 +214,13 @@ def test_cli_build_from_hdvila_metadata_through_shards(tmp_path, videos):
     (sample,) = [s for tar in (out / "shards").glob("*.tar") for s in iter_samples(tar)]
     assert [s["text"] for s in sample["meta"]["sentences"]] == [c["text"] for c in clips]
     assert sample["meta"]["sentences"][0]["start"] == 0.25
+
+
+def test_manifest_keys_must_be_unique_and_dot_free(tmp_path, videos):
+    rows = _rows(2)
+    write_longform(tmp_path / "a" / "longform.parquet", rows + [dict(rows[0])])
+    with pytest.raises(ValueError, match="occurs twice"):
+        build_shards(_cfg(), tmp_path / "a", videos, workers=1)
+    write_longform(tmp_path / "b" / "longform.parquet", [dict(rows[0], key="has.dot")])
+    with pytest.raises(ValueError, match="not a WebDataset key"):
+        build_shards(_cfg(), tmp_path / "b", videos, workers=1)

@@ -27,9 +27,13 @@ def plan_shard_tasks(cfg, out: Path) -> list[ShardTask]:
 
     rows = pq.read_table(Path(out) / "longform.parquet").to_pylist()
     by_split: dict[str, list[dict]] = {}
+    seen: set[str] = set()
     for row in rows:
         if "." in row["key"] or "/" in row["key"]:
             raise ValueError(f"longform.parquet: key {row['key']!r} contains '.' or '/', not a WebDataset key")
+        if row["key"] in seen:
+            raise ValueError(f"longform.parquet: key {row['key']!r} occurs twice; keys must be unique")
+        seen.add(row["key"])
         by_split.setdefault(row["split"], []).append(row)
     size = cfg.shards.samples_per_shard
     tasks = []
