@@ -69,7 +69,11 @@ def corpus(tmp_path_factory) -> Path:
         [{"key": r["key"], "status": "ok", "reason": None} for r in index if r["split"] == "train"]
         + [{"key": "train_broken", "status": "failed", "reason": "missing_video"}]),
         shards / "train-000000.status.parquet")
-    (root / "corpus.json").write_text(json.dumps({"lfvila_version": "0.1.0", "counts": {"input_records": 40}}))
+    # The recorded val total is wrong on purpose: inspect must notice.
+    video = {"splits": {"train": {"samples_written": 6}, "val": {"samples_written": 4}},
+             "clips_check": "input clips 1 == 1 + 0", "clips_check_ok": True}
+    (root / "corpus.json").write_text(json.dumps({"lfvila_version": "0.1.0", "counts": {"input_records": 40},
+                                                  "video": video}))
     return root
 
 
@@ -86,6 +90,8 @@ def test_summary_counts_match_the_files(corpus):
     assert train.failed == {"missing_video": 1} and val.failed == {}
     assert s.manifest_rejects == {"empty_text": 2, "duplicate_clip": 1}
     assert s.input_records == 40
+    assert s.disagreements == ["val.samples: corpus.json says 4, the files say 3"]
+    assert s.clips_check.startswith("OK: ")
 
 
 def test_inspect_cli(corpus, capsys):
@@ -163,6 +169,7 @@ def test_demo_sample_built_for_real_then_inspected(tmp_path, capsys):
     assert sum(s.longform_videos for s in summary.splits.values()) == 13
     assert sum(s.samples for s in summary.splits.values()) == len(index) == 13
     assert sum(s.shards for s in summary.splits.values()) == len({r["shard"] for r in index}) >= 4
+    assert summary.disagreements == [] and summary.clips_check.startswith("OK: ")
     assert main(["inspect", str(corpus)]) == 0
     assert "kept clips in no long-form video (runs shorter than the minimum): 2" in capsys.readouterr().out
 

@@ -50,6 +50,9 @@ class CorpusSummary:
     lfvila_version: str | None = None
     has_manifest: bool = False
     has_index: bool = False
+    clips_check: str | None = None  # the shard stage's clip accounting, as recorded in corpus.json
+    # Where the totals recorded in corpus.json (section "video") disagree with the files on disk.
+    disagreements: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +120,18 @@ def summarize(root: Path) -> CorpusSummary:
     corpus = read_corpus_json(paths)
     counts = corpus.get("counts", {}) if isinstance(corpus.get("counts"), dict) else {}
     clips = read_table(paths.clips, ["clip_id"])
+    video = corpus.get("video") if isinstance(corpus.get("video"), dict) else {}
+    disagreements = []
+    for name, recorded in (video.get("splits") or {}).items():
+        mine = splits.get(name, SplitSummary(name))
+        for field_name, theirs in (("samples", "samples_written"), ("frames", "frames"), ("shards", "shards"),
+                                   ("bytes", "bytes")):
+            if theirs in recorded and recorded[theirs] != getattr(mine, field_name):
+                disagreements.append(f"{name}.{field_name}: corpus.json says {recorded[theirs]}, "
+                                     f"the files say {getattr(mine, field_name)}")
+    clips_check = None
+    if video.get("clips_check"):
+        clips_check = ("OK: " if video.get("clips_check_ok") else "MISMATCH: ") + str(video["clips_check"])
     return CorpusSummary(
         root=str(paths.root),
         splits=dict(sorted(splits.items(), key=lambda kv: (kv[0] != "train", kv[0]))),
@@ -126,6 +141,8 @@ def summarize(root: Path) -> CorpusSummary:
         lfvila_version=corpus.get("lfvila_version"),
         has_manifest=longform is not None,
         has_index=index is not None,
+        clips_check=clips_check,
+        disagreements=disagreements,
     )
 
 
@@ -170,6 +187,11 @@ def format_summary(summary: CorpusSummary) -> str:
         lines.append("(no longform.parquet: the manifest stage has not run)")
     if not summary.has_index:
         lines.append("(no shards/index.parquet: the shard stage has not finished)")
+    if summary.clips_check:
+        lines.append(f"video stage clip accounting: {summary.clips_check}")
+    if summary.disagreements:
+        lines.append("corpus.json disagrees with the files (a build still running, or files changed since):")
+        lines += [f"  {d}" for d in summary.disagreements]
     if summary.manifest_rejects:
         lines.append("")
         lines.append("manifest rejects (records) by reason:")
