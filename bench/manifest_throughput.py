@@ -72,6 +72,13 @@ def run_stage(meta: Path, out: Path) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def reference_loop_cpu_s() -> float:
+    """CPU seconds of a fixed pure-Python loop: shows how fast this machine ran Python at the time."""
+    t0 = time.process_time()
+    sum(range(10_000_000))
+    return time.process_time() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated input and outputs")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"reference loop sum(range(1e7)): {reference_loop_cpu_s():.3f} CPU s; load average {os.getloadavg()}\n")
     print(f"| clips | input MB | wall s | CPU s | clips/s (wall) | clips/s/core (CPU) | peak RSS MB | long-form videos |")
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -96,7 +104,8 @@ def main() -> None:
                 p.unlink()
             out.rmdir()
     print(f"\nmachine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; "
-          f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {os.getloadavg()}; "
+          f"reference loop sum(range(1e7)) {reference_loop_cpu_s():.3f} CPU s")
 
 
 if __name__ == "__main__":
