@@ -54,7 +54,7 @@ def test_paper_parameter_count_and_shapes_on_meta():
 
 def test_paper_stages_follow_the_published_table():
     cfg = VideoEncoderConfig.paper()
-    assert cfg.local_tap_stage == 3  # input of the first stage whose temporal window exceeds 8
+    assert cfg.tap_stage == 3  # input of the first stage whose temporal window exceeds 8
     with torch.device("meta"):
         model = VideoEncoder(cfg)
     assert [len(s.blocks) for s in model.layers] == [2, 2, 14, 2, 2, 2]
@@ -182,6 +182,8 @@ def test_config_round_trip_and_validation():
         (dict(merges=(True, True, False, False, True, True)), "merges"),
         (dict(clip_features="middle"), "clip_features"),
         (dict(local_tap_window=32), "local_tap_window"),
+        (dict(local_tap_stage=6), "local_tap_stage"),
+        (dict(local_tap_stage=0), "clip_features"),
         (dict(drop_path=1.0), "drop_path"),
         (dict(token_pool=(0, 3)), "token_pool"),
     ]
@@ -189,5 +191,6 @@ def test_config_round_trip_and_validation():
         with pytest.raises(ValueError, match=field):
             VideoEncoderConfig.paper(**overrides)
     # no local tap needed when clip features come from the final stage
-    assert VideoEncoderConfig.paper(clip_features="final", local_tap_window=32).local_tap_stage is None
+    assert VideoEncoderConfig.paper(clip_features="final", local_tap_window=32).tap_stage is None
+    assert VideoEncoderConfig.paper(windows=((2, 3, 5),) * 6, local_tap_stage=3).tap_stage == 3
     assert dataclasses.replace(cfg, grad_checkpointing=True).grad_checkpointing

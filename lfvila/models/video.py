@@ -43,9 +43,10 @@ class VideoEncoderConfig:
     Per-stage tuples (``widths``, ``depths``, ``heads``, ``windows``, ``merges``) have one entry per
     stage; ``merges[i]`` puts a 2x2 patch merging (width x2, space /2) after stage i.
     ``clip_features`` picks where clip features come from: ``"local"`` (the paper: the input of
-    the first stage whose temporal window exceeds ``local_tap_window`` frames, patch-merged to the
-    final width and LayerNorm'd) or ``"final"`` (the encoder output; what the released
-    checkpoints were trained with, because the released code loses the local tap).
+    the first stage whose temporal window exceeds ``local_tap_window`` frames, or of stage
+    ``local_tap_stage`` when set, patch-merged to the final width and LayerNorm'd) or ``"final"``
+    (the encoder output; what the released checkpoints were trained with, because the released
+    code loses the local tap).
     """
 
     patch_size: Size3 = (1, 8, 8)
@@ -61,6 +62,7 @@ class VideoEncoderConfig:
     drop_path: float = 0.2  # stochastic depth, rising linearly from 0 over all blocks
     clip_features: str = "local"
     local_tap_window: int = 8
+    local_tap_stage: int | None = None  # explicit tap stage, overrides local_tap_window
     token_pool: tuple[int, int] = (2, 3)  # per-frame max-pool kernel (h, w), stride 1
     grad_checkpointing: bool = False
 
@@ -106,8 +108,10 @@ class VideoEncoderConfig:
             fail("drop_path", f"must be in [0, 1), got {self.drop_path}")
         if self.clip_features not in ("local", "final"):
             fail("clip_features", f"must be 'local' or 'final', got {self.clip_features!r}")
+        if self.local_tap_stage is not None and not 0 <= self.local_tap_stage < n:
+            fail("local_tap_stage", f"must be a stage index in [0, {n}), got {self.local_tap_stage}")
         if self.clip_features == "local":
-            tap = self.local_tap_stage
+            tap = self.tap_stage
             if tap is None:
                 fail("local_tap_window", f"no stage has a temporal window above {self.local_tap_window}")
             if self.widths[tap] * 2 != self.widths[-1] or sum(self.merges[tap:]) != 1:
@@ -118,8 +122,11 @@ class VideoEncoderConfig:
             fail("token_pool", f"expected 2 positive ints (h, w), got {self.token_pool}")
 
     @property
-    def local_tap_stage(self) -> int | None:
-        """Index of the first stage whose temporal window exceeds ``local_tap_window`` (3 in the paper)."""
+    def tap_stage(self) -> int | None:
+        """Stage whose input is the local tap: ``local_tap_stage``, else the first stage whose
+        temporal window exceeds ``local_tap_window`` (3 in the paper)."""
+        if self.local_tap_stage is not None:
+            return self.local_tap_stage
         return next((i for i, w in enumerate(self.windows) if w[0] > self.local_tap_window), None)
 
     @property
@@ -279,7 +286,7 @@ class VideoEncoder(nn.Module):
                                      cfg.grad_checkpointing))
         self.norm = nn.LayerNorm(cfg.out_dim)
         # The local clip tap exists only when used, so every parameter always receives a gradient.
-        self.tap_stage = cfg.local_tap_stage if cfg.clip_features == "local" else None
+        self.tap_stage = cfg.tap_stage if cfg.clip_features == "local" else None
         if self.tap_stage is not None:
             self.local_merge = PatchMerging(cfg.widths[self.tap_stage])
             self.local_norm = nn.LayerNorm(cfg.out_dim)

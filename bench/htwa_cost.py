@@ -1,0 +1,204 @@
+"""Cost of the HTWA video encoder vs full temporal windows vs a fixed window of 2 frames.
+
+For each (temporal windows, frames) configuration of the paper encoder, a fresh subprocess
+measures:
+
+* FLOPs with ``torch.utils.flop_counter.FlopCounterMode`` (on the meta device, so counting costs
+  no compute): matmul + conv GFLOPs and the share that is attention (QK^T and AV);
+* wall time of the measured pass (best of ``--repeats`` after one warm-up);
+* peak extra memory: on CPU the process's peak RSS (``ru_maxrss``) minus its RSS once the model
+  and the input exist; on CUDA ``max_memory_allocated`` minus the allocation before the pass.
+
+CPU default: forward only, fp32, batch 1, under ``torch.inference_mode``. On a GPU:
+``--device cuda --dtype bf16`` measures forward + backward (``--mode train``) under bf16 autocast
+and reports achieved TFLOP/s (FLOPs of forward + backward / time).
+
+    python bench/htwa_cost.py                                  # CPU, 32/64/96 frames, 3 variants
+    python bench/htwa_cost.py --device cuda --dtype bf16 --batch 4 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = ("htwa", "full", "fixed2")
+
+
+def windows_for(variant: str, frames: int, paper_windows):
+    """Temporal windows per stage: the paper's HTWA ones, all T (full), or all 2."""
+    if variant == "htwa":
+        return paper_windows
+    t = frames if variant == "full" else 2
+    return tuple((t, h, w) for _, h, w in paper_windows)
+
+
+def count_flops(cfg, batch: int, frames: int, height: int, width: int, train: bool) -> dict[str, float]:
+    """GFLOPs of one pass on the meta device, split into attention and everything else."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop
+
+    from lfvila.models.video import VideoEncoder
+
+    aten = torch.ops.aten
+    cpu_flash = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_flash is not None:  # the CPU fused kernel has no formula in torch's table
+        try:
+            register_flop_formula(cpu_flash)(sdpa_flop)
+        except RuntimeError:
+            pass  # already registered (a newer torch)
+    with torch.device("meta"):
+        model = VideoEncoder(cfg)
+        video = torch.empty(batch, 3, frames, height, width, requires_grad=False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(video)
+        if train:
+            (out.final.sum() + out.clip_source.sum()).backward()
+    total = attention = 0
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        total += flops
+        name = str(op)
+        # Attention = fused SDPA kernels, or bmm from SDPA's math fallback (linears are mm/addmm).
+        if "attention" in name or "bmm" in name:
+            attention += flops
+    return {"gflops": total / 1e9, "attention_gflops": attention / 1e9}
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(args) -> dict:
+    """Child process: one configuration, printed as one JSON line."""
+    import torch
+
+    from lfvila.models.video import VideoEncoder, VideoEncoderConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    paper = VideoEncoderConfig.paper()
+    # The local clip tap stays at stage 3 in every variant (uniform windows have no "first stage
+    # whose temporal window exceeds 8"); it costs the same ~2 GFLOPs per 32 frames everywhere.
+    cfg = VideoEncoderConfig.paper(windows=windows_for(args.variant, args.frames, paper.windows),
+                                   local_tap_stage=paper.tap_stage, grad_checkpointing=args.checkpointing)
+    device = torch.device(args.device)
+    train = args.mode == "train"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = VideoEncoder(cfg).to(device).train(train)
+    if args.dtype == "bf16" and device.type == "cpu":
+        model = model.to(dtype)  # CPU: plain bf16 weights; CUDA: fp32 weights under autocast
+    video = torch.randn(args.batch, 3, args.frames, args.height, args.width, device=device)
+
+    def run_once():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32):
+            if train:
+                out = model(video.to(dtype) if device.type == "cpu" else video)
+                (out.final.float().sum() + out.clip_source.float().sum()).backward()
+                model.zero_grad(set_to_none=True)
+            else:
+                with torch.inference_mode():
+                    model(video.to(dtype) if device.type == "cpu" else video)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = current_rss_bytes()
+    times = []
+    for i in range(1 + args.repeats):  # the first pass warms up (and builds the mask caches)
+        start = time.perf_counter()
+        run_once()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    result = {
+        "variant": args.variant, "frames": args.frames, "windows_t": [w[0] for w in cfg.windows],
+        "device": args.device, "dtype": args.dtype, "mode": args.mode, "batch": args.batch,
+        "height": args.height, "width": args.width, "threads": torch.get_num_threads(),
+        "seconds": min(times), "peak_extra_gb": peak / 1e9,
+    }
+    result.update(count_flops(cfg, args.batch, args.frames, args.height, args.width, train))
+    result["tflops_per_s"] = result["gflops"] / 1e3 / result["seconds"]
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| temporal windows | frames | GFLOPs (matmul+conv) | of which attention | time (s) | peak extra memory (GB) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['frames']} | failed: {r['error']} | | | |")
+            continue
+        windows = "HTWA (" + ",".join(map(str, r["windows_t"])) + ")" if r["variant"] == "htwa" else r["variant"]
+        lines.append(f"| {windows} | {r['frames']} | {r['gflops']:.0f} | {r['attention_gflops']:.1f} | "
+                     f"{r['seconds']:.2f} | {r['peak_extra_gb']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[32, 64, 96])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--height", type=int, default=192)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--mode", choices=("forward", "train"), default=None,
+                        help="forward (default on CPU) or forward+backward (default on CUDA)")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing per stage")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--json", help="also write all results to this JSON file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.mode = args.mode or ("train" if args.device.startswith("cuda") else "forward")
+
+    if args.child:
+        args.frames = args.frames[0]
+        print(json.dumps(measure(args)), flush=True)
+        return 0
+
+    rows = []
+    for frames in args.frames:
+        for variant in args.variants:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
+                   "--frames", str(frames), "--height", str(args.height), "--width", str(args.width),
+                   "--batch", str(args.batch), "--device", args.device, "--dtype", args.dtype,
+                   "--mode", args.mode, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            if args.checkpointing:
+                cmd.append("--checkpointing")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                # A configuration that does not fit (e.g. out of memory) is a row, not a crash.
+                reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+                rows.append({"variant": variant, "frames": frames, "error": reason[:120]})
+            else:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
