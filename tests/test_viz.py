@@ -14,7 +14,7 @@ from PIL import Image
 
 from lfvila.cli import main
 from lfvila.testing import write_synthetic_shards
-from lfvila.viz.corpus import read_sample
+from lfvila.viz.corpus import read_sample, read_sample_at
 from lfvila.viz.preview import chosen_frames, frame_sentences
 from lfvila.viz.summary import summarize
 
@@ -109,6 +109,11 @@ def test_read_sample_by_offset_and_by_scan(corpus, tmp_path):
     meta, frames = read_sample(corpus, "train_000005")
     assert meta["key"] == "train_000005" and len(frames) == len(meta["frame_times"])
     assert all(f[:2] == b"\xff\xd8" for f in frames)
+    # The index's byte range alone holds the whole sample; a range cut short does not.
+    row = next(r for r in pq.read_table(corpus / "shards" / "index.parquet").to_pylist() if r["key"] == "train_000005")
+    tar = corpus / "shards" / row["shard"]
+    assert read_sample_at(tar, row["offset"], row["size"], "train_000005") == (meta, frames)
+    assert read_sample_at(tar, row["offset"], row["size"] - 1024, "train_000005") is None
     # A corpus without an index (shards still being written) is scanned instead.
     (tmp_path / "shards").mkdir()
     for tar in (corpus / "shards").glob("*.tar"):
@@ -173,6 +178,9 @@ def test_demo_sample_built_for_real_then_inspected(tmp_path, capsys):
     assert main(["inspect", str(corpus)]) == 0
     assert "kept clips in no long-form video (runs shorter than the minimum): 2" in capsys.readouterr().out
 
+    # Every sample is readable from its index byte range alone.
+    for row in index:
+        assert read_sample_at(corpus / "shards" / row["shard"], row["offset"], row["size"], row["key"]) is not None
     # The preview's frames are the ones the sentences describe: each sentence's frames show its colour.
     from lfvila.sample import COLOURS
     for row in index[:3]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
@@ -148,33 +149,33 @@ def _complete_sample(members: dict[str, bytes], key: str) -> tuple[dict, list[by
     return meta, [members[n] for n in names]
 
 
+def read_sample_at(tar_path: Path, offset: int, size: int, key: str) -> tuple[dict, list[bytes]] | None:
+    """Sample ``key`` from the byte range ``[offset, offset + size)`` of a shard (``offset`` is its
+    first tar header, as in ``index.parquet``); ``None`` when the range does not hold it whole."""
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read(size)
+    return _complete_sample(_read_members(io.BytesIO(chunk), key), key)
+
+
 def read_sample(root: Path, key: str) -> tuple[dict, list[bytes]]:
     """One sample's ``KEY.json`` (parsed) and its JPEG frames in order.
 
-    Uses the byte offset and size from ``shards/index.parquet`` to read only that sample;
-    without an index (or if the range does not hold the sample) it scans the shards.
+    Reads only the sample's byte range given by ``shards/index.parquet``; without an index (a
+    build still running) or when the range does not hold the sample, it scans the shards.
     """
     paths = CorpusPaths(Path(root))
     index = read_table(paths.index, ["key", "shard", "offset", "size"])
     tars = shard_tars(paths)
     if index is not None:
-        rows = [r for r in index.filter(pa.compute.equal(index.column("key"), key)).to_pylist()]
-        for row in rows:
-            tar_path = shard_path(paths, row["shard"])
-            # The offset is where the sample's first tar header starts; tolerate one that points at
-            # the first member's data instead (one 512-byte header later).
-            for start in (row["offset"], row["offset"] - 512):
-                if start < 0:
-                    continue
-                with open(tar_path, "rb") as f:
-                    f.seek(start)
-                    chunk = f.read(row["size"] + 1024)
-                sample = _complete_sample(_read_members(io.BytesIO(chunk), key), key)
-                if sample is not None:
-                    return sample
-            tars = [tar_path]  # the range did not hold the sample: scan that shard
+        rows = index.filter(pc.equal(index.column("key"), key)).to_pylist()
         if not rows:
             raise KeyError(f"sample {key!r} is not in {paths.index}")
+        tar_path = shard_path(paths, rows[0]["shard"])
+        sample = read_sample_at(tar_path, rows[0]["offset"], rows[0]["size"], key)
+        if sample is not None:
+            return sample
+        tars = [tar_path]
     for tar_path in tars:
         with open(tar_path, "rb") as f:
             sample = _complete_sample(_read_members(f, key), key)
