@@ -30,32 +30,56 @@ def _hms(t: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
-def generate(path: Path, n_clips: int, seed: int = 0) -> int:
-    """Write synthetic HD-VILA metadata with about ``n_clips`` clips; returns the exact clip count."""
-    rng = random.Random(seed)
+def _base_block(n_clips: int, rng: random.Random) -> list[bytes]:
+    """JSON lines of videos ``syn<9 digits>`` holding ``n_clips`` clips in total."""
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 45))) for _ in range(4096)]
+    lines: list[bytes] = []
+    written = v = 0
+    while written < n_clips:
+        video_id = f"syn{v:09d}"
+        v += 1
+        if v % 50_000 == 0:
+            lines.append(b'{"video_id": "broken", "clip": [\n')  # a malformed line
+        k = min(rng.randint(10, 50), n_clips - written)
+        t = rng.uniform(0, 30)
+        clips = []
+        number = 0
+        for _ in range(k):
+            number += 2 if rng.random() < 0.03 else 1
+            dur = rng.uniform(4, 20)
+            start, end = (t, t + dur) if rng.random() > 0.001 else (t + dur, t)  # a few inverted spans
+            clips.append({"clip_id": f"{video_id}.{number}.mp4", "span": [_hms(start), _hms(end)],
+                          "text": texts[rng.randrange(len(texts))]})
+            t += dur + rng.uniform(0, 3)
+        lines.append((json.dumps({"video_id": video_id, "url": f"https://www.youtube.com/watch?v={video_id}",
+                                  "clip": clips}) + "\n").encode())
+        written += k
+    return lines
+
+
+def generate(path: Path, n_clips: int, seed: int = 0, block_clips: int = 500_000) -> int:
+    """Write synthetic HD-VILA metadata with exactly ``n_clips`` clips.
+
+    A random block of up to ``block_clips`` clips is generated once and repeated with the video id
+    prefix renamed per repetition (``syn`` -> ``b0001``...), so ids stay unique and generating 10M
+    clips is I/O bound rather than minutes of Python.
+    """
+    rng = random.Random(seed)
+    base = _base_block(min(n_clips, block_clips), rng)
+    base_clips = min(n_clips, block_clips)
     written = 0
-    v = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "wb") as f:
+        repetition = 0
         while written < n_clips:
-            video_id = f"syn{v:09d}"
-            v += 1
-            if v % 50_000 == 0:
-                f.write('{"video_id": "broken", "clip": [\n')  # a malformed line
-            k = min(rng.randint(10, 50), n_clips - written)
-            t = rng.uniform(0, 30)
-            clips = []
-            number = 0
-            for _ in range(k):
-                number += 2 if rng.random() < 0.03 else 1
-                dur = rng.uniform(4, 20)
-                start, end = (t, t + dur) if rng.random() > 0.001 else (t + dur, t)  # a few inverted spans
-                clips.append({"clip_id": f"{video_id}.{number}.mp4", "span": [_hms(start), _hms(end)],
-                              "text": texts[rng.randrange(len(texts))]})
-                t += dur + rng.uniform(0, 3)
-            f.write(json.dumps({"video_id": video_id, "url": f"https://www.youtube.com/watch?v={video_id}",
-                                "clip": clips}) + "\n")
-            written += k
+            if n_clips - written < base_clips:
+                block = _base_block(n_clips - written, random.Random(seed + 1 + repetition))
+                take = n_clips - written
+            else:
+                block, take = base, base_clips
+            prefix = b"syn" if repetition == 0 else b"b%04d" % repetition
+            f.writelines(line.replace(b'"syn', b'"' + prefix).replace(b"=syn", b"=" + prefix) for line in block)
+            written += take
+            repetition += 1
     return written
 
 

@@ -57,20 +57,22 @@ def test_every_reject_reason_from_hdvila_lines(tmp_path):
         {"video_id": "good", "clip": [_clip("good", 9)]},  # duplicate video id
         b'{"video_id": "bad\xff\xfeutf8", "clip": [{"clip_id": "bad\xff\xfeutf8.1.mp4", "span": ["00:00:01.000", "00:00:02.000"], "text": "x"}]}\n',
         {"video_id": "v2", "clip": [_clip("v2", 1, text="caf\u00e9 \udcff")]},  # lone surrogate: invalid UTF-8
+        b'{"video_id": "x\xff", broken\n',  # malformed and not UTF-8: the reject shows U+FFFD
     ])
     clips, rejects, corpus = _build(tmp_path, [f"hdvila:{meta}"], duration_tolerance_s=0.01)
     reasons = sorted(r["reason"] for r in rejects)
     assert set(reasons) == set(REJECT_REASONS)
     by_reason = {r: reasons.count(r) for r in set(reasons)}
-    assert by_reason == {"malformed_record": 3, "bad_timestamp": 1, "negative_time": 1, "end_not_after_start": 2,
+    assert by_reason == {"malformed_record": 4, "bad_timestamp": 1, "negative_time": 1, "end_not_after_start": 2,
                          "empty_text": 2, "duplicate_clip": 3, "beyond_duration": 1, "unsafe_id": 1, "invalid_utf8": 2}
-    malformed_line = next(r for r in rejects if r["reason"] == "malformed_record" and r["video_id"] is None)
-    assert malformed_line["line"] == 2 and malformed_line["detail"].startswith("line 2:")
+    malformed_lines = [r for r in rejects if r["reason"] == "malformed_record" and r["video_id"] is None]
+    assert [r["line"] for r in malformed_lines] == [2, 8] and malformed_lines[0]["detail"].startswith("line 2:")
+    assert "\ufffd" in malformed_lines[1]["value"]
     kept = {c["clip_id"]: c for c in clips}
     assert set(kept) == {f"good.{n}.mp4" for n in range(1, 5)} | {"v1.6.mp4", "v1.11.mp4"}
     assert kept["v1.11.mp4"]["end"] == 30.0 and kept["v1.11.mp4"]["clamped"]
     counts = corpus["counts"]["sources"][f"hdvila:{meta}"]
-    assert counts["input_records"] == counts["accepted_records"] + counts["rejected"] == 1 + 4 + 13 + 1 + 1 + 1 + 1
+    assert counts["input_records"] == counts["accepted_records"] + counts["rejected"] == 1 + 4 + 13 + 1 + 1 + 1 + 1 + 1
     assert counts["clamped"] == 1 and counts["kept_clips"] == len(clips) == 6
 
 

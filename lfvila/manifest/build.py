@@ -21,7 +21,7 @@ from lfvila.build_config import BuildConfig
 from lfvila.config import to_dict
 from lfvila.manifest.asr import build_sentences
 from lfvila.manifest.merge import longform_key, longform_videos, split_of
-from lfvila.manifest.records import REJECT_REASONS, Clip, RawVideo, Reject
+from lfvila.manifest.records import REJECT_REASONS, Clip, RawVideo, Reject, has_invalid_utf8
 from lfvila.manifest.sources import SourceSpec, get_adapter, parse_source_spec
 from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, LongformSink, TableSink
 from lfvila.manifest.validate import validate_video
@@ -100,6 +100,9 @@ class _Writers:
     def add_reject(self, r: Reject) -> None:
         cols = self.rejects.columns
         for name, value in zip(Reject._fields, r):
+            if isinstance(value, str) and has_invalid_utf8(value):
+                # Rejected bytes are shown, not re-raised: invalid UTF-8 becomes U+FFFD here.
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             cols[name].append(value)
         self.rejects.maybe_flush()
 
@@ -181,6 +184,8 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
             clips = video.clips
         else:
             clips = _time_order(video.clips)
+        if not clips:
+            continue
         counts.kept_clips += len(clips)
         counts.videos_with_clips += 1
         writers.add_clips(source, video.video_id, video.duration, clips)
@@ -228,7 +233,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="manifest", disable=None, mininterval=1.0) as bar:
             for spec in specs:
                 log.info("manifest: reading %s", spec.spec)
-                per_source[spec.spec] = _process_source(spec, cfg, writers, seen_by_format.setdefault(spec.format, set()),
+                name = spec.spec if spec.spec not in per_source else f"{spec.spec} #{len(per_source) + 1}"
+                per_source[name] = _process_source(spec, cfg, writers, seen_by_format.setdefault(spec.format, set()),
                                                         bar.update, longform_counts)
         for sink in writers.all:
             sink.commit()

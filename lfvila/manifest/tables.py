@@ -35,7 +35,7 @@ LONGFORM_SCHEMA = pa.schema([
 class TableSink:
     """Column buffers for one table, flushed to a Parquet file in row groups."""
 
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1 << 17):
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1 << 16):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.schema = schema
@@ -77,7 +77,7 @@ class TableSink:
 class LongformSink(TableSink):
     """The longform table: ``sentences`` is kept as flat columns plus list offsets until flushed."""
 
-    def __init__(self, path: Path, batch_rows: int = 1 << 15):
+    def __init__(self, path: Path, batch_rows: int = 1 << 13):  # ~100k sentences per row group
         super().__init__(path, LONGFORM_SCHEMA, batch_rows)
         del self.columns["sentences"]
         self.sentence_columns: dict[str, list] = {"clip_id": [], "start": [], "end": [], "text": []}
