@@ -33,7 +33,7 @@ def run(args) -> int:
     try:
         path = preview_sample(Path(args.out), key, Path(args.output), max_frames=args.max_frames,
                               columns=args.columns)
-    except (KeyError, FileNotFoundError) as e:
+    except (KeyError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"lfvila preview: {e.args[0] if e.args else e}") from None
     print(f"{key}: {path}")
     return 0

@@ -64,6 +64,10 @@ def contact_sheet(meta: dict, frames: list[bytes], out_path: Path, *, max_frames
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
     sentences = meta["sentences"]
     times = meta["frame_times"]
     owner = frame_sentences(meta)
