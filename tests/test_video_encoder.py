@@ -8,6 +8,7 @@ from lfvila.config import from_dict, to_dict
 from lfvila.models.video import (
     VideoEncoder,
     VideoEncoderConfig,
+    inflate_swin2d_state_dict,
     pool_clip_features,
     remap_released_video_keys,
 )
@@ -194,3 +195,41 @@ def test_config_round_trip_and_validation():
     assert VideoEncoderConfig.paper(clip_features="final", local_tap_window=32).tap_stage is None
     assert VideoEncoderConfig.paper(windows=((2, 3, 5),) * 6, local_tap_stage=3).tap_stage == 3
     assert dataclasses.replace(cfg, grad_checkpointing=True).grad_checkpointing
+
+
+def test_inflate_2d_swin_fills_every_weight():
+    # A 2D Swin shaped to the tiny encoder: layers of 2, 4, 2 blocks (widths 32, 64, 128), patch
+    # 2x2, window 4 (7x7 bias tables), with keys a 2D checkpoint carries that have no 3D use.
+    cfg = VideoEncoderConfig.tiny()
+    torch.manual_seed(0)
+    target = VideoEncoder(cfg).state_dict()
+    blocks_2d = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1)]
+    blocks_3d = [(i, j) for i, d in enumerate(cfg.depths) for j in range(d)]
+    swin2d = {"head.weight": torch.zeros(10, 128), "layers.0.blocks.1.attn_mask": torch.zeros(4, 16, 16)}
+    for (i2, j2), (i3, j3) in zip(blocks_2d, blocks_3d):
+        prefix = f"layers.{i3}.blocks.{j3}."
+        for key, value in target.items():
+            if key.startswith(prefix):
+                swin2d[f"layers.{i2}.blocks.{j2}.{key[len(prefix):]}"] = torch.randn_like(value)
+        heads = cfg.heads[i3]
+        swin2d[f"layers.{i2}.blocks.{j2}.attn.relative_position_bias_table"] = torch.randn(49, heads)
+        swin2d[f"layers.{i2}.blocks.{j2}.attn.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
+    for d2, d3 in [(0, 0), (1, 2)]:
+        for name in ("norm.weight", "norm.bias", "reduction.weight"):
+            swin2d[f"layers.{d2}.downsample.{name}"] = torch.randn_like(target[f"layers.{d3}.downsample.{name}"])
+    swin2d["patch_embed.proj.weight"] = torch.randn(32, 3, 2, 2)
+    for key in ("patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias", "norm.weight", "norm.bias"):
+        swin2d[key] = torch.randn_like(target[key])
+
+    inflated = inflate_swin2d_state_dict({"model": swin2d}, cfg)
+    model = VideoEncoder(cfg)
+    model.load_state_dict(inflated, strict=True)
+    # bias table: resized 7x7 -> 5x9 spatial offsets, identical for every temporal offset
+    table = model.layers[1].blocks[0].attn.relative_position_bias_table  # window (8, 3, 5)
+    assert table.shape == (15 * 5 * 9, 4)
+    torch.testing.assert_close(table[:45], table[45 * 7:45 * 8])
+    # tiled patch kernel: a frame of constant colour gives the 2D response
+    w2 = swin2d["patch_embed.proj.weight"]
+    assert model.patch_embed.proj.weight.shape == (32, 3, 1, 4, 4)
+    torch.testing.assert_close(model.patch_embed.proj.weight.sum(dim=(2, 3, 4)), w2.sum(dim=(2, 3)))
+    torch.testing.assert_close(model.local_merge.reduction.weight, swin2d["layers.1.downsample.reduction.weight"])

@@ -23,6 +23,7 @@ Paper configuration (``VideoEncoderConfig.paper()``), input ``(B, 3, 32, 192, 32
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import NamedTuple
 
 import torch
@@ -388,4 +389,76 @@ def remap_released_video_keys(state_dict: dict[str, torch.Tensor], *, prefix: st
                 continue
             key = renames[tap_prefix] + key[len(tap_prefix):]
         out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- 2D Swin initialisation
+def inflate_bias_table(table_2d: torch.Tensor, window: Size3) -> torch.Tensor:
+    """2D Swin bias table ((2S-1)^2, heads) -> 3D table ((2Wt-1)(2Wh-1)(2Ww-1), heads).
+
+    Bicubic resize of the spatial offsets to (2Wh-1, 2Ww-1), the same for every temporal offset
+    (the table is time-major, so the spatial table repeats 2Wt-1 times).
+    """
+    rows, heads = table_2d.shape
+    side = int(round(rows ** 0.5))
+    if side * side != rows:
+        raise ValueError(f"2D bias table has {rows} rows, not a square number")
+    wt, wh, ww = window
+    spatial = table_2d.float().t().reshape(1, heads, side, side)
+    if (side, side) != (2 * wh - 1, 2 * ww - 1):
+        spatial = F.interpolate(spatial, size=(2 * wh - 1, 2 * ww - 1), mode="bicubic", align_corners=False)
+    spatial = spatial.reshape(heads, -1).t()  # ((2Wh-1)(2Ww-1), heads)
+    return spatial.repeat(2 * wt - 1, 1).to(table_2d.dtype)
+
+
+def inflate_swin2d_state_dict(swin2d: dict[str, torch.Tensor], cfg: VideoEncoderConfig) -> dict[str, torch.Tensor]:
+    """Initial ``VideoEncoder`` weights from a 2D Swin checkpoint (the paper starts from Swin-B 22k).
+
+    Blocks are taken in order (2D layers 0..3 flattened onto the 3D stages: Swin-B's 2+2+18+2
+    blocks fill the paper's 2+2+14+2+2+2), patch mergings in order onto the stages that merge,
+    bias tables resized and repeated over time, the patch kernel tiled to the 3D patch size. The
+    local tap takes the merging that follows it and the final LayerNorm, as the released code did.
+    ``swin2d`` may be the checkpoint dict itself or hold it under ``"model"``.
+    """
+    sd = swin2d.get("model", swin2d)
+    block_re, down_re = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)"), re.compile(r"layers\.(\d+)\.downsample\.(.+)")
+    src_blocks = sorted({(int(m[1]), int(m[2])) for k in sd if (m := block_re.fullmatch(k))})
+    dst_blocks = [(i, j) for i, depth in enumerate(cfg.depths) for j in range(depth)]
+    if len(src_blocks) != len(dst_blocks):
+        raise ValueError(f"2D checkpoint has {len(src_blocks)} blocks, the encoder {len(dst_blocks)}")
+    src_downs = sorted({int(m[1]) for k in sd if (m := down_re.fullmatch(k))})
+    dst_downs = [i for i, merge in enumerate(cfg.merges) if merge]
+    if len(src_downs) != len(dst_downs):
+        raise ValueError(f"2D checkpoint has {len(src_downs)} patch mergings, the encoder {len(dst_downs)}")
+    block_map = dict(zip(src_blocks, dst_blocks))
+    down_map = dict(zip(src_downs, dst_downs))
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if m := block_re.fullmatch(key):
+            stage, block = block_map[(int(m[1]), int(m[2]))]
+            name = m[3]
+            if name.endswith(("relative_position_index", "attn_mask")):
+                continue  # recomputed
+            if name == "attn.relative_position_bias_table":
+                value = inflate_bias_table(value, cfg.windows[stage])
+            out[f"layers.{stage}.blocks.{block}.{name}"] = value
+        elif m := down_re.fullmatch(key):
+            out[f"layers.{down_map[int(m[1])]}.downsample.{m[2]}"] = value
+        elif key.startswith(("patch_embed.norm.", "norm.")) or key == "patch_embed.proj.bias":
+            out[key] = value
+        elif key == "patch_embed.proj.weight":  # (C, 3, ph2, pw2) -> (C, 3, pt, ph, pw), tiled
+            pt, ph, pw = cfg.patch_size
+            ph2, pw2 = value.shape[-2:]
+            if ph % ph2 or pw % pw2:
+                raise ValueError(f"2D patch {ph2}x{pw2} does not tile the 3D patch {cfg.patch_size}")
+            reps = (pt, ph // ph2, pw // pw2)
+            out[key] = value.unsqueeze(2).repeat(1, 1, *reps) / (reps[0] * reps[1] * reps[2])
+        # anything else (classification head, ...) has no counterpart
+    tap = cfg.tap_stage if cfg.clip_features == "local" else None
+    if tap is not None:
+        merge_after_tap = next(i for i in range(tap, len(cfg.merges)) if cfg.merges[i])
+        for name in ("norm.weight", "norm.bias", "reduction.weight"):
+            out[f"local_merge.{name}"] = out[f"layers.{merge_after_tap}.downsample.{name}"]
+        out["local_norm.weight"], out["local_norm.bias"] = out["norm.weight"], out["norm.bias"]
     return out
