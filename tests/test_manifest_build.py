@@ -73,8 +73,10 @@ def test_cli_end_to_end_all_sources_and_identical_rerun(shared_data, tmp_path):
     assert list(corpus)[:4] == ["config", "lfvila_version", "inputs", "counts"]
     assert corpus["config"]["manifest"]["val_fraction"] == 0.2 and corpus["config"]["manifest"]["max_clips"] == 16
     assert [i["source"] for i in corpus["inputs"]] == sources
-    assert corpus["inputs"][2]["files"] == 100 and len(corpus["inputs"][0]["sha256"]) == 64
-    assert corpus["inputs"][0]["sha256"] == _digest(hdvila)
+    assert corpus["inputs"][2]["n_files"] == 100 and len(corpus["inputs"][2]["files"]) == 100
+    assert corpus["inputs"][0]["sha256"] == corpus["inputs"][0]["files"][0]["sha256"] == _digest(hdvila)
+    csv = corpus["inputs"][2]["files"][0]
+    assert csv["sha256"] == _digest(ann / "howto100m_asr_captions/small_train_captions" / csv["path"])
     counts = corpus["counts"]
     for src in counts["sources"].values():
         assert src["input_records"] == src["accepted_records"] + src["rejected"]

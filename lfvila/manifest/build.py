@@ -71,21 +71,33 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+MAX_LISTED_FILES = 10_000  # inputs with more files (a 1.2M-file HowTo100M directory) list only the aggregate
+
+
 def describe_input(spec: SourceSpec) -> dict:
-    """Size and sha256 of a source's input; a directory hashes its files' names and digests."""
+    """Each input file's size and sha256, plus one digest for the whole source.
+
+    The source digest is the file's own sha256 for a single file, else the sha256 of the files'
+    names (relative to a directory source) and digests, so it does not depend on where the data sits.
+    """
     adapter = get_adapter(spec.format)
-    files = adapter.input_files(spec.path, spec.options)
-    digests = [(f, f.stat().st_size, _sha256_file(f)) for f in files]
-    if len(digests) == 1 and digests[0][0] == spec.path:
-        sha = digests[0][2]
+    paths = adapter.input_files(spec.path, spec.options)
+    files = []
+    for f in paths:
+        name = str(f.relative_to(spec.path)) if spec.path.is_dir() else f.name
+        files.append({"path": name, "size": f.stat().st_size, "sha256": _sha256_file(f)})
+    if len(files) == 1 and paths[0] == spec.path:
+        sha = files[0]["sha256"]
     else:
         h = hashlib.sha256()
-        for f, _, digest in digests:
-            rel = f.relative_to(spec.path) if spec.path.is_dir() and f.is_relative_to(spec.path) else f
-            h.update(f"{rel}\0{digest}\n".encode("utf-8", "surrogateescape"))
+        for f in files:
+            h.update(f"{f['path']}\0{f['sha256']}\n".encode("utf-8", "surrogateescape"))
         sha = h.hexdigest()
-    return {"source": spec.spec, "format": spec.format, "path": str(spec.path), "options": spec.options,
-            "files": len(digests), "size": sum(size for _, size, _ in digests), "sha256": sha}
+    described = {"source": spec.spec, "format": spec.format, "path": str(spec.path), "options": spec.options,
+                 "n_files": len(files), "size": sum(f["size"] for f in files), "sha256": sha}
+    if len(files) <= MAX_LISTED_FILES:
+        described["files"] = files
+    return described
 
 
 class _Writers:
