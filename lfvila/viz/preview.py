@@ -1,8 +1,8 @@
 """``lfvila preview``: a contact sheet of one sample, to check by eye that sentences and frames line up.
 
 The sheet has three parts, all coloured by sentence (frames outside every sentence are grey):
-the frames with their index and time in the source video (the border says which sentence's
-``[frame_start, frame_end)`` range holds the frame); a timeline of the sample with each
+the frames with their index and time in the source video (the strip under each says which
+sentence's ``[frame_start, frame_end)`` range holds the frame); a timeline of the sample with each
 sentence's span as a bar and every stored frame's time as a tick; and the sentences' text.
 """
 from __future__ import annotations
@@ -63,6 +63,7 @@ def contact_sheet(meta: dict, frames: list[bytes], out_path: Path, *, max_frames
     """Draw the contact sheet of a sample (``KEY.json`` as ``meta``, JPEG ``frames``) to ``out_path`` (PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -88,27 +89,30 @@ def contact_sheet(meta: dict, frames: list[bytes], out_path: Path, *, max_frames
     grid_in = rows * (thumb_h + 0.32)
     timeline_in = 0.9 + 0.3 * n_lanes
     text_in = 0.2 + 0.2 * len(text_lines)
-    fig = Figure(figsize=(columns * thumb_width_in, grid_in + timeline_in + text_in + 0.5), dpi=dpi)
+    # At least 9 in wide so the title and the sentence lines fit even with few columns.
+    fig = Figure(figsize=(max(9.0, columns * thumb_width_in), grid_in + timeline_in + text_in + 0.7), dpi=dpi)
     FigureCanvasAgg(fig)
     outer = fig.add_gridspec(3, 1, height_ratios=[grid_in, timeline_in, text_in], hspace=0.25,
-                             left=min(0.2, 0.9 / fig.get_figwidth()), right=0.99, top=1 - 0.45 / fig.get_figheight(), bottom=0.01)
+                             left=min(0.2, 0.9 / fig.get_figwidth()), right=0.99, top=1 - 0.65 / fig.get_figheight(), bottom=0.01)
     fig.suptitle(
-        f"{meta['key']}  |  {meta.get('source', '?')} video {meta.get('video_id', '?')}  |  "
+        f"{meta['key']}\n{meta.get('source', '?')} video {meta.get('video_id', '?')}  |  "
         f"{meta['start']:.2f}-{meta['end']:.2f} s  |  {len(frames)} frames at {meta.get('fps', '?')} fps"
         f"{f' (showing {len(shown)})' if len(shown) < len(frames) else ''}  |  {len(sentences)} sentences",
-        fontsize=10, y=1 - 0.12 / fig.get_figheight())
+        fontsize=10, y=1 - 0.08 / fig.get_figheight(), va="top")
 
-    grid = outer[0].subgridspec(rows, columns, wspace=0.06, hspace=0.35)
+    grid = outer[0].subgridspec(rows, columns, wspace=0.06, hspace=0.45)
     for slot, i in enumerate(shown):
         ax = fig.add_subplot(grid[slot // columns, slot % columns])
         ax.imshow(np.asarray(Image.open(io.BytesIO(frames[i])).convert("RGB")))
         ax.set_xticks([])
         ax.set_yticks([])
         j = owner[i]
-        edge = GAP_GREY if j is None else colours[j]
         for spine in ax.spines.values():
-            spine.set_edgecolor(edge)
-            spine.set_linewidth(3)
+            spine.set_edgecolor("#cccccc")
+        # The sentence's colour as a strip under the frame, on the white page: a border would
+        # vanish on frames of the same colour.
+        ax.add_patch(Rectangle((0, -0.16), 1, 0.11, transform=ax.transAxes, clip_on=False, linewidth=0,
+                               facecolor=GAP_GREY if j is None else colours[j]))
         label = f"#{i}  {times[i]:.2f}s" + ("" if j is None else f"  S{j + 1}")
         ax.set_title(label, fontsize=7, pad=2, color="black" if j is not None else "#555555")
 
