@@ -19,12 +19,12 @@ from lfvila.models.lfvila import ModelConfig, build_model
 from lfvila.models.text import TextEncoder, TextEncoderConfig, load_bert_config, read_state_dict
 from lfvila.tasks import TaskConfig
 
-B, M, L, T = 2, 4, 6, 8
+B, M, L, T = 2, 4, 6, 4
 
 
 def tiny_cfg(bert_dir) -> ModelConfig:
     cfg = released_compatible(ModelConfig.tiny())
-    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert_dir=str(bert_dir)), frames_per_clip=2,
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert_dir=str(bert_dir)), frames_per_clip=1,
                                max_frames=T)
 
 

@@ -10,14 +10,14 @@ from lfvila.models.lfvila import ModelConfig, build_model
 from lfvila.models.text import TextEncoderConfig
 from lfvila.tasks import Stage1Task, Stage2Task, TaskConfig, build_task
 
-B, M, L, T = 4, 4, 8, 8  # 4 clips of 2 frames keep the CPU test fast
+B, M, L, T = 3, 4, 8, 4  # 4 clips of 1 frame keep the CPU test fast
 
 
 @pytest.fixture(scope="module")
 def model(bert_dir):
     torch.manual_seed(0)
     cfg = ModelConfig.tiny()
-    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert_dir=str(bert_dir)), frames_per_clip=2,
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert_dir=str(bert_dir)), frames_per_clip=1,
                               max_frames=T)
     return build_model(cfg)
 
@@ -28,8 +28,8 @@ def make_batch(seed: int = 0, stage: int = 1) -> dict:
     text_mask = torch.ones(B, M, L, dtype=torch.long)
     text_mask[:, :, 6:] = 0
     sentence_mask = torch.ones(B, M, dtype=torch.bool)
-    sentence_mask[3, 3] = False  # one sample with 3 sentences
-    text_mask[3, 3] = 0
+    sentence_mask[B - 1, 3] = False  # one sample with 3 sentences
+    text_mask[B - 1, 3] = 0
     text_ids[text_mask == 0] = 0
     batch = {"video": torch.randn(B, 3, T, 48, 80, generator=gen), "text_ids": text_ids, "text_mask": text_mask,
              "sentence_mask": sentence_mask, "keys": [f"k{i}" for i in range(B)]}
@@ -37,7 +37,7 @@ def make_batch(seed: int = 0, stage: int = 1) -> dict:
         labels = torch.full((B, M, L), -100)
         mlm_ids = text_ids.clone()
         labels[:, :, 2] = text_ids[:, :, 2]
-        labels[3, 3] = -100
+        labels[B - 1, 3] = -100
         mlm_ids[:, :, 2] = 103  # [MASK]
         batch.update(mlm_ids=mlm_ids, mlm_labels=labels)
     return batch
@@ -55,8 +55,8 @@ def test_encode_shapes_and_norms(model):
     assert text["tokens"].shape == (B, 1 + M * L, ct) and text["token_mask"].dtype == torch.bool
     for x in (video["clip"], video["global_"], text["sentence"], text["paragraph"]):
         torch.testing.assert_close(x.norm(dim=-1), torch.ones(x.shape[:-1]))
-    with pytest.raises(ValueError, match="frames_per_clip"):
-        model.encode_video(batch["video"][:, :, :7])
+    with pytest.raises(ValueError, match="model.max_frames"):
+        ModelConfig(frames_per_clip=8, max_frames=4)
 
 
 def grads_by_name(model) -> dict[str, bool]:
@@ -96,6 +96,10 @@ def test_stage1_weights_scale_losses(model):
             batch, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(scaled["global"], 2 * base["global"])
     torch.testing.assert_close(scaled["mtc"], 2 * base["mtc"])  # 0.5 / 0.25
+    batch["video"] = batch["video"][:, :, :2]  # 2 clips for 4 sentences
+    with pytest.raises(ValueError, match="2 clips but 4 sentences"):
+        with torch.no_grad():
+            Stage1Task(model, TaskConfig()).losses(batch)
 
 
 def test_stage2_freezes_and_trains_exactly_the_cross_modal_part(model):
