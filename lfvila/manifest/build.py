@@ -154,6 +154,10 @@ class _Writers:
         lf.maybe_flush()
 
 
+def _clip_index(clip: Clip) -> int:
+    return clip.clip_index
+
+
 def _time_order(clips: list[Clip]) -> list[Clip]:
     """Clips of a non-hdvila video in time order, clip_index renumbered 1.. in that order."""
     ordered = sorted(clips, key=lambda c: (c.start, c.end, c.clip_index))
@@ -193,7 +197,7 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
             counts.asr_kept_words += result.kept_words
             counts.asr_punctuated_videos += result.punctuated
         elif by_number:
-            clips = video.clips
+            clips = sorted(video.clips, key=_clip_index)  # release order is already this: linear
         else:
             clips = _time_order(video.clips)
         if not clips:
