@@ -6,43 +6,67 @@ Batch contract (see README, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)``, ``t
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
-
 import numpy as np
 import simplejpeg
 import torch
 
 from lfvila.data.config import DataConfig
 from lfvila.data.sampling import SamplePlan, SkipSample
-from lfvila.data.transforms import decode_min_size, resize_crop_frames
+from lfvila.data.transforms import dct_scale, resize_crop_frames
 
 IGNORE_INDEX = -100  # label of tokens MLM does not predict (torch cross-entropy's ignore_index)
 
 
-def decode_frames(jpegs: list[bytes], min_hw: tuple[int, int], fast: bool = False) -> torch.Tensor:
-    """Decode JPEGs to uint8 ``(N, H, W, 3)``, DCT-downscaled as far as ``min_hw`` allows.
+def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1, fast: bool = False) -> torch.Tensor:
+    """Decode JPEGs to uint8 ``(N, H, W, 3)``, downscaled by ``factor`` in the DCT (see dct_scale).
 
     Raises SkipSample("corrupt_jpeg") for undecodable data and ("frame_size_mismatch") when the
     frames of one sample differ in size.
     """
-    frames = []
+    # Pin the decoded size to exactly 1/factor: simplejpeg picks the smallest scale meeting both
+    # the minimum factor and the minimum size.
+    sizing = {} if factor == 1 else {"min_factor": factor, "min_height": math.ceil(frame_hw[0] / factor),
+                                     "min_width": math.ceil(frame_hw[1] / factor)}
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(jpegs[0], **sizing)
+    except (ValueError, TypeError, OSError) as exc:
+        raise SkipSample("corrupt_jpeg", f"frame 0: {exc}") from None
+    # Decode straight into one (N, h, w, 3) array: no per-frame arrays to stack afterwards.
+    frames = np.empty((len(jpegs), height, width, 3), dtype=np.uint8)
     for i, data in enumerate(jpegs):
         try:
-            frames.append(simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast,
-                                                 min_height=min_hw[0], min_width=min_hw[1]))
+            decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast,
+                                             buffer=frames[i], **sizing)
         except (ValueError, TypeError, OSError) as exc:
-            raise SkipSample("corrupt_jpeg", f"frame {i}: {exc}") from None
-    if any(f.shape != frames[0].shape for f in frames):
-        raise SkipSample("frame_size_mismatch", str(sorted({f.shape for f in frames})))
-    return torch.from_numpy(np.stack(frames))
+            # simplejpeg also raises ValueError when a (larger) frame does not fit the buffer.
+            reason = "frame_size_mismatch" if "buffer" in str(exc).lower() else "corrupt_jpeg"
+            raise SkipSample(reason, f"frame {i}: {exc}") from None
+        if decoded.shape != (height, width, 3):
+            raise SkipSample("frame_size_mismatch", f"frame {i}: {decoded.shape[:2]} != {(height, width)}")
+    return torch.from_numpy(frames)
 
 
-def render_video(plan: SamplePlan, cfg: DataConfig) -> torch.Tensor:
-    """The sample's clip frames: uint8 ``(T, 3, H, W)`` (channels-last memory), cropped, resized, flipped."""
-    frames = decode_frames(plan.jpegs, decode_min_size(plan.box, cfg.crop), cfg.jpeg_fast)  # (N, h, w, 3)
-    distinct = resize_crop_frames(frames, plan.box, cfg.crop, plan.flip)  # (N, 3, H, W)
-    return distinct[torch.as_tensor(plan.frame_ids)]  # (T, 3, H, W), repeats where clips are short
+def render_video(plan: SamplePlan, cfg: DataConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The sample's clip frames as uint8 ``(T, H, W, 3)``: decoded, cropped, resized, flipped.
+
+    Written into ``out`` (a ``(T, H, W, 3)`` slot of the batch buffer) when given, so the frames
+    are copied once, by the frame selection itself (repeats where clips are short).
+    """
+    factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
+    frames = decode_frames(plan.jpegs, plan.frame_hw, factor, cfg.jpeg_fast)  # (N, h, w, 3)
+    distinct = resize_crop_frames(frames, plan.box, cfg.crop, plan.flip, cfg.antialias)  # (N, 3, H, W) channels-last
+    hwc = distinct.permute(0, 2, 3, 1)  # (N, H, W, 3), a view of the same memory
+    ids = torch.as_tensor(plan.frame_ids)
+    if out is None:
+        return hwc.index_select(0, ids)
+    return torch.index_select(hwc, 0, ids, out=out)
+
+
+def new_video_buffer(cfg: DataConfig) -> torch.Tensor:
+    """An empty batch of frames, uint8 ``(B, T, H, W, 3)``."""
+    return torch.empty((cfg.batch_size, cfg.n_frames, *cfg.crop, 3), dtype=torch.uint8)
 
 
 class Tokenizer:
@@ -84,26 +108,24 @@ def mask_tokens(ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenizer, probabi
     return masked, labels
 
 
-@dataclass
-class RenderedSample:
-    plan: SamplePlan
-    video: torch.Tensor  # uint8 (T, 3, H, W)
+def collate(plans: list[SamplePlan], frames: torch.Tensor, cfg: DataConfig, tokenizer: Tokenizer,
+            stage: int) -> dict:
+    """The batch dict of ``plans`` whose frames were rendered into ``frames`` ``(B, T, H, W, 3)``.
 
-
-def collate(samples: list[RenderedSample], cfg: DataConfig, tokenizer: Tokenizer, stage: int) -> dict:
-    """Stack rendered samples into the batch dict (see module docstring)."""
-    b, m, length = len(samples), cfg.n_sentences, cfg.max_tokens
-    video = torch.empty((b, 3, cfg.n_frames, *cfg.crop), dtype=torch.uint8)
-    for i, s in enumerate(samples):
-        video[i].copy_(s.video.permute(1, 0, 2, 3))  # (T, 3, H, W) -> (3, T, H, W)
-    texts = [t for s in samples for t in s.plan.texts]
+    ``video`` is ``frames`` viewed as ``(B, 3, T, H, W)`` without a copy, i.e. in torch's
+    channels_last_3d memory format: de-interleaving RGB on the host costs more than decoding
+    (measured in docs/bench-loader.md); ``normalize_video`` on the device returns it contiguous.
+    """
+    b, m, length = len(plans), cfg.n_sentences, cfg.max_tokens
+    video = frames[:b].permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+    texts = [t for p in plans for t in p.texts]
     flat_ids, flat_mask = tokenizer(texts)  # (sum of n_i, L)
     ids = np.zeros((b, m, length), dtype=np.int64)  # padded sentences: all-zero ids and mask
     mask = np.zeros((b, m, length), dtype=np.int64)
     sentence_mask = np.zeros((b, m), dtype=bool)
     row = 0
-    for i, s in enumerate(samples):
-        n = len(s.plan.texts)
+    for i, p in enumerate(plans):
+        n = len(p.texts)
         ids[i, :n], mask[i, :n], sentence_mask[i, :n] = flat_ids[row:row + n], flat_mask[row:row + n], True
         row += n
     batch = {
@@ -111,11 +133,11 @@ def collate(samples: list[RenderedSample], cfg: DataConfig, tokenizer: Tokenizer
         "text_ids": torch.from_numpy(ids),
         "text_mask": torch.from_numpy(mask),
         "sentence_mask": torch.from_numpy(sentence_mask),
-        "keys": [s.plan.key for s in samples],
+        "keys": [p.key for p in plans],
     }
     if stage == 2:
         masked = [mask_tokens(ids[i], mask[i], tokenizer, cfg.mlm_probability,
-                              np.random.default_rng(list(s.plan.mlm_seed))) for i, s in enumerate(samples)]
+                              np.random.default_rng(list(p.mlm_seed))) for i, p in enumerate(plans)]
         batch["mlm_ids"] = torch.from_numpy(np.stack([x for x, _ in masked]))
         batch["mlm_labels"] = torch.from_numpy(np.stack([y for _, y in masked]))
     return batch

@@ -49,6 +49,10 @@ class DataConfig:
     seed: int = 0
     mlm_probability: float = 0.15  # stage 2: fraction of real tokens masked (80/10/10)
     error_log_interval_s: float = 30.0  # at most one log line per skip reason per interval
+    # Antialiased resizing (torchvision >= 0.17's tensor default) costs about twice plain bilinear;
+    # at the 0.8-1.0 crop scales of 240p frames the output shrinks by < 1.4x, where plain bilinear
+    # (what tensor transforms of LF-VILA's time did) aliases little. See docs/bench-loader.md.
+    antialias: bool = False
     jpeg_fast: bool = False  # simplejpeg fastdct/fastupsample (a few % faster, slightly lossy)
 
     def __post_init__(self) -> None:

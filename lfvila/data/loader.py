@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lfvila.data.collate import RenderedSample, Tokenizer, collate, render_video
+from lfvila.data.collate import Tokenizer, collate, new_video_buffer, render_video
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
-from lfvila.data.sampling import SkipSample, plan_sample
+from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
 
 logger = logging.getLogger("lfvila.data")
 
@@ -167,7 +167,8 @@ class ShardStream(IterableDataset):
             pass
         tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
         log = SkipLog(cfg.error_log_interval_s)
-        rendered: list[RenderedSample] = []
+        rendered: list[SamplePlan] = []
+        frames = new_video_buffer(cfg)  # (B, T, H, W, 3): samples are rendered straight into it
         skips: Counter = Counter()
         consecutive_skips = 0
         for item in items:
@@ -177,7 +178,8 @@ class ShardStream(IterableDataset):
                 reason, url, key, detail = item["__error__"], item["__url__"], item["__key__"], item["__detail__"]
             else:
                 try:
-                    rendered.append(RenderedSample(item, render_video(item, cfg)))
+                    render_video(item, cfg, out=frames[len(rendered)])
+                    rendered.append(item)
                 except SkipSample as exc:
                     reason, url, key, detail = exc.reason, item.url, item.key, exc.detail
             if reason is None:
@@ -191,15 +193,15 @@ class ShardStream(IterableDataset):
                         f"{self.split} stream of rank {self.rank} worker {local}: {consecutive_skips} unusable "
                         f"items in a row (last: {reason} in {url}: {detail}); counts so far {dict(skips)}")
             if len(rendered) == cfg.batch_size:
-                yield self.finish_batch(rendered, skips, tokenizer, local, position)
-                rendered, skips = [], Counter()
+                yield self.finish_batch(rendered, frames, skips, tokenizer, local, position)
+                rendered, frames, skips = [], new_video_buffer(cfg), Counter()
         if rendered or skips:
             # A final short batch, or only the skip counts of the stream's tail (no samples).
-            yield self.finish_batch(rendered, skips, tokenizer, local, position)
+            yield self.finish_batch(rendered, frames, skips, tokenizer, local, position)
 
-    def finish_batch(self, rendered: list[RenderedSample], skips: Counter, tokenizer: Tokenizer,
+    def finish_batch(self, plans: list[SamplePlan], frames: torch.Tensor, skips: Counter, tokenizer: Tokenizer,
                      local: int, position: int) -> dict:
-        batch = collate(rendered, self.cfg, tokenizer, self.stage) if rendered else {}
+        batch = collate(plans, frames, self.cfg, tokenizer, self.stage) if plans else {}
         batch["__meta__"] = {"worker": local, "position": position, "skips": dict(skips)}
         return batch
 

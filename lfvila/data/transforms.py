@@ -83,17 +83,22 @@ def box_to_pixels(box: CropBox, hw: tuple[int, int]) -> tuple[int, int, int, int
     return top, left, h, w
 
 
-def decode_min_size(box: CropBox, out_hw: tuple[int, int]) -> tuple[int, int]:
-    """Smallest full-image (H, W) whose crop ``box`` still covers ``out_hw`` pixels.
+def dct_scale(frame_hw: tuple[int, int], box: CropBox, out_hw: tuple[int, int]) -> int:
+    """The largest JPEG DCT downscale (1, 2, 4 or 8) at which crop ``box`` still covers ``out_hw``.
 
-    Passed to simplejpeg so large stored frames are DCT-downscaled during decoding (much cheaper
-    than decoding at full size and resizing) without ever upsampling the crop.
+    libjpeg-turbo decodes at 1/2, 1/4, 1/8 size much faster than at full size, but other factors
+    (7/8, 3/4, ...) take its slow scaled-IDCT path (measured ~4x slower than a full decode), so
+    only powers of two are used. Frames stored near the training size (240p) decode at full size.
     """
-    return math.ceil(out_hw[0] / box[2]), math.ceil(out_hw[1] / box[3])
+    for factor in (8, 4, 2):
+        if frame_hw[0] * box[2] / factor >= out_hw[0] and frame_hw[1] * box[3] / factor >= out_hw[1]:
+            return factor
+    return 1
 
 
-def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, int], flip: bool) -> torch.Tensor:
-    """Crop ``box`` from every frame, resize to ``out_hw`` (bilinear, antialiased), flip.
+def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, int], flip: bool,
+                       antialias: bool = False) -> torch.Tensor:
+    """Crop ``box`` from every frame, resize to ``out_hw`` (bilinear, optionally antialiased), flip.
 
     frames: uint8 ``(N, H, W, 3)``; returns uint8 ``(N, 3, h, w)`` in channels-last memory
     (torch's fast uint8 resampling path works on that layout; no float copy is made).
@@ -103,7 +108,7 @@ def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, in
     if (h, w) == tuple(out_hw):
         out = crop.contiguous(memory_format=torch.channels_last)
     else:
-        out = F.interpolate(crop, size=tuple(out_hw), mode="bilinear", antialias=True, align_corners=False)
+        out = F.interpolate(crop, size=tuple(out_hw), mode="bilinear", antialias=antialias, align_corners=False)
     if flip:
         out = out.flip(-1)
     return out
@@ -111,15 +116,19 @@ def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, in
 
 def normalize_video(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 video ``(B, 3, T, H, W)`` -> ``dtype`` normalised with ImageNet mean/std.
+    """uint8 video ``(B, 3, T, H, W)`` (any memory layout) -> contiguous ``dtype`` video,
+    normalised with ImageNet mean/std, in one pass.
 
-    Meant to run on the training device after a uint8 host-to-device copy (4x fewer bytes than
-    float32 over PCIe and no float buffers in host memory); see docs/bench-loader.md.
+    Meant to run on the training device after a uint8 host-to-device copy: 4x fewer bytes than
+    float32 over PCIe and no float buffers in host memory (see docs/bench-loader.md). Loader
+    batches are in channels_last_3d layout (frames stay RGB-interleaved on the host); the output
+    is contiguous whatever the input layout.
     """
     if video.dim() != 5 or video.shape[1] != 3:
         raise ValueError(f"normalize_video expects (B, 3, T, H, W), got {tuple(video.shape)}")
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=video.device, dtype=torch.float32)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=video.device, dtype=torch.float32)
-    # (x / 255 - mean) / std == x * scale + shift, as one fused multiply-add per element.
-    out = torch.addcmul(shift.view(1, 3, 1, 1, 1), video.to(torch.float32), scale.view(1, 3, 1, 1, 1))
-    return out.to(dtype)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=video.device).view(1, 3, 1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=video.device).view(1, 3, 1, 1, 1)
+    out = torch.empty(video.shape, dtype=dtype, device=video.device)
+    # (x / 255 - mean) / std == x * scale + shift: one fused multiply-add per element, computed in
+    # float32 (uint8 promotes) and written once in the output dtype and layout.
+    return torch.addcmul(shift, video, scale, out=out)

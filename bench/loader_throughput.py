@@ -1,0 +1,259 @@
+"""Loader throughput per worker process, side by side in one run, on real shards.
+
+Three ways to make the same training samples (32 frames at 192x320, 4 sentences of 50 tokens,
+batch 16) from the same long-form videos (../shared/data videos, frames at 3 fps, 240p):
+
+  loader    lfvila's streaming loader (tar read, plan, JPEG decode, crop/resize/flip, tokenize,
+            collate), one process, one thread: what one DataLoader worker does;
+  ceiling   JPEG decoding alone of the frames the loader decodes (the unavoidable work);
+  released  LF-VILA's released design: each sentence's clip re-encoded at 3 fps as its own video
+            file (ffmpeg, H.264, 240p), 4 clip files per sample opened with decord, 8 frames
+            decoded from each, then the same crop/resize/flip, tokenization and collation.
+
+Also: host-side cost of normalising on the CPU vs shipping uint8 (``normalize_video`` on the
+device), and, when CUDA is available, the host-to-device copy of both.
+
+    .venv/bin/python bench/loader_throughput.py [--samples 64] [--rounds 3] [--work bench/_work/loader]
+
+Shards and clip files are built once under --work (the shard stage of lfvila; ffmpeg) and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lfvila.data import DataConfig, build_loader, normalize_video  # noqa: E402
+from lfvila.data.collate import collate, new_video_buffer, render_video  # noqa: E402
+from lfvila.data.loader import _tokenizer  # noqa: E402
+from lfvila.data.reader import read_shard  # noqa: E402
+from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
+from lfvila.data.transforms import random_resized_crop_box, resize_crop_frames  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+# (video file under ../shared/data/videos, seconds used): long real videos become several
+# long-form samples of at most 60 s with 6 s sentences; short ones one sample of 4-5 sentences.
+VIDEOS = [
+    ("natural/opencv-doc__vtest.avi", 79.0), ("rendered/fillets-ng-data__intro.mpg", 72.0),
+    ("rendered/janus-demos__ChID-BLITS-EBU.mp4", 46.0), ("rendered/openboard-common__wannaworktogether.mp4", 180.0),
+    ("natural/python-nbsphinx-doc__Shepard_Calais_1906_FrenchGP.ogv", 19.0),
+    ("natural/pd-extendedview__diver.mov", 14.0), ("natural/python3-imageio__cockatoo.mp4", 14.0),
+    ("natural/python3-mecavideo__balle-jbart.mp4", 10.0), ("natural/decord__flipping_a_pancake.mkv", 10.0),
+]
+
+
+def longform_rows() -> list[dict]:
+    """Manifest rows: sentences are real ActivityNet captions (text only; content does not matter here)."""
+    captions = json.loads((SHARED / "annotations/activitynet_captions/val_1.json").read_text())
+    texts = iter([s.strip() for v in captions.values() for s in v["sentences"]])
+    rows = []
+    for rel, seconds in VIDEOS:
+        video_id = Path(rel).stem
+        step = 6.0 if seconds >= 30 else seconds / 4 - 0.01
+        for part, start in enumerate(np.arange(0.0, seconds - 4 * step + 1e-6, 60.0)):
+            end = min(start + 60.0, seconds)
+            n = int((end - start) // step)
+            sentences = [{"clip_id": f"{video_id}.{i + 1}.mp4", "start": round(start + i * step, 3),
+                          "end": round(start + (i + 1) * step, 3), "text": next(texts)} for i in range(n)]
+            rows.append({"key": f"{video_id.replace('.', '_')}_{part}", "video_id": video_id,
+                         "split": "train", "sentences": sentences})
+    return rows
+
+
+def build_shards_once(work: Path, rows: list[dict]) -> list[str]:
+    from lfvila.build_config import BuildConfig
+    from lfvila.config import load_config
+    from lfvila.shards.build import build_shards
+    from lfvila.shards.fixtures import write_longform
+
+    corpus = work / "corpus"
+    tars = sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
+    if tars:
+        return tars
+    videos = work / "videos"  # the shard stage finds DIR/<video_id>.<ext>: link the chosen files
+    videos.mkdir(parents=True, exist_ok=True)
+    for rel, _ in VIDEOS:
+        link = videos / Path(rel).name
+        if not link.exists():
+            link.symlink_to(SHARED / "videos" / rel)
+    write_longform(corpus / "longform.parquet", rows)
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4"])
+    build_shards(cfg, corpus, videos, workers=2)
+    return sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
+
+
+def build_clips_once(work: Path, rows: list[dict]) -> None:
+    """The released design's inputs: one 3 fps H.264 file per sentence span, same 240p size."""
+    from lfvila.video.decode import ffmpeg_exe
+
+    by_id = {Path(rel).stem: SHARED / "videos" / rel for rel, _ in VIDEOS}
+    for row in rows:
+        for i, s in enumerate(row["sentences"]):
+            out = work / "clips" / row["key"] / f"{i}.mp4"
+            if out.exists():
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.mp4")
+            subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-ss", str(s["start"]), "-to", str(s["end"]),
+                            "-i", str(by_id[row["video_id"]]), "-an", "-vf", "fps=3,scale=-2:240",
+                            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp)], check=True)
+            tmp.rename(out)
+
+
+def time_loader(cfg: DataConfig, n_samples: int) -> float:
+    loader = iter(build_loader(cfg, "train"))
+    next(loader)  # warm-up: shuffle buffer fill, first shard open
+    start, done = time.perf_counter(), 0
+    while done < n_samples:
+        done += len(next(loader)["keys"])
+    return done / (time.perf_counter() - start)
+
+
+def planned_samples(cfg: DataConfig, tars: list[str], n: int) -> list[SamplePlan]:
+    raws = [r for t in tars for r in read_shard(t) if "__error__" not in r]
+    return [plan_sample(raws[i % len(raws)], cfg, np.random.default_rng([cfg.seed, i]), True, (i,))
+            for i in range(n)]
+
+
+def time_ceiling(plans: list[SamplePlan]) -> float:
+    import simplejpeg
+
+    start = time.perf_counter()
+    for plan in plans:
+        for jpeg in plan.jpegs:
+            simplejpeg.decode_jpeg(jpeg, colorspace="RGB")
+    return len(plans) / (time.perf_counter() - start)
+
+
+def time_pipeline_on_plans(cfg: DataConfig, plans: list[SamplePlan]) -> float:
+    """The loader's per-sample work without reading tars: decode + crop/resize/flip + collate."""
+    tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
+    start = time.perf_counter()
+    for i in range(0, len(plans), cfg.batch_size):
+        frames = new_video_buffer(cfg)
+        chunk = plans[i:i + cfg.batch_size]
+        for j, plan in enumerate(chunk):
+            render_video(plan, cfg, out=frames[j])
+        collate(chunk, frames, cfg, tokenizer, 1)
+    return len(plans) / (time.perf_counter() - start)
+
+
+def time_released(cfg: DataConfig, work: Path, rows: list[dict], n_samples: int) -> float:
+    import decord
+
+    tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
+    rng = np.random.default_rng(0)
+    k = cfg.frames_per_sentence
+    start, plans, frames = time.perf_counter(), [], new_video_buffer(cfg)
+    for i in range(n_samples):
+        row = rows[i % len(rows)]
+        first = int(rng.integers(0, len(row["sentences"]) - cfg.n_sentences + 1))
+        box = flip = None
+        for c in range(cfg.n_sentences):
+            reader = decord.VideoReader(str(work / "clips" / row["key"] / f"{first + c}.mp4"), num_threads=1)
+            decoded = torch.from_numpy(reader.get_batch(uniform_frame_indices(0, len(reader), k).tolist()).asnumpy())
+            if box is None:  # one crop for the whole sample, as the loader
+                box = random_resized_crop_box(rng, tuple(decoded.shape[1:3]), cfg.crop, cfg.scale, cfg.ratio)
+                flip = bool(rng.random() < 0.5)
+            clip = resize_crop_frames(decoded, box, cfg.crop, flip)  # (8, 3, H, W) channels-last
+            frames[len(plans), c * k:(c + 1) * k].copy_(clip.permute(0, 2, 3, 1))
+        plans.append(SamplePlan(row["key"], "", [s["text"] for s in row["sentences"][first:first + cfg.n_sentences]],
+                                [], [], (0, 0), box, flip, (i,)))
+        if len(plans) == cfg.batch_size:
+            collate(plans, frames, cfg, tokenizer, 1)
+            plans, frames = [], new_video_buffer(cfg)
+    return n_samples / (time.perf_counter() - start)
+
+
+def time_normalisation(cfg: DataConfig, repeats: int = 3) -> dict:
+    video = torch.randint(0, 256, (cfg.batch_size, 3, cfg.n_frames, *cfg.crop), dtype=torch.uint8)
+    out = {"batch_uint8_MB": video.numel() / 1e6, "batch_float32_MB": video.numel() * 4 / 1e6}
+    best = min(_timed(lambda: normalize_video(video)) for _ in range(repeats))
+    out["cpu_normalize_ms_per_batch"] = best * 1e3
+    best_copy = min(_timed(lambda: video.clone()) for _ in range(repeats))
+    out["cpu_copy_uint8_ms_per_batch"] = best_copy * 1e3
+    if torch.cuda.is_available():
+        pinned_u8 = video.pin_memory()
+        pinned_f32 = normalize_video(video).pin_memory()
+        dev = torch.device("cuda")
+
+        def uint8_path():
+            normalize_video(pinned_u8.to(dev, non_blocking=True))
+            torch.cuda.synchronize()
+
+        def float_path():
+            pinned_f32.to(dev, non_blocking=True)
+            torch.cuda.synchronize()
+        uint8_path(), float_path()
+        out["cuda_uint8_copy_plus_normalize_ms"] = min(_timed(uint8_path) for _ in range(10)) * 1e3
+        out["cuda_float32_copy_ms"] = min(_timed(float_path) for _ in range(10)) * 1e3
+        out["cuda_device"] = torch.cuda.get_device_name()
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=64, help="samples timed per method and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "_work" / "loader")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one DataLoader worker = one process, one thread
+
+    rows = longform_rows()
+    tars = build_shards_once(args.work, rows)
+    build_clips_once(args.work, rows)
+    cfg = DataConfig(train_shards=tars, num_workers=0, resampled=True, shuffle_buffer=16)
+    plans = planned_samples(cfg, tars, args.samples)
+    n_frames = sum(len(p.jpegs) for p in plans)
+    tar_bytes = sum(Path(t).stat().st_size for t in tars)
+    print(f"{len(rows)} long-form samples in {len(tars)} shards ({tar_bytes / 1e6:.1f} MB); "
+          f"{n_frames / len(plans):.1f} distinct frames decoded per sample; "
+          f"frame size {plans[0].frame_hw}", flush=True)
+
+    methods = {
+        "loader": lambda: time_loader(cfg, args.samples),
+        "loader_no_io": lambda: time_pipeline_on_plans(cfg, plans),
+        "ceiling": lambda: time_ceiling(plans),
+        "released": lambda: time_released(cfg, args.work, rows, args.samples),
+    }
+    results: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(args.rounds):  # interleaved, so a noisy neighbour hits every method alike
+        for name, fn in methods.items():
+            results[name].append(fn())
+            print(f"round {r}: {name:13s} {results[name][-1]:7.2f} samples/s", flush=True)
+    best = {m: max(v) for m, v in results.items()}
+    median = {m: statistics.median(v) for m, v in results.items()}
+    norm = time_normalisation(DataConfig())
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
+        "cpus": torch.get_num_threads(), "samples_per_round": args.samples, "rounds": args.rounds,
+        "best_samples_per_s": best, "median_samples_per_s": median,
+        "loader_vs_ceiling": best["loader"] / best["ceiling"],
+        "loader_vs_released": best["loader"] / best["released"],
+        "normalisation": norm,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
