@@ -26,6 +26,8 @@ TINY_RECIPE = REPO / "train" / "tiny.yaml"
 DEMO_VAL_FRACTION = 0.2
 # The tiny model reads 48x80 crops; frames are stored a little larger so the crop still varies.
 DEMO_FRAME_HEIGHT = 60
+# Small shards, so the train split has several to shuffle and split across loader workers.
+DEMO_SAMPLES_PER_SHARD = 10
 HEADLINE = ("p2v_r1", "p2v_r5", "p2v_medr", "v2p_r1", "v2p_r5", "sentence_to_clip_acc", "clip_to_sentence_acc")
 
 
@@ -34,6 +36,8 @@ class DemoSettings:
     """What the demo does; defaults fit well under 15 minutes on 2 CPU cores."""
 
     max_steps: int = 300
+    # Safety net for slow machines: training stops (then saves and evaluates) after this long.
+    time_limit_minutes: float | None = 8.0
     limit_videos: int | None = None  # render only the first N sample videos (tests)
     workers: int = 2
     train_overrides: list[str] = field(default_factory=list)  # extra ``key=value`` for the recipe
@@ -71,7 +75,8 @@ def build_demo_corpus(out: Path, settings: DemoSettings) -> tuple[Path, list[str
 
     rendered = render_sample(out / "sample", limit=settings.limit_videos, workers=settings.workers)
     cfg = load_config(BuildConfig, None, [f"manifest.val_fraction={DEMO_VAL_FRACTION}",
-                                          f"video.frame_height={DEMO_FRAME_HEIGHT}"])
+                                          f"video.frame_height={DEMO_FRAME_HEIGHT}",
+                                          f"shards.samples_per_shard={DEMO_SAMPLES_PER_SHARD}"])
     corpus = out / "corpus"
     build_manifest(cfg, corpus, rendered.sources)
     build_shards(cfg, corpus, rendered.videos_dir, workers=settings.workers, engine="local",
@@ -85,8 +90,8 @@ def build_demo_corpus(out: Path, settings: DemoSettings) -> tuple[Path, list[str
 
 def describe_corpus(corpus: Path, out: Path) -> tuple[Path | None, Path | None]:
     """The preview sheet of the first val sample and the corpus report."""
-    from lfvila.shards.preview import preview_sample
-    from lfvila.shards.report import write_report
+    from lfvila.viz.preview import preview_sample
+    from lfvila.viz.report import write_report
 
     index = _first_key(corpus)
     preview = out / "preview.png"
@@ -115,6 +120,7 @@ def train_tiny(out: Path, train_shards: list[str], val_shards: list[str], settin
         f"data.val_shards={json.dumps(val_shards)}",
         f"trainer.out_dir={json.dumps(str(out / 'train'))}",
         f"trainer.max_steps={settings.max_steps}",
+        f"trainer.time_limit_minutes={json.dumps(settings.time_limit_minutes)}",
         "trainer.device=cpu",
         *settings.train_overrides,
     ]

@@ -97,6 +97,7 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
     model = task.model
     rows: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": [], "keys": []}
     loss_sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     n_batches = 0
     for batch in batches:
         if max_batches is not None and n_batches >= max_batches:
@@ -106,6 +107,9 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
             video = model.encode_video(batch["video"])
             text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
             losses = task.losses(batch)
+            if "mlm_ids" in batch:
+                for name, count in stage2_counts(model, batch, video).items():
+                    counts[name] = counts.get(name, 0) + count
         for name, value in losses.items():
             loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
         rows["paragraph"].append(_cpu(text["paragraph"]))
@@ -117,6 +121,7 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
         n_batches += 1
     out: dict[str, Any] = {k: (torch.cat(v) if v and k != "keys" else v) for k, v in rows.items()}
     out["loss_sums"] = loss_sums
+    out["counts"] = counts
     out["n_batches"] = n_batches
     return out
 
@@ -174,7 +179,39 @@ def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batche
     names = sorted({name for p in parts for name in p["loss_sums"]})
     for name in names:
         metrics[f"val_{name}"] = sum(p["loss_sums"].get(name, 0.0) for p in parts) / max(n_batches, 1)
+    counts = {name: sum(p["counts"].get(name, 0) for p in parts) for p in parts for name in p["counts"]}
+    for name in ("mlm", "vtm"):
+        if counts.get(f"{name}_total"):
+            metrics[f"{name}_acc"] = 100.0 * counts[f"{name}_correct"] / counts[f"{name}_total"]
+    if counts.get("vtm_total"):
+        metrics["vtm_acc_chance"] = 100.0 * counts["vtm_majority"] / counts["vtm_total"]
     return metrics
+
+
+def stage2_counts(model: Any, batch: dict[str, Any], video: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Correct / total masked-token predictions and video-text matching decisions of one batch.
+
+    Pairs and masks as in training (``lfvila.tasks.Stage2Task``): the first B // 2 texts get the
+    next sample's video; MLM is scored on the matched pairs' masked tokens.
+    """
+    from lfvila.losses import mismatch_pairs
+
+    text = model.encode_text(batch["mlm_ids"], batch["text_mask"], batch["sentence_mask"])
+    b = text["tokens"].shape[0]
+    video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device)
+    hidden = model.fuse(text["tokens"], text["token_mask"], video["tokens"][video_index])  # (B, S+N, C)
+    vtm_pred = model.match_logits(hidden).argmax(dim=-1)  # (B,)
+    matched = vtm_labels.bool()
+    labels = batch["mlm_labels"][matched].flatten(1)  # (B', M*L)
+    masked = labels != -100
+    mlm_pred = model.mlm_logits(hidden[matched, 1 : 1 + labels.shape[1]][masked]).argmax(dim=-1)  # (K,)
+    n_matched = int(matched.sum())
+    return {
+        "vtm_correct": int((vtm_pred == vtm_labels).sum()), "vtm_total": b,
+        # always answering the more frequent label scores this
+        "vtm_majority": max(n_matched, b - n_matched),
+        "mlm_correct": int((mlm_pred == labels[masked]).sum()), "mlm_total": int(masked.sum()),
+    }
 
 
 def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,

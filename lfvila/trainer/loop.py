@@ -229,8 +229,10 @@ class Trainer:
         window = _Window()
         batches = iter(self.loader)
         last_saved = self.step if self.step else -1
+        started = time.monotonic()
+        out_of_time = False
         try:
-            while self.step < tcfg.max_steps:
+            while self.step < tcfg.max_steps and not out_of_time:
                 lr = self.scheduler.get_last_lr()[0]
                 losses = self.train_step(batches, window)
                 self.step += 1
@@ -238,7 +240,8 @@ class Trainer:
                 self._loss_names = sorted(losses)
                 if bar is not None:
                     bar.update(1)
-                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
+                out_of_time = self._out_of_time(started)
+                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps or out_of_time:
                     self._flush_log(window)
                     window = _Window()
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step != tcfg.max_steps:
@@ -257,6 +260,17 @@ class Trainer:
             if self.loss_log is not None:
                 self.loss_log.close()
         return metrics
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``trainer.time_limit_minutes`` has passed; rank 0 decides for every rank."""
+        limit = self.cfg.trainer.time_limit_minutes
+        if limit is None:
+            return False
+        over = self.ctx.broadcast_from_main(torch.tensor([float(time.monotonic() - started > 60 * limit)]))
+        if over.item() and self.ctx.is_main:
+            log.warning("time limit of %.1f minutes reached at step %d of %d: finishing early", limit,
+                        self.step, self.cfg.trainer.max_steps)
+        return bool(over.item())
 
     def _progress_bar(self):
         if not (self.ctx.is_main and sys.stderr.isatty()):
@@ -300,15 +314,16 @@ class Trainer:
             self.tb.add_scalar("perf/memory_gb", memory, self.step)
             if grad_norm is not None:
                 self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
-            for reason, count in counters.items():
-                self.tb.add_scalar(f"data/skipped_{reason}", count, self.step)
+            for name, count in counters.items():
+                self.tb.add_scalar(f"data/{name}", count, self.step)
         loss_text = " ".join(f"{n} {mean[n]:.4f}" for n in names)
-        skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v) or "none"
+        # the loader's counters: samples, skipped, and skip/<reason> per reason (job totals)
+        loader_text = " ".join(f"{k}={v}" for k, v in counters.items() if v or k in ("samples", "skipped"))
         line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(last.values()):.4f} ({loss_text}) "
                 f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s | data wait {wait_frac:.0%} "
                 f"| {'gpu' if self.ctx.device.type == 'cuda' else 'rss'} mem {memory:.2f}G"
                 + (f" | grad norm {grad_norm:.3g}" if grad_norm is not None else "")
-                + f" | skipped {skipped}")
+                + f" | loader {loader_text or 'n/a'}")
         self._write_line(line)
 
     def _write_line(self, line: str) -> None:

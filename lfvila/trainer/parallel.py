@@ -53,6 +53,13 @@ class DistContext:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def broadcast_from_main(self, values: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``values`` on every rank (CPU tensors; used for decisions all ranks must share)."""
+        values = values.to(self.device).clone()  # nccl broadcasts device tensors only
+        if self.distributed:
+            dist.broadcast(values, src=0)
+        return values.cpu()
+
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (small, picklable objects such as CPU tensors)."""
         if not self.distributed:
