@@ -6,8 +6,9 @@ measures:
 * FLOPs with ``torch.utils.flop_counter.FlopCounterMode`` (on the meta device, so counting costs
   no compute): matmul + conv GFLOPs and the share that is attention (QK^T and AV);
 * wall time of the measured pass (best of ``--repeats`` after one warm-up);
-* peak extra memory: on CPU the process's peak RSS (``ru_maxrss``) minus its RSS once the model
-  and the input exist; on CUDA ``max_memory_allocated`` minus the allocation before the pass.
+* peak extra memory: on CPU the process's peak RSS (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` once the model and the input exist) minus its RSS at that point, over
+  the warm-up and timed passes; on CUDA ``max_memory_allocated`` minus the allocation before.
 
 CPU default: forward only, fp32, batch 1, under ``torch.inference_mode``. On a GPU:
 ``--device cuda --dtype bf16`` measures forward + backward (``--mode train``) under bf16 autocast
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -69,9 +69,22 @@ def count_flops(cfg, batch: int, frames: int, height: int, width: int, train: bo
     return {"gflops": total / 1e9, "attention_gflops": attention / 1e9}
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def proc_status_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (resident high-water mark) of this process, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: clear_refs 5) so the peak counts this pass only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # no reset: VmHWM still includes construction, which then slightly under-reports
 
 
 def measure(args) -> dict:
@@ -113,7 +126,8 @@ def measure(args) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = current_rss_bytes()
+        reset_peak_rss()
+        base = proc_status_bytes("VmRSS")
     times = []
     for i in range(1 + args.repeats):  # the first pass warms up (and builds the mask caches)
         start = time.perf_counter()
@@ -123,7 +137,7 @@ def measure(args) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = proc_status_bytes("VmHWM") - base
     result = {
         "variant": args.variant, "frames": args.frames, "windows_t": [w[0] for w in cfg.windows],
         "device": args.device, "dtype": args.dtype, "mode": args.mode, "batch": args.batch,

@@ -10,7 +10,7 @@ from lfvila.models.window_attention import (
     allowed_mask,
     effective_window,
     relative_position_index,
-    window_groups,
+    window_masks,
 )
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,10 +93,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("mask_mode", ["per_window", "grouped"])
 @pytest.mark.parametrize("size,window,shift", CASES)
-def test_matches_naive(size, window, shift):
+def test_matches_naive(size, window, shift, mask_mode):
     torch.manual_seed(0)
     attn = WindowAttention(dim=8, heads=2, window=window).double()
+    attn.mask_mode = mask_mode
     with torch.no_grad():  # a large bias so wrong table entries cannot hide
         attn.relative_position_bias_table.normal_(0, 1.0)
     x = torch.randn(2, *size, 8, dtype=torch.float64)
@@ -121,12 +123,14 @@ def test_masks_allow_something_per_row_and_come_in_few_patterns():
     for size, window, shift in CASES:
         window, shift = effective_window(size, window, shift)
         mask = allowed_mask(size, window, shift)
-        groups = window_groups(size, window, shift)
-        assert (mask is None) == (groups is None)
+        masks = window_masks(size, window, shift)
+        assert (mask is None) == (masks is None)
         if mask is not None:
             assert mask.any(dim=-1).all()
-            assert len(groups.allowed) <= 27
-            for idx, allowed in zip(groups.indices, groups.allowed):
+            assert torch.equal(masks.allowed, mask)
+            assert len(masks.group_allowed) <= 27
+            assert sorted(torch.cat(masks.group_indices).tolist()) == list(range(len(mask)))
+            for idx, allowed in zip(masks.group_indices, masks.group_allowed):
                 assert torch.equal(mask[idx], allowed.expand(len(idx), -1, -1))
 
 

@@ -182,7 +182,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        hidden = self.fc1(x)  # (..., 4C): the largest activation of a block
+        # Without autograd (inference, frozen encoder) GELU may overwrite its input: halves the peak.
+        hidden = F.gelu(hidden) if hidden.requires_grad else torch.ops.aten.gelu_(hidden)
+        return self.fc2(hidden)
 
 
 # --------------------------------------------------------------------------- block

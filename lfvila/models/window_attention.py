@@ -130,39 +130,37 @@ def allowed_mask(feature_size: Size3, window: Size3, shift: Size3) -> torch.Tens
     return allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device="cpu")
 
 
-class WindowGroups(NamedTuple):
-    """Windows that share one mask pattern, so each group runs as one attention call."""
+class WindowMasks(NamedTuple):
+    """The mask of a shifted / padded layout, per window and grouped by pattern (on one device)."""
 
-    indices: list[torch.Tensor]  # per group: (n_g,) window indices
-    allowed: list[torch.Tensor]  # per group: (N, N) bool
-    inverse: torch.Tensor  # (nW,) puts the concatenated group outputs back in window order
+    allowed: torch.Tensor  # (nW, N, N) bool, per window
+    group_indices: list[torch.Tensor]  # per pattern: (n_g,) indices of the windows that have it
+    group_allowed: list[torch.Tensor]  # per pattern: (N, N) bool
 
 
 @functools.lru_cache(maxsize=256)
-def _window_groups(feature_size: Size3, window: Size3, shift: Size3, device: torch.device) -> WindowGroups | None:
+def _window_masks(feature_size: Size3, window: Size3, shift: Size3, device: torch.device) -> WindowMasks | None:
     allowed = allowed_mask(feature_size, window, shift)
     if allowed is None:
         return None
     patterns, which = torch.unique(allowed.flatten(1), dim=0, return_inverse=True)
-    indices = [torch.nonzero(which == g).squeeze(1) for g in range(len(patterns))]
-    inverse = torch.argsort(torch.cat(indices))
-    return WindowGroups(
-        indices=[i.to(device) for i in indices],
-        allowed=[p.view(allowed.shape[1:]).to(device) for p in patterns],
-        inverse=inverse.to(device),
+    return WindowMasks(
+        allowed=allowed.to(device),
+        group_indices=[torch.nonzero(which == g).squeeze(1).to(device) for g in range(len(patterns))],
+        group_allowed=[p.view(allowed.shape[1:]).to(device) for p in patterns],
     )
 
 
-def window_groups(feature_size: Size3, window: Size3, shift: Size3, device: torch.device | str = "cpu") -> WindowGroups | None:
-    """Windows grouped by mask pattern (cached); ``None`` when no window needs a mask.
+def window_masks(feature_size: Size3, window: Size3, shift: Size3, device: torch.device | str = "cpu") -> WindowMasks | None:
+    """:func:`allowed_mask` per window and grouped by pattern, cached per device; ``None`` if unmasked.
 
     A shift or padding only affects the last one or two windows along each dimension, so there
     are at most 27 patterns (4 for a spatial shift without padding) however many windows there
-    are: masks stay (heads, N, N) per group instead of
-    (nW, heads, N, N), which matters for long windows (a full-length temporal window at 96
+    are. Attention can then run once per pattern with a (heads, N, N) mask instead of one
+    (nW, heads, N, N) mask, which matters for long windows (a full-length temporal window at 96
     frames would need a 2 GB per-window mask in the first stage).
     """
-    return _window_groups(tuple(feature_size), tuple(window), tuple(shift), torch.device(device))
+    return _window_masks(tuple(feature_size), tuple(window), tuple(shift), torch.device(device))
 
 
 def masked_value(dtype: torch.dtype) -> float:
@@ -191,6 +189,9 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        # How masked (shifted / padded) layouts attend: "auto" picks the cheaper of one
+        # per-window mask ("per_window") and one call per mask pattern ("grouped"); same result.
+        self.mask_mode = "auto"
 
     def relative_position_bias(self, window: Size3) -> torch.Tensor:
         """(heads, N, N) bias for an effective ``window`` (possibly clamped)."""
@@ -203,24 +204,31 @@ class WindowAttention(nn.Module):
         B, T, H, W, C = x.shape
         window, shift = effective_window((T, H, W), self.window, shift)
         Tp, Hp, Wp = padded_size((T, H, W), window)
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H, 0, Tp - T))  # (B, Tp, Hp, Wp, C)
+        if (Tp, Hp, Wp) != (T, H, W):
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H, 0, Tp - T))  # (B, Tp, Hp, Wp, C)
         if any(shift):
             x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = window_partition(x, window)  # (B, nW, N, C)
-        _, nW, N, _ = windows.shape
-
-        qkv = self.qkv(windows).view(B, nW, N, 3, self.heads, C // self.heads)
+        N = window[0] * window[1] * window[2]
+        nW = (Tp // window[0]) * (Hp // window[1]) * (Wp // window[2])
+        # Temporaries are dropped as soon as possible: at inference they set the peak memory.
+        qkv = self.qkv(window_partition(x, window)).view(B, nW, N, 3, self.heads, C // self.heads)
+        del x
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, C/heads)
         bias = self.relative_position_bias(window).to(qkv.dtype)  # (heads, N, N)
-        groups = window_groups((T, H, W), window, shift, x.device)
-        if groups is None:
-            out = self._attend(qkv, bias)
+        masks = window_masks((T, H, W), window, shift, qkv.device)
+        if masks is None:
+            out = self._attend(qkv, bias.unsqueeze(0))  # same mask for every window
+        elif self._per_window_mask(N, C):
+            # Small windows: one (nW, heads, N, N) mask costs less than regrouping the windows.
+            mask = bias.masked_fill(~masks.allowed[:, None], masked_value(qkv.dtype))
+            out = self._attend(qkv, mask.repeat(B, 1, 1, 1) if B > 1 else mask)
         else:
-            # Bias with forbidden keys filled, one attention call per mask pattern.
-            fill = masked_value(qkv.dtype)
-            outs = [self._attend(qkv.index_select(2, idx), bias.masked_fill(~allowed, fill))
-                    for idx, allowed in zip(groups.indices, groups.allowed)]
-            out = torch.cat(outs, dim=1).index_select(1, groups.inverse)
+            # Large windows: one attention call per mask pattern, with a (heads, N, N) mask each.
+            out = qkv.new_empty(qkv.shape[1:])
+            for idx, allowed in zip(masks.group_indices, masks.group_allowed):
+                mask = bias.masked_fill(~allowed, masked_value(qkv.dtype)).unsqueeze(0)
+                out.index_copy_(1, idx, self._attend(qkv.index_select(2, idx), mask))
+        del qkv
         out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))  # (B, nW, N, C)
 
         x = window_reverse(out, window, (Tp, Hp, Wp))  # (B, Tp, Hp, Wp, C)
@@ -228,10 +236,15 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
         return x[:, :T, :H, :W].contiguous()
 
+    def _per_window_mask(self, N: int, C: int) -> bool:
+        if self.mask_mode != "auto":
+            return self.mask_mode == "per_window"
+        # per-window mask (nW*heads*N*N) vs the window copies of regrouping (about 4*nW*N*C)
+        return self.heads * N <= 4 * C
+
     @staticmethod
     def _attend(qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """qkv (3, B, n, heads, N, d), additive mask (heads, N, N) -> (B, n, heads, N, d)."""
+        """qkv (3, B, n, heads, N, d), additive mask broadcastable to (B*n, heads, N, N) -> (B, n, heads, N, d)."""
         _, B, n, heads, N, d = qkv.shape
         q, k, v = (t.reshape(B * n, heads, N, d) for t in qkv.unbind(0))  # windows join the batch
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(0))
-        return out.view(B, n, heads, N, d)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, n, heads, N, d)
