@@ -2,7 +2,7 @@
 
 Measures source-video seconds processed per wall-clock second and per CPU second (this process plus
 its ffmpeg children), one core: lfvila runs with ``workers=1`` and ``video.decoder_threads=1``, the
-bare decode is ``ffmpeg -threads 1 -ss S -to E -i V -f null -`` per span (the practical floor: it
+bare decode is ``ffmpeg -threads 1 -ss S -to E -i V -an -f null -`` per span (the practical floor: it
 decodes every frame and does nothing with it). Inputs: the real videos of ../shared/data/videos
 (natural and rendered; bad/ excluded) and a synthetic 720p H.264 video made with ffmpeg.
 
@@ -75,8 +75,12 @@ def synthetic_spans(work: Path, videos: Path, seconds: float) -> list[dict]:
 def run_lfvila(spans: list[dict], videos: Path, out: Path, threads: int) -> tuple[float, float, dict]:
     """Build one shard per span set, one sample per span with 8 s sentences covering all of it."""
     shutil.rmtree(out, ignore_errors=True)
-    rows = [{"key": f"s{i:04d}", "video_id": s["video_id"],
-             "sentences": sentences_every(s["start"], s["end"], 8.0, s["video_id"])} for i, s in enumerate(spans)]
+    rows = []
+    for i, s in enumerate(spans):
+        length = s["end"] - s["start"]
+        step = length / max(1, round(length / 8.0))  # ~8 s sentences, none left too short for a frame
+        rows.append({"key": f"s{i:04d}", "video_id": s["video_id"],
+                     "sentences": sentences_every(s["start"], s["end"], step, s["video_id"])})
     write_longform(out / "longform.parquet", rows)
     cfg = load_config(BuildConfig, None, [f"video.decoder_threads={threads}", "shards.samples_per_shard=1000"])
     wall, cpu = time.perf_counter(), _cpu_seconds()
@@ -88,8 +92,9 @@ def run_bare(spans: list[dict], threads: int) -> tuple[float, float]:
     exe = ffmpeg_exe()
     wall, cpu = time.perf_counter(), _cpu_seconds()
     for s in spans:
+        # -an: lfvila decodes only the video stream; decoding audio too would flatter the comparison.
         subprocess.run([exe, "-nostdin", "-v", "error", "-threads", str(threads), "-ss", f"{s['start']}", "-to",
-                        f"{s['end']}", "-i", str(s["path"]), "-f", "null", "-"], check=True)
+                        f"{s['end']}", "-i", str(s["path"]), "-an", "-f", "null", "-"], check=True)
     return time.perf_counter() - wall, _cpu_seconds() - cpu
 
 

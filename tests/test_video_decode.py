@@ -32,7 +32,8 @@ def _mean_colour(jpg: bytes) -> np.ndarray:
 
 
 def _expected_colour(t: float) -> np.ndarray:
-    return np.array(PALETTE[int(np.floor(t)) % len(PALETTE)], dtype=float)
+    """Colour on screen just before ``t``: a slot shows the last frame that started strictly before its time."""
+    return np.array(PALETTE[(int(np.ceil(t - 1e-9)) - 1) % len(PALETTE)], dtype=float)
 
 
 def _build(tmp: Path, videos: Path, rows: list[dict], overrides: list[str] = ()) -> tuple[dict, list[dict]]:
@@ -82,6 +83,18 @@ def test_full_video_frames_show_their_recorded_times(tmp_path, colour_video):
     assert meta["fps"] == FPS and meta["height"] == 240 and meta["width"] == 320  # 160x120 keeps 4:3
     assert [s["clip_id"] for s in meta["sentences"]] == [s["clip_id"] for s in sentences]
     assert not any(9.6 <= t < 10.4 for t in meta["frame_times"])
+
+
+def test_frame_on_screen_before_the_span_start_is_used(tmp_path):
+    """A 1 fps source: at 3.67 s the frame shown is the one from 3.0 s, which starts before the span;
+    at 4.0 s exactly (a frame starts there) the slot still shows the 3.0 s frame (strictly before)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_colour_video(videos / "slow.mp4", 10, fps=1)
+    sentences = sentences_every(3.5, 8.5, 1.25, "slow")
+    _, (sample,) = _build(tmp_path, videos, [{"key": "slow", "video_id": "slow", "sentences": sentences}])
+    assert sample["meta"]["frame_times"][0] == pytest.approx(3.5 + 0.5 / FPS)
+    _check_sample_against_clock(sample, sentences)
 
 
 def test_precut_clips_give_the_same_frames_as_the_full_video(tmp_path, colour_video):

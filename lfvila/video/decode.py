@@ -6,10 +6,12 @@ decord would take the worker with it), its memory is its own, and it honours rot
 
 Time grid. A long-form video starting at ``grid_start`` is cut into slots of ``1/fps`` seconds;
 slot ``n`` covers ``[grid_start + n/fps, grid_start + (n+1)/fps)`` and its frame is the source frame
-on screen at the slot's midpoint ``grid_start + (n + 0.5)/fps`` (the last frame whose presentation
-time is before the midpoint). ffmpeg's ``fps`` filter with ``round=near`` implements exactly this
+on screen at the slot's midpoint ``grid_start + (n + 0.5)/fps``: the last frame whose presentation
+time is strictly before the midpoint (a frame starting exactly at it belongs to the next slot). ffmpeg's ``fps`` filter with ``round=near`` implements exactly this
 rule: it rounds each input timestamp to the nearest output tick and keeps, per tick, the latest
 frame rounded to at most that tick. Selecting by presentation time makes variable frame rate work.
+Frames from the keyframe before the span start are fed to it (no accurate seek), so the first
+slot is right even when the frame on screen started before the span.
 """
 from __future__ import annotations
 
@@ -80,13 +82,17 @@ def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps:
     import ffmpeg  # ffmpeg-python: builds the filter graph with correct escaping
 
     if input_seek:
-        # Accurate input seek: ffmpeg jumps to the keyframe before `seek`, decodes from there and
-        # drops the frames before `seek`; timestamps start at 0 at `seek`.
-        stream = ffmpeg.input(str(path), ss=f"{seek:.6f}", t=f"{duration:.6f}", threads=threads)["v:0"]
+        # Keyframe seek: ffmpeg jumps to the keyframe before `seek` and passes every frame from
+        # there on, with timestamps relative to `seek` (negative before it). The frames before
+        # `seek` are not dropped (as an accurate seek would): the frame on screen at the first
+        # slot's midpoint may have started before `seek` (low frame rate, static screen captures),
+        # and the fps filter needs it to choose. `-t` would count from the keyframe: trim instead.
+        stream = ffmpeg.input(str(path), ss=f"{seek:.6f}", noaccurate_seek=None, threads=threads)["v:0"]
+        stream = stream.filter("trim", end=f"{duration:.6f}")
     else:
-        # Fallback for files whose index makes seeking fail: decode from the start, cut with trim.
+        # Fallback for files whose index makes seeking fail: decode from the start.
         stream = ffmpeg.input(str(path), threads=threads)["v:0"]
-        stream = stream.filter("trim", start=f"{seek:.6f}", end=f"{seek + duration:.6f}")
+        stream = stream.filter("trim", end=f"{seek + duration:.6f}")
         shift -= seek
     if shift != 0:
         # Move the timeline so that slot 0 begins at 0; pre-cut clips can start up to half a
@@ -135,6 +141,7 @@ class SegmentDecoder:
         with tempfile.TemporaryFile() as errfile:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=errfile)
+            _enlarge_pipe(proc.stdout.fileno())
             stopped_early = False
             try:
                 for frame in _read_ppm_frames(proc.stdout, self.deadline):
@@ -159,6 +166,21 @@ class SegmentDecoder:
             errfile.seek(0)
             text = errfile.read(65536).decode("utf-8", "replace")
             self.result.error_lines = [_POINTER.sub("", line).strip() for line in text.splitlines() if line.strip()]
+
+
+def _enlarge_pipe(fd: int) -> None:
+    """Let a whole frame fit in the pipe (Linux; 64 kB by default).
+
+    With a small pipe ffmpeg blocks several times per frame until Python drains it, and on a loaded
+    machine every such hand-over waits for a scheduler slot: measured, it cost more wall time than
+    the decoding itself. 1 MiB is Linux's default limit for unprivileged processes.
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def _read_ppm_frames(pipe, deadline: float) -> Iterator[np.ndarray]:
