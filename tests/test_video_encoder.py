@@ -118,7 +118,9 @@ def test_eval_returns_the_module_and_is_deterministic(tiny):
     assert tiny.eval() is tiny and not tiny.training
     x = torch.randn(1, 3, 8, 48, 80)
     with torch.no_grad():
-        torch.testing.assert_close(tiny(x).final, tiny(x).final)
+        without_grad = tiny(x).final
+    # the in-place GELU taken without autograd computes the same as the autograd path
+    torch.testing.assert_close(tiny(x).final.detach(), without_grad)
     assert tiny.train() is tiny and tiny.training
 
 

@@ -197,7 +197,9 @@ class WindowAttention(nn.Module):
         """(heads, N, N) bias for an effective ``window`` (possibly clamped)."""
         index = relative_position_index(window, self.window, self.relative_position_bias_table.device)
         n = index.shape[0]
-        return self.relative_position_bias_table[index.reshape(-1)].view(n, n, self.heads).permute(2, 0, 1)
+        # index_select rather than [] indexing: its backward is index_add, cheaper than index_put
+        bias = self.relative_position_bias_table.index_select(0, index.reshape(-1))  # (N*N, heads)
+        return bias.view(n, n, self.heads).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, shift: Size3 = (0, 0, 0)) -> torch.Tensor:
         """x: (B, T, H, W, C), already normalised; ``shift`` per (t, h, w) before clamping."""
