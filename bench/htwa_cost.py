@@ -5,7 +5,7 @@ measures:
 
 * FLOPs with ``torch.utils.flop_counter.FlopCounterMode`` (on the meta device, so counting costs
   no compute): matmul + conv GFLOPs and the share that is attention (QK^T and AV);
-* wall time of the measured pass (best of ``--repeats`` after one warm-up);
+* wall time of the measured pass (best of ``--repeats`` after ``--warmup`` passes);
 * peak extra memory: on CPU the process's peak RSS (``VmHWM``, reset through
   ``/proc/self/clear_refs`` once the model and the input exist) minus its RSS at that point, over
   the warm-up and timed passes; on CUDA ``max_memory_allocated`` minus the allocation before.
@@ -129,10 +129,10 @@ def measure(args) -> dict:
         reset_peak_rss()
         base = proc_status_bytes("VmRSS")
     times = []
-    for i in range(1 + args.repeats):  # the first pass warms up (and builds the mask caches)
+    for i in range(args.warmup + args.repeats):  # warm-up passes build the mask caches
         start = time.perf_counter()
         run_once()
-        if i > 0:
+        if i >= args.warmup:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("forward", "train"), default=None,
                         help="forward (default on CPU) or forward+backward (default on CUDA)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing per stage")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes first (their memory counts)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes; the best is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--json", help="also write all results to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--variant", variant,
                    "--frames", str(frames), "--height", str(args.height), "--width", str(args.width),
                    "--batch", str(args.batch), "--device", args.device, "--dtype", args.dtype,
-                   "--mode", args.mode, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                   "--mode", args.mode, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]
             if args.checkpointing:
                 cmd.append("--checkpointing")
             proc = subprocess.run(cmd, capture_output=True, text=True)
