@@ -150,15 +150,15 @@ def measure(args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| temporal windows | frames | GFLOPs (matmul+conv) | of which attention | time (s) | peak extra memory (GB) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| temporal windows | frames | GFLOPs (matmul+conv) | of which attention | time (s) | TFLOP/s | peak extra memory (GB) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['frames']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['variant']} | {r['frames']} | failed: {r['error']} | | | | |")
             continue
         windows = "HTWA (" + ",".join(map(str, r["windows_t"])) + ")" if r["variant"] == "htwa" else r["variant"]
         lines.append(f"| {windows} | {r['frames']} | {r['gflops']:.0f} | {r['attention_gflops']:.1f} | "
-                     f"{r['seconds']:.2f} | {r['peak_extra_gb']:.2f} |")
+                     f"{r['seconds']:.2f} | {r['tflops_per_s']:.3f} | {r['peak_extra_gb']:.2f} |")
     return "\n".join(lines)
 
 
