@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from lfvila.manifest.validate import validate_video
 log = logging.getLogger(__name__)
 
 CORPUS_KEYS = ("config", "lfvila_version", "inputs", "counts")
+_CLIP_INDEX = operator.attrgetter("clip_index")
 
 
 @dataclass
@@ -154,10 +156,6 @@ class _Writers:
         lf.maybe_flush()
 
 
-def _clip_index(clip: Clip) -> int:
-    return clip.clip_index
-
-
 def _time_order(clips: list[Clip]) -> list[Clip]:
     """Clips of a non-hdvila video in time order, clip_index renumbered 1.. in that order."""
     ordered = sorted(clips, key=lambda c: (c.start, c.end, c.clip_index))
@@ -197,7 +195,7 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
             counts.asr_kept_words += result.kept_words
             counts.asr_punctuated_videos += result.punctuated
         elif by_number:
-            clips = sorted(video.clips, key=_clip_index)  # release order is already this: linear
+            clips = sorted(video.clips, key=_CLIP_INDEX)  # release order is already this: linear
         else:
             clips = _time_order(video.clips)
         if not clips:

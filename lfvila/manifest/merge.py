@@ -9,6 +9,7 @@ a piece (typically the tail) with fewer than ``min_clips`` clips is left out.
 from __future__ import annotations
 
 import hashlib
+import operator
 
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import Clip
@@ -22,7 +23,7 @@ def runs_of(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[lis
     if not clips:
         return []
     if by_number:
-        ordered = sorted(clips, key=lambda c: c.clip_index)
+        ordered = sorted(clips, key=operator.attrgetter("clip_index"))
     else:
         ordered = sorted(clips, key=lambda c: (c.start, c.end, c.clip_index))
     max_gap, max_overlap = cfg.max_gap_s, cfg.max_overlap_s
