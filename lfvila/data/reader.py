@@ -91,7 +91,8 @@ def iter_tar_members(stream) -> Iterator[tuple[str, bytes]]:
             stored_sum = _octal(header[148:156])
         except ValueError:
             raise TarFormatError("invalid header") from None
-        if stored_sum != sum(header[:148]) + 256 + sum(header[156:]):
+        # The checksum counts its own 8-byte field as spaces (8 * 32 = 256).
+        if stored_sum != sum(header) - sum(header[148:156]) + 256:
             raise TarFormatError("invalid header checksum")
         size = _octal(header[124:136])
         data = _read_exact(stream, size)
