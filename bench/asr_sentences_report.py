@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import re
 import statistics

@@ -1,7 +1,6 @@
 """ASR fragments -> sentences: rolling de-duplication, word timing, splitting, on literal and real files."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
