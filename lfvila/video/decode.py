@@ -184,40 +184,43 @@ def _enlarge_pipe(fd: int) -> None:
 
 
 def _read_ppm_frames(pipe, deadline: float) -> Iterator[np.ndarray]:
-    """Parse a stream of binary PPM images (``P6\\nW H\\n255\\n`` + W*H*3 bytes) from a pipe."""
-    fd = pipe.fileno()
-    buf = bytearray()
-    eof = False
+    """Parse a stream of binary PPM images (``P6\nW H\n255\n`` + W*H*3 bytes) from a pipe.
 
-    def fill(n: int) -> bool:
-        nonlocal eof
-        while len(buf) < n and not eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                raise TimeoutError
-            chunk = os.read(fd, max(1 << 16, n - len(buf)))
-            if not chunk:
-                eof = True
-            buf.extend(chunk)
-        return len(buf) >= n
+    Each frame is read straight into its own buffer (one copy, from the kernel); only the header
+    is read in small pieces so that nothing of the next frame is read ahead.
+    """
+    fd = pipe.fileno()
+    pending = bytearray()  # bytes read past the current header
+
+    def wait_readable() -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise TimeoutError
 
     while True:
-        # ffmpeg writes the header as "P6\nW H\n255\n": three newlines, well under 32 bytes.
-        if not fill(32):
-            return
-        end = buf.index(b"\n", buf.index(b"\n", buf.index(b"\n") + 1) + 1) + 1
-        magic, w, h, maxval = bytes(buf[:end]).split()
+        # ffmpeg writes the header as "P6\nW H\n255\n": three newlines, under 32 bytes.
+        while pending.count(b"\n") < 3:
+            wait_readable()
+            chunk = os.read(fd, 32)
+            if not chunk:
+                return
+            pending += chunk
+        end = pending.index(b"\n", pending.index(b"\n", pending.index(b"\n") + 1) + 1) + 1
+        magic, w, h, maxval = bytes(pending[:end]).split()
         if magic != b"P6" or maxval != b"255":
-            raise ValueError(f"unexpected frame header {bytes(buf[:end])!r} from ffmpeg")
-        size = int(w) * int(h) * 3
-        if not fill(end + size):
-            return
-        frame = np.frombuffer(bytes(buf[end:end + size]), dtype=np.uint8).reshape(int(h), int(w), 3)
-        del buf[:end + size]
-        yield frame
+            raise ValueError(f"unexpected frame header {bytes(pending[:end])!r} from ffmpeg")
+        frame = bytearray(int(w) * int(h) * 3)
+        filled = min(len(pending) - end, len(frame))
+        frame[:filled] = pending[end:end + filled]
+        pending = pending[end + filled:]
+        view = memoryview(frame)
+        while filled < len(frame):
+            wait_readable()
+            n = os.readv(fd, [view[filled:]])
+            if n == 0:
+                return  # truncated last frame: ffmpeg died mid-frame
+            filled += n
+        yield np.frombuffer(frame, dtype=np.uint8).reshape(int(h), int(w), 3)
 
 
 def slot_at_or_after(t: float, grid_start: float, fps: float) -> int:
