@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lfvila.data import DataConfig, build_loader, normalize_video  # noqa: E402
-from lfvila.data.collate import collate, decode_frames, new_video_buffer, render_video  # noqa: E402
+from lfvila.data.collate import collate, new_video_buffer, render_video  # noqa: E402
 from lfvila.data.loader import _tokenizer  # noqa: E402
 from lfvila.data.reader import read_shard  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
-from lfvila.data.transforms import dct_scale, random_resized_crop_box, resize_crop_frames  # noqa: E402
+from lfvila.data.transforms import random_resized_crop_box, resize_crop_into  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 # (video file under ../shared/data/videos, seconds used, sentence length s): the real videos long
@@ -137,11 +137,12 @@ def time_ceiling(plans: list[SamplePlan]) -> float:
 
 
 def time_pixels(cfg: DataConfig, plans: list[SamplePlan]) -> float:
-    """Decode + crop/resize/flip alone: the pixel work RandomResizedCrop cannot avoid."""
+    """Decode + crop/resize/flip alone, into one reused buffer: RandomResizedCrop's pixel work."""
+    out = torch.empty((cfg.n_frames, *cfg.crop, 3), dtype=torch.uint8)
+    render_video(plans[0], cfg, out=out)
     start = time.perf_counter()
     for plan in plans:
-        frames = decode_frames(plan.jpegs, plan.frame_hw, dct_scale(plan.frame_hw, plan.box, cfg.crop))
-        resize_crop_frames(frames, plan.box, cfg.crop, plan.flip, cfg.antialias)
+        render_video(plan, cfg, out=out)
     return len(plans) / (time.perf_counter() - start)
 
 
@@ -187,8 +188,7 @@ def time_released(cfg: DataConfig, work: Path, rows: list[dict], n_samples: int)
             if box is None:  # one crop for the whole sample, as the loader
                 box = random_resized_crop_box(rng, tuple(decoded.shape[1:3]), cfg.crop, cfg.scale, cfg.ratio)
                 flip = bool(rng.random() < 0.5)
-            clip = resize_crop_frames(decoded, box, cfg.crop, flip)  # (8, 3, H, W) channels-last
-            frames[len(plans), c * k:(c + 1) * k].copy_(clip.permute(0, 2, 3, 1))
+            resize_crop_into(decoded.numpy(), list(range(k)), box, flip, frames[len(plans), c * k:(c + 1) * k].numpy())
         plans.append(SamplePlan(row["key"], "", [s["text"] for s in row["sentences"][first:first + cfg.n_sentences]],
                                 [], [], (0, 0), box, flip, (i,)))
         if len(plans) == cfg.batch_size:
@@ -237,6 +237,9 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker = one process, one thread
+    import cv2
+
+    cv2.setNumThreads(1)
 
     rows = longform_rows()
     tars = build_shards_once(args.work, rows)

@@ -11,7 +11,8 @@ import torch
 from lfvila.data import DataConfig, build_loader, normalize_video
 from lfvila.data.collate import IGNORE_INDEX, Tokenizer, mask_tokens
 from lfvila.data.sampling import SkipSample, plan_sample, uniform_frame_indices
-from lfvila.data.transforms import box_to_pixels, random_resized_crop_box, val_crop_box
+from lfvila.data.transforms import (box_to_pixels, random_resized_crop_box, resize_crop_frames, resize_crop_into,
+                                    val_crop_box)
 from lfvila.testing import COLOURS, synthetic_sample, write_synthetic_shards
 
 
@@ -147,3 +148,16 @@ def test_build_loader_checks(tmp_path, bert_dir):
         build_loader(small_cfg(paths, num_workers=2, bert_dir=str(bert_dir)), "train", world_size=2)
     with pytest.raises(ValueError, match="stage"):
         build_loader(small_cfg(paths, bert_dir=str(bert_dir)), "train", stage=3)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_opencv_resize_path_matches_torch(flip):
+    """The loader's OpenCV crop/resize/flip equals torch's bilinear (align_corners=False) within
+    rounding, and repeated source frames are copies."""
+    frames = np.random.default_rng(0).integers(0, 256, (5, 60, 100, 3), dtype=np.uint8)
+    ids = [0, 0, 1, 2, 3, 4, 4, 4]
+    box = (0.1, 0.05, 0.8, 0.9)
+    out = resize_crop_into(frames, ids, box, flip, np.zeros((8, 24, 40, 3), np.uint8))
+    ref = resize_crop_frames(torch.from_numpy(frames), box, (24, 40), flip).permute(0, 2, 3, 1).numpy()[ids]
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert (out[0] == out[1]).all() and (out[5] == out[7]).all()

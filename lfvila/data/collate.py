@@ -15,7 +15,7 @@ from torch.utils.data import get_worker_info
 
 from lfvila.data.config import DataConfig
 from lfvila.data.sampling import SamplePlan, SkipSample
-from lfvila.data.transforms import dct_scale, resize_crop_frames
+from lfvila.data.transforms import dct_scale, resize_crop_frames, resize_crop_into
 
 IGNORE_INDEX = -100  # label of tokens MLM does not predict (torch cross-entropy's ignore_index)
 
@@ -52,17 +52,18 @@ def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1
 def render_video(plan: SamplePlan, cfg: DataConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """The sample's clip frames as uint8 ``(T, H, W, 3)``: decoded, cropped, resized, flipped.
 
-    Written into ``out`` (a ``(T, H, W, 3)`` slot of the batch buffer) when given, so the frames
-    are copied once, by the frame selection itself (repeats where clips are short).
+    Written into ``out`` (a ``(T, H, W, 3)`` slot of the batch buffer) when given, so each frame
+    is written once, by its resize (repeats, where clips are short, are copies).
     """
     factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
     frames = decode_frames(plan.jpegs, plan.frame_hw, factor, cfg.jpeg_fast)  # (N, h, w, 3)
-    distinct = resize_crop_frames(frames, plan.box, cfg.crop, plan.flip, cfg.antialias)  # (N, 3, H, W) channels-last
-    hwc = distinct.permute(0, 2, 3, 1)  # (N, H, W, 3), a view of the same memory
-    ids = torch.as_tensor(plan.frame_ids)
     if out is None:
-        return hwc.index_select(0, ids)
-    return torch.index_select(hwc, 0, ids, out=out)
+        out = torch.empty((len(plan.frame_ids), *cfg.crop, 3), dtype=torch.uint8)
+    if cfg.antialias:
+        distinct = resize_crop_frames(frames, plan.box, cfg.crop, plan.flip, antialias=True)  # (N, 3, H, W)
+        return torch.index_select(distinct.permute(0, 2, 3, 1), 0, torch.as_tensor(plan.frame_ids), out=out)
+    resize_crop_into(frames.numpy(), plan.frame_ids, plan.box, plan.flip, out.numpy())
+    return out
 
 
 def new_video_buffer(cfg: DataConfig) -> torch.Tensor:

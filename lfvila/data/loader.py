@@ -110,6 +110,10 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        if info is not None:
+            import cv2
+
+            cv2.setNumThreads(1)  # one worker process = one core, as torch does for its own ops
         local = ((info.id if info else 0) + self.rotation) % self.n_local
         return self.worker_batches(local)
 

@@ -96,9 +96,39 @@ def dct_scale(frame_hw: tuple[int, int], box: CropBox, out_hw: tuple[int, int]) 
     return 1
 
 
+def resize_crop_into(frames: np.ndarray, frame_ids: list[int], box: CropBox, flip: bool,
+                     out: np.ndarray) -> np.ndarray:
+    """Crop ``box`` from the frames, resize (bilinear) and flip into ``out``.
+
+    frames: uint8 ``(N, h, w, 3)`` distinct decoded frames; frame_ids: for each output frame, the
+    index of its source in ``frames``; out: uint8 ``(T, H, W, 3)``, written in place. Each distinct
+    frame is resized once (OpenCV's fixed-point SIMD bilinear, half-pixel centres like torch's
+    ``align_corners=False``, about 2x faster than torch's uint8 kernel here); repeats are copies.
+    """
+    import cv2
+
+    top, left, h, w = box_to_pixels(box, (frames.shape[1], frames.shape[2]))
+    out_hw = out.shape[1:3]
+    done: dict[int, int] = {}
+    for t, source in enumerate(frame_ids):
+        if source in done:
+            np.copyto(out[t], out[done[source]])
+            continue
+        crop = frames[source, top:top + h, left:left + w]
+        if (h, w) == tuple(out_hw):
+            np.copyto(out[t], crop)
+        else:
+            cv2.resize(crop, (out_hw[1], out_hw[0]), dst=out[t], interpolation=cv2.INTER_LINEAR)
+        if flip:
+            cv2.flip(out[t], 1, dst=out[t])  # in place: swaps pixel pairs row by row
+        done[source] = t
+    return out
+
+
 def resize_crop_frames(frames: torch.Tensor, box: CropBox, out_hw: tuple[int, int], flip: bool,
                        antialias: bool = False) -> torch.Tensor:
-    """Crop ``box`` from every frame, resize to ``out_hw`` (bilinear, optionally antialiased), flip.
+    """Crop ``box`` from every frame, resize to ``out_hw`` with torch (bilinear, optionally
+    antialiased), flip. The loader's path when ``antialias`` is on.
 
     frames: uint8 ``(N, H, W, 3)``; returns uint8 ``(N, 3, h, w)`` in channels-last memory
     (torch's fast uint8 resampling path works on that layout; no float copy is made).
