@@ -15,6 +15,7 @@ the tasks in ``lfvila.tasks`` decide which parts run and which are frozen.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertOnlyMLMHead, BertPooler
 
 from lfvila.text import resolve_bert_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,7 +180,9 @@ class TextEncoder(nn.Module):
         self.apply(self._init_weights)
         self.tie_weights()
         if cfg.init_from_pretrained:
-            load_bert_weights(self, resolve_bert_dir(cfg.bert_dir))
+            fresh = load_bert_weights(self, resolve_bert_dir(cfg.bert_dir))
+            log.info("text encoder: BERT weights from %s; %d tensors keep their initialisation (%s...)",
+                     cfg.bert_dir, len(fresh), ", ".join(fresh[:3]))
         self.init_paragraph_positions()
 
     def _init_weights(self, module: nn.Module) -> None:
