@@ -6,7 +6,7 @@ cost and activation memory stay linear in the number of frames while late featur
 the whole video. Time is never downsampled; space is halved by 2x2 patch merging.
 
 The file reads top-down: config, MLP / stochastic depth, block, patch merging, patch embedding,
-stage, encoder, clip pooling, released-checkpoint key mapping. Feature maps are channels-last
+stage, encoder, clip pooling, released-checkpoint key mapping, 2D Swin initialisation. Feature maps are channels-last
 ``(B, T, H, W, C)`` throughout; the window attention itself is in ``window_attention.py``.
 
 Paper configuration (``VideoEncoderConfig.paper()``), input ``(B, 3, 32, 192, 320)``::

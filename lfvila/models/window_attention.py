@@ -17,8 +17,9 @@ Two things differ on purpose from the released LF-VILA / Video Swin code:
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the bias and
 the mask folded into one additive float mask, so fused kernels (memory-efficient attention on
-GPU, the flash kernel on CPU) are used and the ``(N, N)`` attention matrix of every window is
-never materialised.
+GPU, the flash kernel for CPU inference) are used and the ``(N, N)`` attention matrix of every
+window is never materialised. Shifted or padded layouts use either one per-window mask (small
+windows) or one attention call per mask pattern (large windows), whichever moves less memory.
 """
 from __future__ import annotations
 
