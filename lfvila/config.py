@@ -54,6 +54,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return {k: _convert(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "5e-4" (no dot) as a string; accept any float literal.
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

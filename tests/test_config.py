@@ -48,3 +48,15 @@ def test_yaml_recipe_overrides_and_write(tmp_path):
 def test_validation_raises_value_error():
     with pytest.raises(ValueError, match="min_clips"):
         load_config(BuildConfig, None, ["manifest.min_clips=0"])
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    @dataclass
+    class Optim:
+        lr: float = 1.0
+
+    recipe = tmp_path / "o.yaml"
+    recipe.write_text("lr: 5e-4\n")  # YAML 1.1 reads this as a string
+    assert load_config(Optim, recipe).lr == 5e-4
+    with pytest.raises(ValueError, match="lr"):
+        from_dict(Optim, {"lr": "fast"})
