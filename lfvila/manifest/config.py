@@ -9,7 +9,7 @@ class AsrConfig:
     """How raw ASR fragments (HowTo100M, subtitles) become sentences; see docs/manifest.md."""
 
     # Sentence splitter for punctuated text, "pysbd" or "punkt": pysbd was the more accurate on the
-    # measured comparison (docs/manifest.md), punkt was 16-20 times faster.
+    # measured comparison (docs/manifest.md), punkt was 16-21 times faster.
     splitter: str = "pysbd"
     # A video's text counts as punctuated when at least this fraction of its words end in . ? or !
     punctuated_min_ratio: float = 0.02
