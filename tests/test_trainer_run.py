@@ -58,7 +58,7 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
           "--set", f"data.val_shards={json.dumps(colour_shards['val'])}",
           "--set", "data.batch_size=4", "--set", f"trainer.out_dir={out}", "--set", f"trainer.max_steps={steps}",
           "--set", "trainer.log_every=4", "--set", "trainer.ckpt_every=8", "--set", "trainer.keep_last=2",
-          "--set", "schedule.warmup_steps=4", "--set", "optim.lr=5e-4"])
+          "--set", "schedule.warmup_steps=4", "--set", "optim.lr=5.0e-4"])
 
     records = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
@@ -85,3 +85,30 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
     main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "again.json")])
     again = json.loads((tmp_path / "again.json").read_text())
     assert again == pytest.approx(metrics)
+
+
+def test_stage2_starts_from_stage1_and_reports_accuracies(colour_shards, tmp_path, bert_dir):
+    from lfvila.cli import main
+
+    common = ["--config", str(REPO / "train" / "tiny.yaml"),
+              "--set", f"data.train_shards={json.dumps(colour_shards['train'])}",
+              "--set", f"data.val_shards={json.dumps(colour_shards['val'])}",
+              "--set", "data.batch_size=4", "--set", "trainer.log_every=1"]
+    stage1 = tmp_path / "stage1"
+    main(["train", *common, "--set", f"trainer.out_dir={stage1}", "--set", "trainer.max_steps=1"])
+    stage2 = tmp_path / "stage2"
+    main(["train", *common, "--set", "task.stage=2", "--set", f"trainer.init_from={stage1}",
+          "--set", f"trainer.out_dir={stage2}", "--set", "trainer.max_steps=2"])
+    records = [json.loads(line) for line in (stage2 / "losses.jsonl").read_text().splitlines()]
+    assert [sorted(r) for r in records] == [["loss", "lr", "mlm", "step", "vtm"]] * 2
+    metrics = json.loads((stage2 / "checkpoints" / "step_00000002" / "eval.json").read_text())
+    assert 0 <= metrics["mlm_acc"] <= 100 and 0 <= metrics["vtm_acc"] <= 100
+    assert metrics["vtm_acc_chance"] == pytest.approx(50.0)  # 12 val samples in batches of 4: 2 of 4 matched
+    # the frozen video encoder kept its stage-1 weights
+    import torch
+
+    a = torch.load(stage1 / "checkpoints" / "step_00000001" / "model.pt", weights_only=True)
+    b = torch.load(stage2 / "checkpoints" / "step_00000002" / "model.pt", weights_only=True)
+    video_keys = [k for k in a if k.startswith("video.")]
+    assert video_keys and all(torch.equal(a[k], b[k]) for k in video_keys)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("text.cross_layers"))

@@ -83,6 +83,9 @@ class TrainerConfig:
     init_from: str | None = None
     # Write every step's rank-averaged losses to out_dir/losses.jsonl (flushed at log steps).
     loss_log: bool = True
+    # torch intra-op threads on CPU (None: torch's default, one per core). The demo uses 1: the
+    # loader worker takes the other core, and oversubscribed cores spin instead of compute.
+    cpu_threads: int | None = None
     # Stop early (then checkpoint and evaluate as at the end) once this many minutes of training
     # have passed; a safety net for time-boxed runs such as the demo. None: no limit.
     time_limit_minutes: float | None = None
@@ -103,6 +106,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"trainer.cpu_threads must be >= 1 or null, got {self.cpu_threads}")
         if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
             raise ValueError(f"trainer.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}")
         if not self.out_dir:

@@ -92,6 +92,8 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.step = 0
         tcfg = cfg.trainer
+        if tcfg.cpu_threads is not None and self.ctx.device.type == "cpu":
+            torch.set_num_threads(tcfg.cpu_threads)
         # Same seed on every rank for the weights; each rank then gets its own stream.
         seed_everything(tcfg.seed)
         self.task = build_task(cfg)
@@ -192,7 +194,12 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             waited = time.perf_counter()
+            # Starting the loader's worker processes draws from torch's global RNG (DataLoader's
+            # base seed); keep the training stream free of that, so a resumed run, whose workers
+            # start at another moment, draws exactly what the original run drew.
+            rng = torch.get_rng_state()
             batch = next(batches)
+            torch.set_rng_state(rng)
             window.data_wait_s += time.perf_counter() - waited
             window.samples += batch_size(batch) * self.ctx.world_size
             batch = prepare_batch(batch, self.ctx.device)
@@ -314,16 +321,17 @@ class Trainer:
             self.tb.add_scalar("perf/memory_gb", memory, self.step)
             if grad_norm is not None:
                 self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
-            for name, count in counters.items():
-                self.tb.add_scalar(f"data/{name}", count, self.step)
+            self.tb.add_scalar("data/skipped", sum(counters.values()), self.step)
+            for reason, count in counters.items():
+                self.tb.add_scalar(f"data/skipped_{reason}", count, self.step)
         loss_text = " ".join(f"{n} {mean[n]:.4f}" for n in names)
-        # the loader's counters: samples, skipped, and skip/<reason> per reason (job totals)
-        loader_text = " ".join(f"{k}={v}" for k, v in counters.items() if v or k in ("samples", "skipped"))
+        # the loader's skip counters by reason, job totals
+        skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
         line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(last.values()):.4f} ({loss_text}) "
                 f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s | data wait {wait_frac:.0%} "
                 f"| {'gpu' if self.ctx.device.type == 'cuda' else 'rss'} mem {memory:.2f}G"
                 + (f" | grad norm {grad_norm:.3g}" if grad_norm is not None else "")
-                + f" | loader {loader_text or 'n/a'}")
+                + f" | skipped {sum(counters.values())}" + (f" ({skipped})" if skipped else ""))
         self._write_line(line)
 
     def _write_line(self, line: str) -> None:
