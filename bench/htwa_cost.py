@@ -136,7 +136,7 @@ def measure(args) -> dict:
             times.append(time.perf_counter() - start)
         if peak is None:
             # Memory of the first pass only: on CPU, later passes add glibc heap fragmentation to
-            # the RSS high-water mark (up to +0.15 GB here) without holding more live tensors.
+            # the RSS high-water mark (up to +0.17 GB here) without holding more live tensors.
             peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else proc_status_bytes("VmHWM")) - base
     result = {
         "variant": args.variant, "frames": args.frames, "windows_t": [w[0] for w in cfg.windows],
