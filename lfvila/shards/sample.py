@@ -111,8 +111,6 @@ def _sample_json(row: dict, fps: float, width: int, height: int, times: list[flo
 
 def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) -> SampleOutcome:
     """Decode ``row``'s long-form video and append its sample to ``tar``; the tar is unchanged when it is not written."""
-    import simplejpeg
-
     vcfg = cfg.video
     fps = vcfg.fps
     key = row["key"]
@@ -146,9 +144,8 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
             if slot not in wanted_set:
                 continue
             if width is None:
-                height, width = frame.shape[:2]
-            jpg = simplejpeg.encode_jpeg(frame, quality=vcfg.jpeg_quality, colorspace="RGB", colorsubsampling="420")
-            tar.add(f"{key}.{len(times):0{digits}d}.jpg", jpg)
+                height, width = frame.y.shape
+            tar.add(f"{key}.{len(times):0{digits}d}.jpg", frame.to_jpeg(vcfg.jpeg_quality))
             times.append(slot_time(slot, grid_start, fps))
         seg.result = res = decoder.result
         if res.frames:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,20 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class YuvFrame(NamedTuple):
+    """One frame as full-range BT.601 YUV 4:2:0 planes: y (H, W), u and v (H/2, W/2), uint8."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+    def to_jpeg(self, quality: int) -> bytes:
+        """JFIF bytes (4:2:0), encoded from the planes as they are (deterministic, libjpeg-turbo)."""
+        import simplejpeg
+
+        return simplejpeg.encode_jpeg_yuv_planes(self.y, self.u, self.v, quality=quality)
 
 
 @dataclass
@@ -101,8 +115,12 @@ def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps:
     stream = stream.filter("fps", fps=f"{fps:g}", start_time=0, round="near")
     # dar = display aspect ratio after ffmpeg's automatic rotation: honours rotation and SAR.
     w = str(width) if width is not None else f"2*max(1,trunc({height}*dar/2+0.5))"
-    stream = stream.filter("scale", w=w, h=height, flags="bicubic").filter("setsar", 1)
-    args = stream.output("pipe:", format="image2pipe", vcodec="ppm").compile(cmd="ffmpeg")
+    # Output full-range BT.601 YUV 4:2:0, which is what a JPEG (JFIF) stores: the planes go to the
+    # JPEG encoder as they are, with no RGB round trip (measured: ~30 % less ffmpeg CPU per output
+    # frame than RGB, half the bytes through the pipe, and no colour conversion in libjpeg).
+    stream = stream.filter("scale", w=w, h=height, flags="bicubic", out_range="full", out_color_matrix="bt601")
+    stream = stream.filter("format", "yuv420p").filter("setsar", 1)
+    args = stream.output("pipe:", format="yuv4mpegpipe").compile(cmd="ffmpeg")
     return [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *args[1:]]
 
 
@@ -110,7 +128,7 @@ class SegmentDecoder:
     """Stream ``count`` grid slots of one file as RGB frames; never holds more than one frame.
 
     ``file_start`` is the time in the file where slot 0 begins (it may be slightly negative for a
-    pre-cut clip: then the first frame fills the gap). Iterate to get ``(slot, frame (H, W, 3) uint8)``;
+    pre-cut clip: then the first frame fills the gap). Iterate to get ``(slot, YuvFrame)``;
     afterwards ``result`` tells how it ended. The process is killed at ``deadline`` (time.monotonic()).
     """
 
@@ -128,7 +146,7 @@ class SegmentDecoder:
                          for m in modes]
         self.result = SegmentResult()
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[int, YuvFrame]]:
         for command in self.commands:
             # Some files (a broken index, e.g. a Matroska file without cues) give no frame and no
             # error after an input seek; decoding them from the start is the only way in.
@@ -137,14 +155,14 @@ class SegmentDecoder:
             if self.result.frames or self.result.failed:
                 return
 
-    def _run(self, command: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+    def _run(self, command: list[str]) -> Iterator[tuple[int, YuvFrame]]:
         with tempfile.TemporaryFile() as errfile:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=errfile)
             _enlarge_pipe(proc.stdout.fileno())
             stopped_early = False
             try:
-                for frame in _read_ppm_frames(proc.stdout, self.deadline):
+                for frame in _read_y4m_frames(proc.stdout, self.deadline):
                     yield self.result.frames, frame
                     self.result.frames += 1
                     if self.result.frames >= self.count:
@@ -183,44 +201,61 @@ def _enlarge_pipe(fd: int) -> None:
         pass
 
 
-def _read_ppm_frames(pipe, deadline: float) -> Iterator[np.ndarray]:
-    """Parse a stream of binary PPM images (``P6\nW H\n255\n`` + W*H*3 bytes) from a pipe.
+def _read_y4m_frames(pipe, deadline: float) -> Iterator[YuvFrame]:
+    """Parse a YUV4MPEG2 stream (a header line, then ``FRAME\n`` + Y, U, V planes per frame) from a pipe.
 
-    Each frame is read straight into its own buffer (one copy, from the kernel); only the header
-    is read in small pieces so that nothing of the next frame is read ahead.
+    Each frame is read straight into its own buffer (one copy, from the kernel); header lines are
+    read in small pieces so that nothing of the next frame is read ahead.
     """
     fd = pipe.fileno()
-    pending = bytearray()  # bytes read past the current header
+    pending = bytearray()  # bytes read past the current header line
 
     def wait_readable() -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             raise TimeoutError
 
-    while True:
-        # ffmpeg writes the header as "P6\nW H\n255\n": three newlines, under 32 bytes.
-        while pending.count(b"\n") < 3:
+    def line() -> bytes | None:
+        nonlocal pending
+        while b"\n" not in pending:
             wait_readable()
-            chunk = os.read(fd, 32)
+            chunk = os.read(fd, 64)
             if not chunk:
-                return
+                return None
             pending += chunk
-        end = pending.index(b"\n", pending.index(b"\n", pending.index(b"\n") + 1) + 1) + 1
-        magic, w, h, maxval = bytes(pending[:end]).split()
-        if magic != b"P6" or maxval != b"255":
-            raise ValueError(f"unexpected frame header {bytes(pending[:end])!r} from ffmpeg")
-        frame = bytearray(int(w) * int(h) * 3)
-        filled = min(len(pending) - end, len(frame))
-        frame[:filled] = pending[end:end + filled]
-        pending = pending[end + filled:]
-        view = memoryview(frame)
-        while filled < len(frame):
+        end = pending.index(b"\n") + 1
+        text, pending = bytes(pending[:end]), pending[end:]
+        return text
+
+    header = line()
+    if header is None:
+        return
+    fields = {f[:1]: f[1:] for f in header.split()[1:]}
+    if not header.startswith(b"YUV4MPEG2 ") or not fields.get(b"C", b"420").startswith(b"420"):
+        raise ValueError(f"unexpected stream header {header!r} from ffmpeg")
+    width, height = int(fields[b"W"]), int(fields[b"H"])
+    luma, chroma = width * height, (width // 2) * (height // 2)
+    while True:
+        marker = line()
+        if marker is None:
+            return
+        if not marker.startswith(b"FRAME"):
+            raise ValueError(f"unexpected frame header {marker[:32]!r} from ffmpeg")
+        buf = bytearray(luma + 2 * chroma)
+        filled = min(len(pending), len(buf))
+        buf[:filled] = pending[:filled]
+        pending = pending[filled:]
+        view = memoryview(buf)
+        while filled < len(buf):
             wait_readable()
             n = os.readv(fd, [view[filled:]])
             if n == 0:
                 return  # truncated last frame: ffmpeg died mid-frame
             filled += n
-        yield np.frombuffer(frame, dtype=np.uint8).reshape(int(h), int(w), 3)
+        planes = np.frombuffer(buf, dtype=np.uint8)
+        yield YuvFrame(planes[:luma].reshape(height, width),
+                       planes[luma:luma + chroma].reshape(height // 2, width // 2),
+                       planes[luma + chroma:].reshape(height // 2, width // 2))
 
 
 def slot_at_or_after(t: float, grid_start: float, fps: float) -> int:
