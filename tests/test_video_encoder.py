@@ -235,3 +235,27 @@ def test_inflate_2d_swin_fills_every_weight():
     assert model.patch_embed.proj.weight.shape == (32, 3, 1, 4, 4)
     torch.testing.assert_close(model.patch_embed.proj.weight.sum(dim=(2, 3, 4)), w2.sum(dim=(2, 3)))
     torch.testing.assert_close(model.local_merge.reduction.weight, swin2d["layers.1.downsample.reduction.weight"])
+
+
+def test_cost_benchmark_counts_attention_flops_exactly():
+    # bench/htwa_cost.py's split of FLOPs into attention and the rest, against 4*N*C per token.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "htwa_cost.py"
+    spec = importlib.util.spec_from_file_location("htwa_cost", path)
+    htwa_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(htwa_cost)
+
+    cfg = VideoEncoderConfig.tiny()
+    T, H, W = 8, 48, 80
+    flops = htwa_cost.count_flops(cfg, 1, T, H, W, train=False)
+    expected, h, w = 0, H // 4, W // 4
+    for width, depth, window, merge in zip(cfg.widths, cfg.depths, cfg.windows, cfg.merges):
+        n = min(window[0], T) * window[1] * window[2]  # windows clamp to the 8 frames
+        expected += depth * (T * h * w) * 4 * n * width  # QK^T and AV, 2 FLOPs per MAC
+        if merge:
+            h, w = h // 2, w // 2
+    assert flops["attention_gflops"] * 1e9 == pytest.approx(expected)
+    assert flops["gflops"] > flops["attention_gflops"]
+    assert htwa_cost.windows_for("full", 64, cfg.windows)[0] == (64, 3, 5)
