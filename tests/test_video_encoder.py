@@ -136,6 +136,17 @@ def test_bf16_forward_is_finite():
     assert torch.nn.functional.cosine_similarity(out.final.float().flatten(), ref.flatten(), dim=0) > 0.99
 
 
+def test_bf16_autocast_backward_is_finite():
+    torch.manual_seed(0)
+    model = VideoEncoder(VideoEncoderConfig.tiny())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 4, 50, 86))  # shifted, padded and clamped windows
+        loss = out.final.float().square().mean() + out.clip_source.float().mean()
+    loss.backward()
+    assert out.final.dtype == torch.bfloat16
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_pool_clip_features_by_hand():
     x = torch.randn(2, 6, 3, 5, 4)
     clip, tokens = pool_clip_features(x, n_clips=3, token_pool=(2, 3))
