@@ -109,11 +109,12 @@ class ShardStream(IterableDataset):
         self.rotation = 0
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        if info is not None:
-            import cv2
+        import cv2
 
-            cv2.setNumThreads(1)  # one worker process = one core, as torch does for its own ops
+        # One stream = one core (torch does the same for its ops in workers); OpenCV's thread pool
+        # only adds overhead on 192x320 frames and competes with the trainer in-process.
+        cv2.setNumThreads(1)
+        info = get_worker_info()
         local = ((info.id if info else 0) + self.rotation) % self.n_local
         return self.worker_batches(local)
 
