@@ -32,6 +32,8 @@ def test_activitynet_train_numbers(shared_data, tmp_path):
     assert src["rejects_by_reason"] == {"end_not_after_start": 4} and src["rejected"] == 4
     assert src["clamped"] == 29 and src["float_noise_snapped"] == 232
     assert src["kept_clips"] == src["accepted_records"] == 37421 - 4
+    # One long-form video per annotated video: every kept clip is in one, none left to the merge.
+    assert src["clips_in_longform"] == 37417 and src["merge_rejected"] == 0 and src["merge_rejects_by_reason"] == {}
     rejects = pq.read_table(tmp_path / "rejects.parquet").to_pylist()
     assert sorted(r["detail"] for r in rejects) == ["end before start"] * 2 + ["zero-length span"] * 2
     assert {r["video_id"] for r in rejects} == {"v_N7ppHQNikv8", "v_4rKTw99bM8g", "v_0bosp4-pyTM", "v_rhOtqArO-3Y"}
@@ -80,11 +82,17 @@ def test_cli_end_to_end_all_sources_and_identical_rerun(shared_data, tmp_path):
     counts = corpus["counts"]
     for src in counts["sources"].values():
         assert src["input_records"] == src["accepted_records"] + src["rejected"]
+        assert src["kept_clips"] == src["clips_in_longform"] + src["merge_rejected"]
+    assert counts["input_records"] == counts["accepted_records"] + counts["rejected"]
+    assert counts["kept_clips"] == counts["clips_in_longform"] + counts["merge_rejected"]
     assert counts["sources"][sources[0]]["rejects_by_reason"] == {"malformed_record": 1}
     clips = pq.read_table(out / "clips.parquet")
     rejects = pq.read_table(out / "rejects.parquet")
     longform = pq.read_table(out / "longform.parquet").to_pylist()
-    assert clips.num_rows == counts["kept_clips"] and rejects.num_rows == counts["rejected"]
+    assert clips.num_rows == counts["kept_clips"] and rejects.num_rows == counts["rejected"] + counts["merge_rejected"]
+    assert rejects.column("stage").to_pylist().count("merge") == counts["merge_rejected"] > 0
+    # hdvila: odd videos leave 7-8 out (run of 2), even videos 1-3 (run of 3) and 5 (run of 1).
+    assert counts["sources"][sources[0]]["merge_rejects_by_reason"] == {"run_too_short": 3 * 2 + 3 * 4}
     assert set(clips.column("source").to_pylist()) == {"hdvila", "youcook2", "howto100m", "subtitles"}
     hd = [r for r in longform if r["source"] == "hdvila"]
     # Odd videos: runs 1-5 (5 clips) and 7-8 (too short); even videos: 1-3 then 5: no run of 4.
@@ -122,3 +130,51 @@ def test_missing_input_and_bad_spec_fail_loudly(tmp_path):
 def test_recipes_load(recipe):
     cfg = load_config(BuildConfig, REPO / f"pipelines/{recipe}.yaml")
     assert cfg.manifest.min_clips >= 1
+
+
+def _accounted_once(out: Path) -> None:
+    """Each row of clips.parquet is in exactly one long-form video or exactly one merge reject."""
+    clips = pq.read_table(out / "clips.parquet", columns=["source", "clip_id"]).to_pylist()
+    in_longform = [(r["source"], s["clip_id"])
+                   for r in pq.read_table(out / "longform.parquet", columns=["source", "sentences"]).to_pylist()
+                   for s in r["sentences"]]
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    merged_out = [(r["source"], r["clip_id"]) for r in rejects if r["stage"] == "merge"]
+    assert sorted(in_longform + merged_out) == sorted((r["source"], r["clip_id"]) for r in clips)
+
+
+def test_short_runs_and_short_pieces_are_merge_rejects(tmp_path):
+    meta = tmp_path / "meta.jsonl"
+    numbers = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 20, 21]  # run 1-11 cut by max_clips 4 -> tail 9-11; run 20-21
+    clips = [{"clip_id": f"v.{n}.mp4", "span": [f"00:00:{2 * n:02d}.000", f"00:00:{2 * n + 1:02d}.000"], "text": f"s {n}"}
+             for n in numbers]
+    meta.write_text(json.dumps({"video_id": "v", "clip": clips}) + "\n")
+    cfg = BuildConfig()
+    cfg.manifest = ManifestConfig(min_clips=4, max_clips=4)
+    counts = build_manifest(cfg, tmp_path / "out", [f"hdvila:{meta}"])
+    src = counts["sources"][f"hdvila:{meta}"]
+    assert (src["kept_clips"], src["clips_in_longform"], src["merge_rejected"]) == (13, 8, 5)
+    assert src["merge_rejects_by_reason"] == {"piece_too_short": 3, "run_too_short": 2}
+    assert src["rejected"] == 0 and src["rejects_by_reason"] == {}
+    rejects = pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()
+    assert [(r["clip_id"], r["stage"], r["reason"], r["value"]) for r in rejects] == (
+        [(f"v.{n}.mp4", "merge", "piece_too_short", "3") for n in (9, 10, 11)]
+        + [(f"v.{n}.mp4", "merge", "run_too_short", "2") for n in (20, 21)])
+    assert rejects[-1]["detail"] == "run of 2 consecutive clips, min_clips 4"
+    assert rejects[0]["line"] == 1 and rejects[0]["file"] == str(meta) and rejects[0]["video_id"] == "v"
+    assert pq.read_table(tmp_path / "out/clips.parquet").num_rows == 13
+    _accounted_once(tmp_path / "out")
+
+
+def test_real_files_every_kept_clip_in_one_longform_video_or_one_merge_reject(shared_data, tmp_path):
+    ann = shared_data / "annotations"
+    sources = [f"youcook2:{ann / 'youcook2/youcookii_annotations_trainval.json'}",
+               f"activitynet:{ann / 'activitynet_captions/val_1.json'}"]
+    counts = build_manifest(BuildConfig(), tmp_path, sources)  # defaults: runs of >= 4 clips 3 s apart
+    for name in sources:
+        src = counts["sources"][name]
+        assert src["input_records"] == src["kept_clips"] + src["rejected"]
+        assert src["kept_clips"] == src["clips_in_longform"] + src["merge_rejected"]
+        assert src["merge_rejected"] > 0 and set(src["merge_rejects_by_reason"]) == {"run_too_short"}
+    assert counts["kept_clips"] == counts["clips_in_longform"] + counts["merge_rejected"]
+    _accounted_once(tmp_path)

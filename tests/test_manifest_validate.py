@@ -60,8 +60,11 @@ def test_every_reject_reason_from_hdvila_lines(tmp_path):
         b'{"video_id": "x\xff", broken\n',  # malformed and not UTF-8: the reject shows U+FFFD
     ])
     clips, rejects, corpus = _build(tmp_path, [f"hdvila:{meta}"], duration_tolerance_s=0.01)
-    reasons = sorted(r["reason"] for r in rejects)
+    reasons = sorted(r["reason"] for r in rejects if r["stage"] != "merge")
     assert set(reasons) == set(REJECT_REASONS)
+    # The kept clips v1.6 and v1.11 are not adjacent: each is a run of 1, left out by the merge.
+    assert sorted((r["clip_id"], r["reason"]) for r in rejects if r["stage"] == "merge") == [
+        ("v1.11.mp4", "run_too_short"), ("v1.6.mp4", "run_too_short")]
     by_reason = {r: reasons.count(r) for r in set(reasons)}
     assert by_reason == {"malformed_record": 4, "bad_timestamp": 1, "negative_time": 1, "end_not_after_start": 2,
                          "empty_text": 2, "duplicate_clip": 3, "beyond_duration": 1, "unsafe_id": 1, "invalid_utf8": 2}

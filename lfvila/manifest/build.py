@@ -21,8 +21,8 @@ import lfvila
 from lfvila.build_config import BuildConfig
 from lfvila.config import to_dict
 from lfvila.manifest.asr import build_sentences
-from lfvila.manifest.merge import longform_key, longform_videos, split_of
-from lfvila.manifest.records import REJECT_REASONS, Clip, RawVideo, Reject, has_invalid_utf8
+from lfvila.manifest.merge import longform_key, merge_video, split_of
+from lfvila.manifest.records import MERGE_REJECT_REASONS, REJECT_REASONS, Clip, RawVideo, Reject, has_invalid_utf8
 from lfvila.manifest.sources import SourceSpec, get_adapter, parse_source_spec
 from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, LongformSink, TableSink
 from lfvila.manifest.validate import validate_video
@@ -35,7 +35,9 @@ _CLIP_INDEX = operator.attrgetter("clip_index")
 
 @dataclass
 class SourceCounts:
-    """Per-source accounting; ``input_records == accepted_records + rejected`` always holds."""
+    """Per-source accounting; always ``input_records == accepted_records + rejected`` (validation) and
+    ``kept_clips == clips_in_longform + merge_rejected`` (merge). For non-ASR sources accepted_records
+    == kept_clips; for ASR sources the accepted records are fragments and the kept clips sentences."""
 
     input_records: int = 0
     accepted_records: int = 0  # kept clips, or for ASR sources the fragments turned into sentences
@@ -48,6 +50,9 @@ class SourceCounts:
     asr_raw_words: int = 0
     asr_kept_words: int = 0
     asr_punctuated_videos: int = 0
+    clips_in_longform: int = 0
+    merge_rejected: int = 0  # kept clips in no long-form video, one merge reject each
+    merge_rejects_by_reason: Counter = field(default_factory=Counter)
 
     def as_dict(self, is_asr: bool, adapter_stats: dict) -> dict:
         d = {
@@ -56,6 +61,9 @@ class SourceCounts:
             "rejects_by_reason": {r: self.rejects_by_reason[r] for r in REJECT_REASONS if self.rejects_by_reason[r]},
             "videos_with_clips": self.videos_with_clips, "clamped": self.clamped,
             "float_noise_snapped": self.float_noise_snapped,
+            "clips_in_longform": self.clips_in_longform, "merge_rejected": self.merge_rejected,
+            "merge_rejects_by_reason": {r: self.merge_rejects_by_reason[r] for r in MERGE_REJECT_REASONS
+                                        if self.merge_rejects_by_reason[r]},
         }
         if is_asr:
             d.update(asr_fragments_used=self.accepted_records, asr_sentences=self.kept_clips,
@@ -204,16 +212,28 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
         counts.videos_with_clips += 1
         writers.add_clips(source, video.video_id, video.duration, clips)
         split = mcfg.force_split or split_of(video.video_id, mcfg.val_fraction)
-        for piece in longform_videos(clips, by_number, mcfg):
+        pieces, left_out = merge_video(clips, by_number, mcfg)
+        for piece in pieces:
             key = longform_key(source, video.video_id, piece[0].clip_index)
             writers.add_longform(key, split, source, video.video_id, video.duration, piece)
             totals = longform_counts[split]
             totals["videos"] += 1
             totals["clips"] += len(piece)
+            counts.clips_in_longform += len(piece)
             totals["seconds"] += max(c.end for c in piece) - piece[0].start
+        for group in left_out:
+            value = str(len(group.clips))
+            for c in group.clips:
+                writers.add_reject(Reject(source, video.video_id, c.clip_id, "merge", group.reason, group.detail,
+                                          value, item.file, c.line))
+            counts.merge_rejected += len(group.clips)
+            counts.merge_rejects_by_reason[group.reason] += len(group.clips)
     if counts.input_records != counts.accepted_records + counts.rejected:
         raise RuntimeError(f"{spec.spec}: accounting broken: {counts.input_records} input records != "
                            f"{counts.accepted_records} accepted + {counts.rejected} rejected")
+    if counts.kept_clips != counts.clips_in_longform + counts.merge_rejected:
+        raise RuntimeError(f"{spec.spec}: accounting broken: {counts.kept_clips} kept clips != "
+                           f"{counts.clips_in_longform} in long-form videos + {counts.merge_rejected} merge rejects")
     return counts.as_dict(is_asr, adapter_stats)
 
 
@@ -256,15 +276,30 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         for sink in writers.all:
             sink.abort()
         raise
+    def total(name: str) -> int:
+        return sum(c[name] for c in per_source.values())
+
+    def total_by_reason(name: str) -> dict:
+        return dict(sum((Counter(c[name]) for c in per_source.values()), Counter()))
+
     counts = {
         "sources": per_source,
-        "input_records": sum(c["input_records"] for c in per_source.values()),
+        "input_records": total("input_records"),
+        "accepted_records": total("accepted_records"),
         "kept_clips": writers.clips.rows,
-        "rejected": writers.rejects.rows,
-        "rejects_by_reason": dict(sum((Counter(c["rejects_by_reason"]) for c in per_source.values()), Counter())),
+        "rejected": total("rejected"),
+        "rejects_by_reason": total_by_reason("rejects_by_reason"),
+        "clips_in_longform": total("clips_in_longform"),
+        "merge_rejected": total("merge_rejected"),
+        "merge_rejects_by_reason": total_by_reason("merge_rejects_by_reason"),
         "longform": {split: {"videos": c["videos"], "clips": c["clips"], "hours": round(c["seconds"] / 3600.0, 6)}
                      for split, c in longform_counts.items()},
     }
+    if (counts["kept_clips"] != total("kept_clips")
+            or writers.rejects.rows != counts["rejected"] + counts["merge_rejected"]):
+        raise RuntimeError(f"accounting broken: {writers.clips.rows} clip rows, {writers.rejects.rows} reject rows "
+                           f"for {total('kept_clips')} kept clips, {counts['rejected']} rejected, "
+                           f"{counts['merge_rejected']} merge rejects")
     corpus_path = out / "corpus.json"
     corpus: dict = {}
     if corpus_path.exists():
@@ -275,7 +310,9 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     corpus = {"config": to_dict(cfg), "lfvila_version": lfvila.__version__, "inputs": inputs, "counts": counts, **corpus}
     _write_json_atomic(corpus_path, corpus)
     lf = counts["longform"]
-    log.info("manifest: %d input records -> %d clips kept, %d rejected; long-form videos train %d (%.1f h), val %d (%.1f h)",
-             counts["input_records"], counts["kept_clips"], counts["rejected"], lf["train"]["videos"],
+    log.info("manifest: %d input records -> %d clips kept, %d rejected; %d clips in long-form videos, %d left out "
+             "(merge rejects); long-form videos train %d (%.1f h), val %d (%.1f h)",
+             counts["input_records"], counts["kept_clips"], counts["rejected"], counts["clips_in_longform"],
+             counts["merge_rejected"], lf["train"]["videos"],
              lf["train"]["hours"], lf["val"]["videos"], lf["val"]["hours"])
     return counts

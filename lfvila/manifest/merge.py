@@ -4,15 +4,18 @@ LF-VILA's rule (``hdvila``): consecutive means adjacent clip numbers n, n+1. Oth
 next clip (in time order) starts at most ``max_gap_s`` after the previous one ends and overlaps it
 by at most ``max_overlap_s``. Runs of at least ``min_clips`` become long-form videos; a run longer
 than ``max_clips`` clips or ``max_duration_s`` seconds is cut greedily into consecutive pieces, and
-a piece (typically the tail) with fewer than ``min_clips`` clips is left out.
+a piece (typically the tail) with fewer than ``min_clips`` clips is left out. Every clip left out
+is reported with a reason (``run_too_short`` / ``piece_too_short``) so it can be written to the
+rejects table: each kept clip ends in exactly one long-form video or one merge reject.
 """
 from __future__ import annotations
 
 import hashlib
 import operator
+from typing import NamedTuple
 
 from lfvila.manifest.config import ManifestConfig
-from lfvila.manifest.records import Clip
+from lfvila.manifest.records import PIECE_TOO_SHORT, RUN_TOO_SHORT, Clip
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _MAX_KEY_ID = 80  # escaped video ids longer than this are shortened with a hash
@@ -42,10 +45,10 @@ def runs_of(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[lis
 
 
 def pieces_of(run: list[Clip], cfg: ManifestConfig) -> list[list[Clip]]:
-    """Cut a run by max_clips / max_duration_s; keep pieces of at least min_clips clips."""
+    """Cut a run greedily by max_clips / max_duration_s (all pieces, short ones included)."""
     max_clips, max_duration = cfg.max_clips, cfg.max_duration_s
     if max_clips is None and max_duration is None:
-        return [run] if len(run) >= cfg.min_clips else []
+        return [run]
     pieces: list[list[Clip]] = []
     current: list[Clip] = []
     for clip in run:
@@ -55,12 +58,40 @@ def pieces_of(run: list[Clip], cfg: ManifestConfig) -> list[list[Clip]]:
             current = []
         current.append(clip)
     pieces.append(current)
-    return [p for p in pieces if len(p) >= cfg.min_clips]
+    return pieces
+
+
+class LeftOut(NamedTuple):
+    """Consecutive clips of a video that are in no long-form video, and why."""
+
+    clips: list[Clip]
+    reason: str  # RUN_TOO_SHORT or PIECE_TOO_SHORT
+    detail: str
+
+
+def merge_video(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> tuple[list[list[Clip]], list[LeftOut]]:
+    """One video's long-form videos (lists of clips in order) and the clips left out of all of them."""
+    videos: list[list[Clip]] = []
+    left_out: list[LeftOut] = []
+    min_clips = cfg.min_clips
+    for run in runs_of(clips, by_number, cfg):
+        if len(run) < min_clips:
+            left_out.append(LeftOut(run, RUN_TOO_SHORT, f"run of {len(run)} consecutive clips, min_clips {min_clips}"))
+            continue
+        for piece in pieces_of(run, cfg):
+            if len(piece) >= min_clips:
+                videos.append(piece)
+            else:
+                left_out.append(LeftOut(piece, PIECE_TOO_SHORT,
+                                        f"piece of {len(piece)} clips left by cutting a run of {len(run)} clips "
+                                        f"(max_clips {cfg.max_clips}, max_duration_s {cfg.max_duration_s}), "
+                                        f"min_clips {min_clips}"))
+    return videos, left_out
 
 
 def longform_videos(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[list[Clip]]:
     """All long-form videos (lists of clips in order) of one video."""
-    return [piece for run in runs_of(clips, by_number, cfg) for piece in pieces_of(run, cfg)]
+    return merge_video(clips, by_number, cfg)[0]
 
 
 def escape_id(video_id: str) -> str:

@@ -23,6 +23,11 @@ EMPTY_TEXT = "empty_text"  # no text after normalisation (or no text for the cli
 DUPLICATE_CLIP = "duplicate_clip"  # same clip id, same (start, end, text), or a video seen before
 REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGATIVE_TIME,
                   END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP)
+# Merge rejects (stage "merge"): valid, kept clips (they stay in clips.parquet) that end up in no
+# long-form video; one row per clip, so kept_clips == clips_in_longform + merge rejects.
+RUN_TOO_SHORT = "run_too_short"  # its run of consecutive clips has fewer than min_clips clips
+PIECE_TOO_SHORT = "piece_too_short"  # a run cut by max_clips / max_duration_s left a piece below min_clips
+MERGE_REJECT_REASONS = (RUN_TOO_SHORT, PIECE_TOO_SHORT)
 
 # Float noise in released annotations (e.g. 66.22000000001 for 66.22): an end past the duration by
 # less than this is the same time, snapped to the duration and counted separately from "clamped".
@@ -52,7 +57,7 @@ class Reject(NamedTuple):
     source: str
     video_id: str | None
     clip_id: str | None
-    stage: str  # "parse" (adapter), "validate", "text" (hdvila text file)
+    stage: str  # "parse" (adapter), "validate", "text" (hdvila text file), "merge" (kept clip in no long-form video)
     reason: str
     detail: str
     value: str | None  # the offending value, as text

@@ -44,13 +44,15 @@ class SplitSummary:
 class CorpusSummary:
     root: str
     splits: dict[str, SplitSummary]
-    manifest_rejects: dict[str, int]  # records dropped by the manifest stage, by reason
+    manifest_rejects: dict[str, int]  # input records dropped by the manifest stage (parse/text/validate), by reason
     input_records: int | None = None
     kept_clips: int | None = None
     lfvila_version: str | None = None
     has_manifest: bool = False
     has_index: bool = False
     clips_check: str | None = None  # the shard stage's clip accounting, as recorded in corpus.json
+    # Kept clips in no long-form video (rejects.parquet rows of stage "merge"), by reason.
+    merge_rejects: dict[str, int] = field(default_factory=dict)
     # Where the totals recorded in corpus.json (section "video") disagree with the files on disk.
     disagreements: list[str] = field(default_factory=list)
 
@@ -114,8 +116,13 @@ def summarize(root: Path) -> CorpusSummary:
         for name, reasons in failed.items():
             split(name).failed = _count_by(reasons)
 
-    rejects = read_table(paths.rejects, ["reason"])
-    manifest_rejects = _count_by(rejects.column("reason").to_pylist()) if rejects is not None else {}
+    rejects = read_table(paths.rejects, ["reason", "stage"])
+    manifest_rejects, merge_rejects = {}, {}
+    if rejects is not None:
+        stages = rejects.column("stage").to_pylist() if "stage" in rejects.column_names else [None] * rejects.num_rows
+        reasons = rejects.column("reason").to_pylist()
+        manifest_rejects = _count_by(r for r, st in zip(reasons, stages) if st != "merge")
+        merge_rejects = _count_by(r for r, st in zip(reasons, stages) if st == "merge")
 
     corpus = read_corpus_json(paths)
     counts = corpus.get("counts", {}) if isinstance(corpus.get("counts"), dict) else {}
@@ -136,6 +143,7 @@ def summarize(root: Path) -> CorpusSummary:
         root=str(paths.root),
         splits=dict(sorted(splits.items(), key=lambda kv: (kv[0] != "train", kv[0]))),
         manifest_rejects=manifest_rejects,
+        merge_rejects=merge_rejects,
         input_records=counts.get("input_records"),
         kept_clips=clips.num_rows if clips is not None else counts.get("kept_clips"),
         lfvila_version=corpus.get("lfvila_version"),
@@ -196,6 +204,10 @@ def format_summary(summary: CorpusSummary) -> str:
         lines.append("")
         lines.append("manifest rejects (records) by reason:")
         lines += [f"  {reason:<24} {n}" for reason, n in summary.manifest_rejects.items()]
+    if summary.merge_rejects:
+        lines.append("")
+        lines.append("kept clips left out of every long-form video (rejects.parquet, stage merge) by reason:")
+        lines += [f"  {reason:<24} {n}" for reason, n in summary.merge_rejects.items()]
     for s in summary.splits.values():
         if s.failed:
             lines.append("")
