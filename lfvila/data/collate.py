@@ -1,13 +1,15 @@
 """Sample plans -> batch tensors: JPEG decoding, tokenization, stage-2 masking.
 
-Batch contract (see README, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)``, ``text_ids`` and
-``text_mask`` long ``(B, M, L)``, ``sentence_mask`` bool ``(B, M)``, ``keys``; stage 2 adds
-``mlm_ids`` and ``mlm_labels`` ``(B, M, L)`` (-100 where not masked).
+Batch contract (see README, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)`` (channels_last_3d
+memory: RGB stays interleaved as decoded), ``text_ids`` and ``text_mask`` long ``(B, M, L)``,
+``sentence_mask`` bool ``(B, M)``, ``keys``; stage 2 adds ``mlm_ids`` and ``mlm_labels``
+``(B, M, L)`` (-100 where not masked).
 """
 from __future__ import annotations
 
 import math
 import os
+
 import numpy as np
 import simplejpeg
 import torch
