@@ -52,3 +52,23 @@ def test_corrupt_truncated_and_empty_streams_raise():
     with pytest.raises(TarFormatError, match="empty"):
         list(iter_tar_members(io.BytesIO(b"")))
     assert list(iter_tar_members(io.BytesIO(b"\0" * 1024))) == []  # an empty archive is fine
+
+
+class TrickleStream:
+    """A pipe-like stream: short reads of at most 7 bytes and no ``readinto``."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.data[self.pos:self.pos + min(n, 7)]
+        self.pos += len(chunk)
+        return chunk
+
+
+def test_short_reads_and_members_larger_than_the_read_buffer():
+    members = [("k1.json", b"{}"), ("k1.0000.jpg", bytes(range(256)) * 12), ("k2.json", b"y" * 1500)]
+    data = tar_bytes(tarfile.PAX_FORMAT, members)
+    assert list(iter_tar_members(TrickleStream(data), chunk_bytes=1024)) == members
+    with pytest.raises(TarFormatError, match="end of data"):
+        list(iter_tar_members(TrickleStream(data[:2500]), chunk_bytes=1024))

@@ -1,12 +1,12 @@
 """Shard URLs -> grouped tar samples, with failures as records instead of exceptions.
 
 Opening uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, ``http(s)://`` through
-curl, ...) and its key/extension split; members are read by :func:`iter_tar_members`, a minimal
-streaming ustar/pax/GNU reader: webdataset's ``tar_file_iterator`` goes through ``tarfile``'s
-stream mode, measured here at ~300 us per member, more than decoding the JPEGs a sample needs
-(docs/bench-loader.md). Grouping members into samples is done here so a shard that breaks part-way
-ends in a counted record instead of an exception. Every item this
-module yields is either a sample dict (``__key__``, ``__url__``, ``json``, ``NNNN.jpg``, ...) or an
+curl, ...); members are read by :func:`iter_tar_members`, a minimal streaming ustar/pax/GNU
+reader that reads 1 MiB at a time into one reused buffer and slices members out of it
+(webdataset's ``tar_file_iterator`` goes through ``tarfile``'s stream mode, measured here at
+~300 us per member, more than decoding the JPEGs a sample needs; docs/bench-loader.md). Grouping
+members into samples is done here so a shard that breaks part-way ends in a counted record
+instead of an exception. Every item this module yields is either a sample dict (``__key__``, ``__url__``, ``json``, ``NNNN.jpg``, ...) or an
 error record ``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
 
 Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` is a pure function of
@@ -24,27 +24,12 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 BLOCK = 512
+ZERO_BLOCK = b"\0" * BLOCK
 REGULAR_TYPES = (b"0", b"\0", b"7")
 
 
 class TarFormatError(Exception):
     """The byte stream is not (or stops being) a valid tar archive."""
-
-
-def _read_exact(stream, n: int) -> bytes:
-    """``n`` bytes, or fewer only at end of stream (pipes and sockets return short reads)."""
-    data = stream.read(n)
-    if len(data) == n or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = stream.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
 def _octal(field: bytes) -> int:
@@ -67,17 +52,77 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def iter_tar_members(stream) -> Iterator[tuple[str, bytes]]:
+class _BufferedBlocks:
+    """Tar blocks of a byte stream, read in large chunks into one reused buffer.
+
+    A long-form sample has ~200 members, most of them frames the sample does not use; one read
+    call per header and per payload cost more than decoding the frames that are used (measured in
+    docs/bench-loader.md). Here a read fills ``chunk_bytes`` at a time into a buffer allocated once
+    (no page faults on fresh memory per read), and members are sliced out of it. Works the same for
+    local files, ``pipe:`` commands and downloads.
+    """
+
+    def __init__(self, stream, chunk_bytes: int = 1 << 20):
+        self.stream = stream
+        self.readinto = getattr(stream, "readinto", None)  # webdataset's Pipe has only read()
+        self.buffer = bytearray(chunk_bytes)
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0  # unread bytes are buffer[start:end]
+
+    def _fill(self, n: int) -> bool:
+        """Make ``n`` unread bytes available; False when the stream ends first."""
+        if self.end - self.start >= n:
+            return True
+        rest = bytes(self.view[self.start:self.end])
+        if n > len(self.buffer):  # a member larger than the chunk: grow (a memoryview pins the size)
+            self.buffer = bytearray(max(n, 2 * len(self.buffer)))
+            self.view = memoryview(self.buffer)
+        self.view[:len(rest)] = rest
+        self.start, self.end = 0, len(rest)
+        while self.end < n:
+            if self.readinto is not None:
+                got = self.readinto(self.view[self.end:])
+            else:
+                data = self.stream.read(len(self.buffer) - self.end)
+                got = len(data)
+                self.view[self.end:self.end + got] = data
+            if not got:
+                return False
+            self.end += got
+        return True
+
+    def header(self) -> bytes:
+        """The next 512-byte block, or what is left of the stream when fewer remain."""
+        self._fill(BLOCK)
+        start = self.start
+        self.start = min(start + BLOCK, self.end)
+        return bytes(self.view[start:self.start])
+
+    def payload(self, size: int) -> bytes:
+        """The member's ``size`` data bytes; its padding to the next block is consumed too."""
+        padded = size + (-size % BLOCK)
+        if not self._fill(padded):
+            raise TarFormatError("unexpected end of data in a member")
+        start = self.start
+        self.start += padded
+        return bytes(self.view[start:start + size])
+
+
+def iter_tar_members(stream, chunk_bytes: int = 1 << 20) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular file of a tar byte stream, in order.
 
     Handles ustar (with prefix), GNU long names and pax ``path`` records; other member types are
     skipped. Raises TarFormatError on a bad header checksum or a stream that ends inside a member,
     and on an empty stream (a failed ``pipe:`` command or download yields no bytes at all).
     """
+    return _iter_members(_BufferedBlocks(stream, chunk_bytes))
+
+
+def _iter_members(blocks) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     first = True
     while True:
-        header = _read_exact(stream, BLOCK)
+        header = blocks.header()
         if not header:
             if first:
                 raise TarFormatError("empty file")
@@ -85,7 +130,7 @@ def iter_tar_members(stream) -> Iterator[tuple[str, bytes]]:
         first = False
         if len(header) < BLOCK:
             raise TarFormatError("unexpected end of data in a header")
-        if header == b"\0" * BLOCK:
+        if header == ZERO_BLOCK:
             return
         try:
             stored_sum = _octal(header[148:156])
@@ -94,11 +139,7 @@ def iter_tar_members(stream) -> Iterator[tuple[str, bytes]]:
         # The checksum counts its own 8-byte field as spaces (8 * 32 = 256).
         if stored_sum != sum(header) - sum(header[148:156]) + 256:
             raise TarFormatError("invalid header checksum")
-        size = _octal(header[124:136])
-        data = _read_exact(stream, size)
-        padding = -size % BLOCK
-        if len(data) < size or len(_read_exact(stream, padding)) < padding:
-            raise TarFormatError("unexpected end of data in a member")
+        data = blocks.payload(_octal(header[124:136]))
         kind = header[156:157]
         if kind == b"L":
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -116,6 +157,17 @@ def iter_tar_members(stream) -> Iterator[tuple[str, bytes]]:
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 name = f"{prefix}/{name}"
         yield name, data
+
+
+def split_member_name(name: str) -> tuple[str | None, str | None]:
+    """(key, extension) as webdataset's ``base_plus_ext``: the key ends at the first dot of the
+    base name (``dir/KEY.0001.jpg`` -> ``dir/KEY``, ``0001.jpg``). A string split instead of
+    webdataset's regular expression (a few us per member); odd names go to the regex itself."""
+    base = name.rfind("/") + 1
+    dot = name.find(".", base)
+    if dot <= base:
+        return base_plus_ext(name)
+    return name[:dot], name[dot + 1:]
 
 
 def expand_shards(spec: str | list[str]) -> list[str]:
@@ -183,7 +235,7 @@ def read_shard(url: str) -> Iterator[dict]:
         try:
             for name, data in iter_tar_members(stream):
                 n_members += 1
-                key, suffix = base_plus_ext(name)
+                key, suffix = split_member_name(name)
                 if key is None:
                     continue
                 suffix = suffix.lower()
