@@ -58,7 +58,7 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
           "--set", f"data.val_shards={json.dumps(colour_shards['val'])}",
           "--set", "data.batch_size=4", "--set", f"trainer.out_dir={out}", "--set", f"trainer.max_steps={steps}",
           "--set", "trainer.log_every=4", "--set", "trainer.ckpt_every=8", "--set", "trainer.keep_last=2",
-          "--set", "schedule.warmup_steps=4", "--set", "optim.lr=5.0e-4"])
+          "--set", "schedule.warmup_steps=4"])
 
     records = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
@@ -93,7 +93,10 @@ def test_stage2_starts_from_stage1_and_reports_accuracies(colour_shards, tmp_pat
     common = ["--config", str(REPO / "train" / "tiny.yaml"),
               "--set", f"data.train_shards={json.dumps(colour_shards['train'])}",
               "--set", f"data.val_shards={json.dumps(colour_shards['val'])}",
-              "--set", "data.batch_size=4", "--set", "trainer.log_every=1"]
+              "--set", "data.batch_size=4", "--set", "trainer.log_every=1",
+              # tiny.yaml spends all six MiniLM layers on stage 1; stage 2 needs cross-modal ones
+              "--set", "model.text.sentence_layers=2", "--set", "model.text.paragraph_layers=2",
+              "--set", "model.text.cross_layers=2"]
     stage1 = tmp_path / "stage1"
     main(["train", *common, "--set", f"trainer.out_dir={stage1}", "--set", "trainer.max_steps=1"])
     stage2 = tmp_path / "stage2"
