@@ -140,7 +140,10 @@ def test_rerun_skips_complete_shards_and_redoes_what_changed(tmp_path, videos):
     after = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.stats.json")}
     assert [n for n in after if after[n] != stamps[n]] == ["train-000001.stats.json"]
     assert _files(out) == before
-    # A config change changes every task's fingerprint: everything is redone.
+    # Runtime-only settings (timeouts, decoder threads) leave complete shards alone.
+    build_shards(_cfg("video.timeout_s=300", "video.decoder_threads=2"), out, videos, workers=1)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.stats.json")} == after
+    # A config change that alters the output changes every task's fingerprint: everything is redone.
     build_shards(_cfg("video.jpeg_quality=50"), out, videos, workers=1)
     assert _files(out)["shards/train-000000.tar"] != before["shards/train-000000.tar"]
 

@@ -34,12 +34,18 @@ class ShardTask:
         return f"{self.split}-{self.index:06d}"
 
 
+# Settings that change how a build runs, not what it writes: changing them (say, a longer timeout
+# before --retry-failed) must not make every complete shard stale.
+RUNTIME_ONLY = ("decoder_threads", "timeout_s", "timeout_per_video_s")
+
+
 def task_fingerprint(rows: list[dict], cfg) -> str:
     """Hash of everything that determines a shard's bytes: its rows, the video/shard config, the version."""
     import lfvila
     from lfvila.config import to_dict
 
-    blob = json.dumps({"rows": rows, "video": to_dict(cfg.video), "shards": to_dict(cfg.shards),
+    video = {k: v for k, v in to_dict(cfg.video).items() if k not in RUNTIME_ONLY}
+    blob = json.dumps({"rows": rows, "video": video, "shards": to_dict(cfg.shards),
                        "min_clips": cfg.manifest.min_clips, "version": lfvila.__version__},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
