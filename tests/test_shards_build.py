@@ -227,3 +227,16 @@ def test_manifest_keys_must_be_unique_and_dot_free(tmp_path, videos):
     write_longform(tmp_path / "b" / "longform.parquet", [dict(rows[0], key="has.dot")])
     with pytest.raises(ValueError, match="not a WebDataset key"):
         build_shards(_cfg(), tmp_path / "b", videos, workers=1)
+
+
+def test_a_failing_shard_task_does_not_stop_the_others(tmp_path, videos):
+    out = _manifest(tmp_path)
+    (out / "shards").mkdir()
+    # A directory where train-000001.tar must go: that task cannot rename its tar into place.
+    (out / "shards" / "train-000001.tar").mkdir()
+    with pytest.raises(RuntimeError, match=r"1 shard task\(s\) failed.*train-000001"):
+        build_shards(_cfg(), out, videos, workers=2)
+    assert len(list((out / "shards").glob("*.stats.json"))) == 5
+    (out / "shards" / "train-000001.tar").rmdir()
+    summary = build_shards(_cfg(), out, videos, workers=1)
+    assert summary["totals"]["samples_written"] == 9

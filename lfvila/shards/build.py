@@ -93,7 +93,7 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
 
 
 class _Progress:
-    """tqdm bar over shards: samples/s, hours of video written, failures so far."""
+    """tqdm bar over shards: samples/s, hours of video written, rejected samples; collects task errors."""
 
     def __init__(self, total: int):
         from tqdm import tqdm
@@ -102,6 +102,7 @@ class _Progress:
         self.start = time.monotonic()
         self.samples = self.failures = 0
         self.seconds = 0.0
+        self.errors: list[str] = []
 
     def update(self, stats: dict) -> None:
         self.samples += stats["samples_written"]
@@ -111,28 +112,42 @@ class _Progress:
         self.bar.set_postfix(samples_s=f"{rate:.2f}", video_h=f"{self.seconds / 3600:.2f}", rejected=self.failures)
         self.bar.update(1)
 
+    def error(self, task: ShardTask, exc: BaseException) -> None:
+        """A whole task failed (sample errors are caught inside it): disk full, lost worker, ..."""
+        log.error("shard %s failed: %s", task.name, exc)
+        self.errors.append(f"{task.name}: {exc}")
+        self.bar.update(1)
+
     def close(self) -> None:
         self.bar.close()
+        if self.errors:
+            raise RuntimeError(f"{len(self.errors)} shard task(s) failed; the other shards are complete and a "
+                               f"rerun redoes only these: " + "; ".join(self.errors[:5]))
 
 
 def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int, **_) -> None:
     progress = _Progress(len(todo))
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            for task in todo:
+    if workers <= 1 or len(todo) <= 1:
+        for task in todo:
+            try:
                 progress.update(run_shard_task(task, out, videos_dir, cfg))
-            return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn: workers start clean (no inherited threads or locks from the driver).
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_shard_task, task, out, videos_dir, cfg) for task in todo]
-            for future in as_completed(futures):
-                progress.update(future.result())
-    finally:
+            except Exception as exc:
+                progress.error(task, exc)
         progress.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: workers start clean (no inherited threads or locks from the driver).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = {pool.submit(run_shard_task, task, out, videos_dir, cfg): task for task in todo}
+        for future in as_completed(futures):
+            try:
+                progress.update(future.result())
+            except Exception as exc:  # includes BrokenProcessPool when a worker process dies
+                progress.error(futures[future], exc)
+    progress.close()
 
 
 def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int,
@@ -149,15 +164,19 @@ def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers
     progress = _Progress(len(todo))
     try:
         # Absolute paths: Ray workers run in their own working directory.
-        pending = [remote_task.remote(t, out.resolve(), videos_dir.resolve(), cfg) for t in todo]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+        pending = {remote_task.remote(t, out.resolve(), videos_dir.resolve(), cfg): t for t in todo}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
-                progress.update(ray.get(ref))
+                try:
+                    progress.update(ray.get(ref))
+                except Exception as exc:  # RayTaskError, a node lost after its retries, ...
+                    progress.error(pending[ref], exc)
     finally:
-        progress.close()
         if started_here:
             ray.shutdown()
+    progress.close()
 
 
 def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
