@@ -167,8 +167,11 @@ def test_hanging_decoder_is_killed_and_the_build_goes_on(tmp_path, colour_video)
     videos.mkdir()
     os.mkfifo(videos / "hang.mp4")  # ffmpeg blocks opening a pipe nobody writes
     os.symlink(colour_video, videos / "ok.mp4")
-    rows = [{"key": k, "video_id": k, "sentences": sentences_every(0.0, 4.0, 1.0, k)} for k in ("hang", "ok")]
-    _, samples = _build(tmp_path, videos, rows, ["video.timeout_s=2", "video.timeout_per_video_s=0"])
+    # Deadlines: 2 s + 3 s per span second, i.e. 3.2 s for the short hanging span and 14 s for the
+    # good one (generous on a loaded machine).
+    rows = [{"key": "hang", "video_id": "hang", "sentences": sentences_every(0.0, 0.4, 0.1, "hang")},
+            {"key": "ok", "video_id": "ok", "sentences": sentences_every(0.0, 4.0, 1.0, "ok")}]
+    _, samples = _build(tmp_path, videos, rows, ["video.timeout_s=2", "video.timeout_per_video_s=3"])
     assert [s["key"] for s in samples] == ["ok"]
     status = {r["key"]: r for r in pq.read_table(tmp_path / "shards" / "status.parquet").to_pylist()}
     assert (status["hang"]["status"], status["hang"]["reason"]) == ("failed", "decode_timeout")
