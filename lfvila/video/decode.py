@@ -125,7 +125,7 @@ def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps:
 
 
 class SegmentDecoder:
-    """Stream ``count`` grid slots of one file as RGB frames; never holds more than one frame.
+    """Stream ``count`` grid slots of one file as YUV frames; never holds more than one frame.
 
     ``file_start`` is the time in the file where slot 0 begins (it may be slightly negative for a
     pre-cut clip: then the first frame fills the gap). Iterate to get ``(slot, YuvFrame)``;
