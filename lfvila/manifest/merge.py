@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import re
 from typing import NamedTuple
 
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import PIECE_TOO_SHORT, RUN_TOO_SHORT, Clip
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]*").fullmatch
 _MAX_KEY_ID = 80  # escaped video ids longer than this are shortened with a hash
 
 
@@ -61,6 +63,10 @@ def pieces_of(run: list[Clip], cfg: ManifestConfig) -> list[list[Clip]]:
     return pieces
 
 
+def run_too_short_detail(run_length: int, min_clips: int) -> str:
+    return f"run of {run_length} consecutive clips, min_clips {min_clips}"
+
+
 class LeftOut(NamedTuple):
     """Consecutive clips of a video that are in no long-form video, and why."""
 
@@ -76,7 +82,7 @@ def merge_video(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> tupl
     min_clips = cfg.min_clips
     for run in runs_of(clips, by_number, cfg):
         if len(run) < min_clips:
-            left_out.append(LeftOut(run, RUN_TOO_SHORT, f"run of {len(run)} consecutive clips, min_clips {min_clips}"))
+            left_out.append(LeftOut(run, RUN_TOO_SHORT, run_too_short_detail(len(run), min_clips)))
             continue
         for piece in pieces_of(run, cfg):
             if len(piece) >= min_clips:
@@ -96,7 +102,7 @@ def longform_videos(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> 
 
 def escape_id(video_id: str) -> str:
     """Injective escape of an id into ``[A-Za-z0-9_-]``: any other character becomes ``%XX`` (UTF-8 hex)."""
-    if all(ch in _SAFE for ch in video_id):
+    if _SAFE_ID(video_id):
         return video_id
     return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode("utf-8")) for ch in video_id)
 

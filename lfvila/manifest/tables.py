@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +33,65 @@ LONGFORM_SCHEMA = pa.schema([
 ])
 
 
+class ArrowSlice(NamedTuple):
+    """Rows ``start:stop`` of an Arrow array, appended to a column without a round trip through Python."""
+
+    array: pa.Array
+    start: int
+    stop: int
+
+
+class ColumnBuffer:
+    """Pending values of one column: Arrow pieces followed by an open Python list.
+
+    ``append`` / ``extend`` take Python values; ``extend`` also takes an ``ArrowSlice``, which
+    seals the open list into an Arrow piece first (order is kept). Consecutive slices of the same
+    array are merged, so a batch written through many small slices is one piece.
+    """
+
+    __slots__ = ("type", "values", "pieces", "sealed_rows")
+
+    def __init__(self, type_: pa.DataType):
+        self.type = type_
+        self.values: list = []
+        self.pieces: list[ArrowSlice] = []
+        self.sealed_rows = 0
+
+    def __len__(self) -> int:
+        return self.sealed_rows + len(self.values)
+
+    def append(self, value) -> None:
+        self.values.append(value)
+
+    def extend(self, values) -> None:
+        if type(values) is not ArrowSlice:
+            self.values.extend(values)
+            return
+        if self.values:
+            self._seal()
+        last = self.pieces[-1] if self.pieces else None
+        if last is not None and last.array is values.array and last.stop == values.start:
+            self.pieces[-1] = ArrowSlice(last.array, last.start, values.stop)
+        else:
+            self.pieces.append(values)
+        self.sealed_rows += values.stop - values.start
+
+    def _seal(self) -> None:
+        array = pa.array(self.values, type=self.type)
+        self.pieces.append(ArrowSlice(array, 0, len(array)))
+        self.sealed_rows += len(array)
+        self.values = []
+
+    def take_array(self) -> pa.Array:
+        """All pending values as one Arrow array; the buffer is empty afterwards."""
+        if self.values or not self.pieces:
+            self._seal()
+        arrays = [p.array.slice(p.start, p.stop - p.start) for p in self.pieces]
+        self.pieces = []
+        self.sealed_rows = 0
+        return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
 class TableSink:
     """Column buffers for one table, flushed to a Parquet file in row groups."""
 
@@ -40,7 +100,7 @@ class TableSink:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.schema = schema
         self.batch_rows = batch_rows
-        self.columns: dict[str, list] = {name: [] for name in schema.names}
+        self.columns: dict[str, ColumnBuffer] = {f.name: ColumnBuffer(f.type) for f in schema}
         self.rows = 0
         self._writer = pq.ParquetWriter(self.tmp, schema)
 
@@ -48,11 +108,12 @@ class TableSink:
         return len(self.columns[self.schema.names[0]])
 
     def maybe_flush(self) -> None:
-        if self.pending() >= self.batch_rows:
+        first = self.columns[self.schema.names[0]]  # every column holds the same number of rows
+        if first.sealed_rows + len(first.values) >= self.batch_rows:
             self.flush()
 
     def _arrays(self) -> list[pa.Array]:
-        return [pa.array(self.columns[f.name], type=f.type) for f in self.schema]
+        return [self.columns[f.name].take_array() for f in self.schema]
 
     def flush(self) -> None:
         n = self.pending()
@@ -60,8 +121,6 @@ class TableSink:
             return
         self._writer.write_table(pa.Table.from_arrays(self._arrays(), schema=self.schema), row_group_size=n)
         self.rows += n
-        for values in self.columns.values():
-            values.clear()
 
     def commit(self) -> None:
         """Flush, close and rename into place."""
@@ -80,20 +139,13 @@ class LongformSink(TableSink):
     def __init__(self, path: Path, batch_rows: int = 1 << 13):  # ~100k sentences per row group
         super().__init__(path, LONGFORM_SCHEMA, batch_rows)
         del self.columns["sentences"]
-        self.sentence_columns: dict[str, list] = {"clip_id": [], "start": [], "end": [], "text": []}
+        self.sentence_columns: dict[str, ColumnBuffer] = {f.name: ColumnBuffer(f.type) for f in SENTENCE_TYPE}
         self.offsets = [0]
 
     def _arrays(self) -> list[pa.Array]:
-        flat = pa.StructArray.from_arrays(
-            [pa.array(self.sentence_columns[f.name], type=f.type) for f in SENTENCE_TYPE],
-            fields=list(SENTENCE_TYPE))
+        flat = pa.StructArray.from_arrays([self.sentence_columns[f.name].take_array() for f in SENTENCE_TYPE],
+                                          fields=list(SENTENCE_TYPE))
         sentences = pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), flat,
                                              type=LONGFORM_SCHEMA.field("sentences").type)
-        return [sentences if f.name == "sentences" else pa.array(self.columns[f.name], type=f.type)
-                for f in self.schema]
-
-    def flush(self) -> None:
-        super().flush()
-        for values in self.sentence_columns.values():
-            values.clear()
         self.offsets = [0]
+        return [sentences if f.name == "sentences" else self.columns[f.name].take_array() for f in self.schema]

@@ -13,6 +13,9 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
+
+import orjson
 
 from lfvila.manifest.records import INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, RawClip, RawVideo, Reject, has_invalid_utf8
 from lfvila.manifest.sources._io import iter_lines
@@ -48,48 +51,141 @@ def read(path: Path, options: dict, progress: Callable[[int], None] | None, stat
 
 
 def _read_metadata(path: Path, file: str, progress, conn, stats: dict) -> Iterator[RawVideo | Reject]:
-    texts_used = 0
+    used = [0]  # clip texts taken from the text file
     for line_no, line in iter_lines(path, progress):
+        yield from items_of_line(line_no, line, file, conn, used)
+    if conn is not None:
+        stats["text_rows_used"] = used[0]
+        stats["text_rows_unused"] = stats.get("text_rows", 0) - used[0]
+
+
+def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | None = None,
+                  obj: object = None) -> Iterator[RawVideo | Reject]:
+    """The RawVideo and parse Rejects of one metadata line (``obj``: the line already decoded)."""
+    if obj is None:
         if not line.strip():
-            continue
+            return
         try:
             obj = json.loads(line)
         except ValueError as e:
             yield _reject(None, None, "parse", MALFORMED_RECORD, f"line {line_no}: invalid JSON ({e})", line.strip(), file, line_no)
+            return
+    if not (isinstance(obj, dict) and isinstance(obj.get("video_id"), str) and isinstance(obj.get("clip"), list)):
+        yield _reject(None, None, "parse", MALFORMED_RECORD,
+                      f"line {line_no}: expected an object with video_id (string) and clip (list)", line.strip(), file, line_no)
+        return
+    video_id = obj["video_id"]
+    texts = _lookup(conn, video_id) if conn is not None else None
+    clips = []
+    prefix, cut = video_id + ".", len(video_id) + 1
+    for entry in obj["clip"]:
+        try:
+            clip_id, (start, end) = entry["clip_id"], entry["span"]
+            if type(clip_id) is not str:
+                raise TypeError
+        except (TypeError, KeyError, ValueError):
+            yield _reject(video_id, None, "parse", MALFORMED_RECORD,
+                          f"line {line_no}: clip entry needs clip_id (string) and span [start, end]",
+                          json.dumps(entry)[:500], file, line_no)
             continue
-        if not (isinstance(obj, dict) and isinstance(obj.get("video_id"), str) and isinstance(obj.get("clip"), list)):
-            yield _reject(None, None, "parse", MALFORMED_RECORD,
-                          f"line {line_no}: expected an object with video_id (string) and clip (list)", line.strip(), file, line_no)
+        # The release's clip ids are <video_id>.<n>.mp4; n gives LF-VILA's adjacency.
+        middle = clip_id[cut:-4]
+        if not (clip_id.startswith(prefix) and clip_id.endswith(".mp4") and middle.isdigit() and middle.isascii()):
+            yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
+                          f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
             continue
-        video_id = obj["video_id"]
-        texts = _lookup(conn, video_id) if conn is not None else None
-        clips = []
-        prefix, cut = video_id + ".", len(video_id) + 1
-        for entry in obj["clip"]:
+        text = entry.get("text")
+        if text is None and texts:
+            text = texts.get(clip_id)
+            used[0] += text is not None
+        clips.append(_new_tuple(RawClip, (clip_id, int(middle), start, end, text, line_no, None)))
+    yield RawVideo(video_id, obj.get("duration"), clips, file)
+
+
+class LineBatch(NamedTuple):
+    """Consecutive metadata lines of the plain shape, as columns (the columnar fast path's input).
+
+    Plain: a JSON object with a string ``video_id``, no ``duration``, and a non-empty ``clip`` list
+    whose entries all have a string ``clip_id``, a ``span`` list of two strings and a string ``text``.
+    Whether each video is also *clean* (every clip would be kept) is decided by
+    ``lfvila.manifest.fastpath.check_batch``; the others are re-read with ``items_of_line``.
+    """
+
+    line_nos: list[int]
+    objs: list[dict]
+    video_ids: list[str]
+    clip_counts: list[int]
+    clip_ids: list[str]  # all clips of the batch, video after video
+    starts: list[str]
+    ends: list[str]
+    texts: list[str]
+
+
+_STR_ONLY = {str}
+
+
+def read_batches(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict,
+                 batch_clips: int = 1 << 15) -> Iterator[RawVideo | Reject | LineBatch]:
+    """Like ``read`` but plain lines come as ``LineBatch``es of about ``batch_clips`` clips, in line order.
+
+    Lines are decoded with orjson from bytes; a line that orjson refuses (invalid UTF-8, NaN, ...) or
+    that is not plain is yielded as ``read`` would (RawVideo / Rejects) after the lines before it.
+    With a separate text file every line goes through ``read``.
+    """
+    if options.get("text"):
+        yield from read(path, options, progress, stats)
+        return
+    file = str(path)
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    batch = LineBatch([], [], [], [], [], [], [], [])
+    n_clips = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if progress is not None:
+                progress(len(raw))
+            plain = False
             try:
-                clip_id, (start, end) = entry["clip_id"], entry["span"]
-                if type(clip_id) is not str:
-                    raise TypeError
-            except (TypeError, KeyError, ValueError):
-                yield _reject(video_id, None, "parse", MALFORMED_RECORD,
-                              f"line {line_no}: clip entry needs clip_id (string) and span [start, end]",
-                              json.dumps(entry)[:500], file, line_no)
+                obj = loads(raw)
+            except decode_error:
+                obj = None
+            else:
+                try:
+                    clips, video_id = obj["clip"], obj["video_id"]
+                    if (type(video_id) is str and type(clips) is list and clips and obj.get("duration") is None):
+                        clip_ids = [e["clip_id"] for e in clips]
+                        spans = [e["span"] for e in clips]
+                        texts = [e["text"] for e in clips]
+                        if set(map(type, spans)) == {list} and set(map(len, spans)) == {2}:
+                            starts = [s[0] for s in spans]
+                            ends = [s[1] for s in spans]
+                            plain = (set(map(type, clip_ids)) == _STR_ONLY and set(map(type, texts)) == _STR_ONLY
+                                     and set(map(type, starts)) == _STR_ONLY and set(map(type, ends)) == _STR_ONLY)
+                except (TypeError, KeyError, AttributeError):
+                    plain = False
+            if not plain:
+                if n_clips:
+                    yield batch
+                    batch = LineBatch([], [], [], [], [], [], [], [])
+                    n_clips = 0
+                # Re-decoded with the json module, exactly as ``read`` does (orjson differs on
+                # NaN, huge numbers, lone surrogates): the fast path only changes speed.
+                yield from items_of_line(line_no, raw.decode("utf-8", "surrogateescape"), file)
                 continue
-            # The release's clip ids are <video_id>.<n>.mp4; n gives LF-VILA's adjacency.
-            middle = clip_id[cut:-4]
-            if not (clip_id.startswith(prefix) and clip_id.endswith(".mp4") and middle.isdigit() and middle.isascii()):
-                yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
-                              f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
-                continue
-            text = entry.get("text")
-            if text is None and texts:
-                text = texts.get(clip_id)
-                texts_used += text is not None
-            clips.append(_new_tuple(RawClip, (clip_id, int(middle), start, end, text, line_no, None)))
-        yield RawVideo(video_id, obj.get("duration"), clips, file)
-    if conn is not None:
-        stats["text_rows_used"] = texts_used
-        stats["text_rows_unused"] = stats.get("text_rows", 0) - texts_used
+            batch.line_nos.append(line_no)
+            batch.objs.append(obj)
+            batch.video_ids.append(video_id)
+            batch.clip_counts.append(len(clips))
+            batch.clip_ids.extend(clip_ids)
+            batch.starts.extend(starts)
+            batch.ends.extend(ends)
+            batch.texts.extend(texts)
+            n_clips += len(clips)
+            if n_clips >= batch_clips:
+                yield batch
+                batch = LineBatch([], [], [], [], [], [], [], [])
+                n_clips = 0
+    if n_clips:
+        yield batch
 
 
 def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
