@@ -31,7 +31,7 @@ from lfvila.manifest.records import (
 )
 from lfvila.manifest.sources import SourceSpec, get_adapter, parse_source_spec
 from lfvila.manifest.sources.hdvila import items_of_line
-from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, ArrowSlice, LongformSink, TableSink
+from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, LongformSink, TableSink
 from lfvila.manifest.validate import validate_video
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,7 @@ class _Writers:
 
     def add_clip_slices(self, columns: dict[str, pa.Array], start: int, stop: int) -> None:
         """Rows ``start:stop`` of a batch of clips given as one Arrow array per clips column."""
-        for name, column in self.clips.columns.items():
-            column.extend(ArrowSlice(columns[name], start, stop))
+        self.clips.columns.add_range(columns, start, stop)
         self.clips.maybe_flush()
 
     def add_clips(self, source: str, video_id: str, duration: float | None, clips: list[Clip]) -> None:
@@ -162,11 +161,12 @@ class _Writers:
         self.add_clip_columns(source, video_id, duration, clip_ids, clip_indices, starts, ends, texts, clamped)
 
     def add_longform_columns(self, key: str, split: str, source: str, video_id: str, duration: float | None,
-                             clip_ids, starts, ends, texts, *, start: float, end: float, n: int) -> None:
-        """One long-form video of ``n`` sentences given as columns (sequences or ArrowSlices);
-        ``start`` the first sentence's start, ``end`` the latest sentence end."""
+                             sentences, *, start: float, end: float, n: int) -> None:
+        """One long-form video of ``n`` sentences: ``sentences`` (clip_id, start, end, text) as Python
+        sequences, or (arrays by name, first row, stop row) of a batch; ``start`` the first sentence's
+        start, ``end`` the latest sentence end."""
         lf = self.longform
-        cols, sent = lf.columns, lf.sentence_columns  # per-row columns are only ever Python values
+        cols = lf.columns  # per-row columns are only ever Python values
         cols["key"].values.append(key)
         cols["split"].values.append(split)
         cols["source"].values.append(source)
@@ -175,17 +175,18 @@ class _Writers:
         cols["end"].values.append(end)
         cols["n_clips"].values.append(n)
         cols["video_duration"].values.append(duration)
-        sent["clip_id"].extend(clip_ids)
-        sent["start"].extend(starts)
-        sent["end"].extend(ends)
-        sent["text"].extend(texts)
+        if isinstance(sentences[0], dict):
+            lf.sentence_columns.add_range(*sentences)
+        else:
+            for name, values in zip(("clip_id", "start", "end", "text"), sentences):
+                lf.sentence_columns[name].extend(values)
         lf.offsets.append(lf.offsets[-1] + n)
         lf.maybe_flush()
 
     def add_longform(self, key: str, split: str, source: str, video_id: str, duration: float | None,
                      clips: list[Clip]) -> None:
         clip_ids, _, starts, ends, texts, _, _ = zip(*clips)
-        self.add_longform_columns(key, split, source, video_id, duration, clip_ids, starts, ends, texts,
+        self.add_longform_columns(key, split, source, video_id, duration, (clip_ids, starts, ends, texts),
                                   start=starts[0], end=max(ends), n=len(clips))
 
 
@@ -299,6 +300,7 @@ class _SourceBuild:
         clip_columns = {"source": pa.repeat(source, n_clips), "video_id": c.video_ids, "clip_id": c.clip_ids,
                         "clip_index": c.numbers, "start": c.starts, "end": c.ends, "text": c.texts,
                         "video_duration": pa.nulls(n_clips, pa.float64()), "clamped": pa.repeat(False, n_clips)}
+        sentence_columns = {"clip_id": c.clip_ids, "start": c.starts, "end": c.ends, "text": c.texts}
         for v, (clean, video_id, line_no) in enumerate(zip(c.clean, batch.video_ids, batch.line_nos)):
             if not clean:
                 for item in items_of_line(line_no, "", file, obj=batch.objs[v]):
@@ -327,10 +329,9 @@ class _SourceBuild:
                     self.merge_reject(video_id, clip_ids[s:e], [line_no] * (e - s), RUN_TOO_SHORT,
                                       run_too_short_detail(e - s, min_clips), file)
                     continue
-                writers.add_longform_columns(
-                    longform_key(source, video_id, c.run_number[r]), split, source, video_id, None,
-                    ArrowSlice(c.clip_ids, s, e), ArrowSlice(c.starts, s, e), ArrowSlice(c.ends, s, e),
-                    ArrowSlice(c.texts, s, e), start=c.run_start[r], end=c.run_end[r], n=e - s)
+                writers.add_longform_columns(longform_key(source, video_id, c.run_number[r]), split, source,
+                                             video_id, None, (sentence_columns, s, e), start=c.run_start[r],
+                                             end=c.run_end[r], n=e - s)
                 self.count_longform(split, e - s, c.run_seconds[r])
 
 

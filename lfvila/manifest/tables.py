@@ -92,28 +92,72 @@ class ColumnBuffer:
         return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
 
 
+class ColumnGroup:
+    """The column buffers of one table (or of the longform sentences) plus one deferred Arrow row range.
+
+    ``add_range(columns, start, stop)`` queues rows of Arrow arrays (one per column); consecutive
+    ranges of the same arrays just move the end, so a run of fast-path videos costs one comparison
+    each. Indexing (``group[name]``) hands the queued range to the buffers first, so Python values
+    appended afterwards keep their order.
+    """
+
+    def __init__(self, fields):
+        self.buffers: dict[str, ColumnBuffer] = {f.name: ColumnBuffer(f.type) for f in fields}
+        self._first = next(iter(self.buffers.values()))
+        self._range: list | None = None  # [columns, start, stop]
+
+    def __getitem__(self, name: str) -> ColumnBuffer:
+        if self._range is not None:
+            self._hand_over()
+        return self.buffers[name]
+
+    def __len__(self) -> int:
+        queued = self._range[2] - self._range[1] if self._range is not None else 0
+        return self._first.sealed_rows + len(self._first.values) + queued
+
+    def add_range(self, columns: dict[str, pa.Array], start: int, stop: int) -> None:
+        queued = self._range
+        if queued is not None and queued[0] is columns and queued[2] == start:
+            queued[2] = stop
+            return
+        if queued is not None:
+            self._hand_over()
+        self._range = [columns, start, stop]
+
+    def _hand_over(self) -> None:
+        columns, start, stop = self._range
+        self._range = None
+        for name, buffer in self.buffers.items():
+            buffer.extend(ArrowSlice(columns[name], start, stop))
+
+    def take_arrays(self) -> dict[str, pa.Array]:
+        if self._range is not None:
+            self._hand_over()
+        return {name: buffer.take_array() for name, buffer in self.buffers.items()}
+
+
 class TableSink:
     """Column buffers for one table, flushed to a Parquet file in row groups."""
 
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1 << 16):
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1 << 16, buffered=None):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.schema = schema
         self.batch_rows = batch_rows
-        self.columns: dict[str, ColumnBuffer] = {f.name: ColumnBuffer(f.type) for f in schema}
+        self.columns = ColumnGroup(schema if buffered is None else buffered)
         self.rows = 0
         self._writer = pq.ParquetWriter(self.tmp, schema)
 
     def pending(self) -> int:
-        return len(self.columns[self.schema.names[0]])
+        return len(self.columns)
 
     def maybe_flush(self) -> None:
-        first = self.columns[self.schema.names[0]]  # every column holds the same number of rows
-        if first.sealed_rows + len(first.values) >= self.batch_rows:
+        if len(self.columns) >= self.batch_rows:
             self.flush()
 
     def _arrays(self) -> list[pa.Array]:
-        return [self.columns[f.name].take_array() for f in self.schema]
+        arrays = self.columns.take_arrays()
+        return [arrays[f.name] for f in self.schema]
 
     def flush(self) -> None:
         n = self.pending()
@@ -137,15 +181,15 @@ class LongformSink(TableSink):
     """The longform table: ``sentences`` is kept as flat columns plus list offsets until flushed."""
 
     def __init__(self, path: Path, batch_rows: int = 1 << 13):  # ~100k sentences per row group
-        super().__init__(path, LONGFORM_SCHEMA, batch_rows)
-        del self.columns["sentences"]
-        self.sentence_columns: dict[str, ColumnBuffer] = {f.name: ColumnBuffer(f.type) for f in SENTENCE_TYPE}
+        super().__init__(path, LONGFORM_SCHEMA, batch_rows, buffered=[f for f in LONGFORM_SCHEMA if f.name != "sentences"])
+        self.sentence_columns = ColumnGroup(list(SENTENCE_TYPE))
         self.offsets = [0]
 
     def _arrays(self) -> list[pa.Array]:
-        flat = pa.StructArray.from_arrays([self.sentence_columns[f.name].take_array() for f in SENTENCE_TYPE],
-                                          fields=list(SENTENCE_TYPE))
+        sentence_arrays = self.sentence_columns.take_arrays()
+        flat = pa.StructArray.from_arrays([sentence_arrays[f.name] for f in SENTENCE_TYPE], fields=list(SENTENCE_TYPE))
         sentences = pa.ListArray.from_arrays(pa.array(self.offsets, type=pa.int32()), flat,
                                              type=LONGFORM_SCHEMA.field("sentences").type)
         self.offsets = [0]
-        return [sentences if f.name == "sentences" else self.columns[f.name].take_array() for f in self.schema]
+        arrays = self.columns.take_arrays()
+        return [sentences if f.name == "sentences" else arrays[f.name] for f in self.schema]
