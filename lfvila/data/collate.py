@@ -74,11 +74,76 @@ def new_video_buffer(cfg: DataConfig) -> torch.Tensor:
     In a DataLoader worker it is allocated in shared memory, as torch's default_collate does, so
     handing the batch to the main process sends a handle instead of copying ~94 MB.
     """
-    shape = (cfg.batch_size, cfg.n_frames, *cfg.crop, 3)
+    return _frames_view(_new_storage(cfg), cfg)
+
+
+def _new_storage(cfg: DataConfig) -> torch.UntypedStorage:
+    nbytes = cfg.batch_size * cfg.n_frames * math.prod(cfg.crop) * 3
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        return torch.UntypedStorage(nbytes)
+    return torch.UntypedStorage._new_shared(nbytes)
+
+
+def _frames_view(storage: torch.UntypedStorage, cfg: DataConfig) -> torch.Tensor:
+    shape = (cfg.batch_size, cfg.n_frames, *cfg.crop, 3)
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def storage_users(storage: torch.UntypedStorage) -> int | None:
+    """How many tensors/storage objects hold ``storage`` (this one included); None when this torch
+    build cannot tell (then buffers are never reused)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if use_count is None else use_count(storage._cdata)
+
+
+class BatchBuffers:
+    """A small ring of batch frame buffers that are reused once the consumer has dropped them.
+
+    Writing into a freshly allocated ~94 MB buffer costs a page fault per 4 KiB page; on the
+    benchmark VM that was ~30 % of the loader's per-sample work (docs/bench-loader.md). A buffer is
+    only reused when nothing else can still read it; otherwise a fresh one is allocated, so a
+    consumer that keeps batches (a list of them, a prefetching trainer) is never overwritten:
+
+    - in the process that consumes the batches (``num_workers=0``) a buffer is free when no
+      tensor other than this ring's holds its storage (torch's storage use count);
+    - in a DataLoader worker the batch reaches the main process through shared memory, where
+      :class:`StreamingLoader` watches it the same way and clears this slot's entry of the shared
+      ``release_flags`` (int8, one per slot of every local worker) once the batch is dropped (or
+      copied into pinned memory). Without flags a worker never reuses a buffer.
+    """
+
+    def __init__(self, cfg: DataConfig, size: int, release_flags: torch.Tensor | None = None, first_slot: int = 0):
+        self.cfg = cfg
+        self.in_worker = get_worker_info() is not None
+        self.flags = release_flags.numpy() if release_flags is not None else None
+        self.first_slot = first_slot
+        self.can_reuse = storage_users(torch.UntypedStorage(1)) is not None and (
+            not self.in_worker or self.flags is not None)
+        self.size = size if self.can_reuse else 0
+        self.storages: list[torch.UntypedStorage] = []
+
+    def take(self) -> tuple[int, torch.Tensor]:
+        """(slot or -1 for an unpooled buffer, uint8 ``(B, T, H, W, 3)`` frames to render into)."""
+        for slot, storage in enumerate(self.storages):
+            if self._free(slot, storage):
+                return slot, _frames_view(storage, self.cfg)
+        if len(self.storages) < self.size:
+            self.storages.append(_new_storage(self.cfg))
+            return len(self.storages) - 1, _frames_view(self.storages[-1], self.cfg)
+        return -1, new_video_buffer(self.cfg)
+
+    def _free(self, slot: int, storage: torch.UntypedStorage) -> bool:
+        if storage_users(storage) != 1:  # a batch (or a view of it) of this process still holds it
+            return False
+        return not self.in_worker or self.flags[self.first_slot + slot] == 0
+
+    def lend(self, slot: int) -> int | None:
+        """Mark ``slot``'s buffer as handed to the consumer; returns the release-flag index the
+        consumer clears when done (None for in-process or unpooled buffers)."""
+        if slot < 0 or not self.in_worker:
+            return None
+        self.flags[self.first_slot + slot] = 1
+        return self.first_slot + slot
 
 
 class Tokenizer:

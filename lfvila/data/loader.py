@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lfvila.data.collate import Tokenizer, collate, new_video_buffer, render_video
+from lfvila.data.collate import BatchBuffers, Tokenizer, collate, render_video, storage_users
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
@@ -38,6 +38,14 @@ STATE_FORMAT = "lfvila.loader/1"
 # URLs): raise with the reason instead of spinning forever in an infinite mode.
 MAX_CONSECUTIVE_SKIPS = 10_000
 SHARD_REASONS = ("shard_open_error", "shard_read_error", "truncated_tar")
+# Batch buffers each stream reuses (collate.BatchBuffers): the consumer holds the current batch
+# while the next is made, a worker has up to prefetch_factor batches in flight, plus slack for
+# batches the main process has not yet seen released. Each is one batch (~94 MB by default).
+IN_PROCESS_BUFFERS = 3
+
+
+def buffers_per_worker(cfg: DataConfig) -> int:
+    return cfg.prefetch_factor + 3
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,6 +115,9 @@ class ShardStream(IterableDataset):
         self.pass_index = 0
         self.positions = [0] * self.n_local
         self.rotation = 0
+        # Shared int8 flags, one per batch buffer of each local worker: 1 while the main process
+        # may still read the batch (set by StreamingLoader; see collate.BatchBuffers).
+        self.release_flags: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[dict]:
         import cv2
@@ -173,7 +184,10 @@ class ShardStream(IterableDataset):
         tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
         log = SkipLog(cfg.error_log_interval_s)
         rendered: list[SamplePlan] = []
-        frames = new_video_buffer(cfg)  # (B, T, H, W, 3): samples are rendered straight into it
+        in_worker = get_worker_info() is not None
+        ring = buffers_per_worker(cfg) if in_worker else IN_PROCESS_BUFFERS
+        buffers = BatchBuffers(cfg, ring, self.release_flags if in_worker else None, first_slot=local * ring)
+        slot, frames = buffers.take()  # (B, T, H, W, 3): samples are rendered straight into it
         skips: Counter = Counter()
         consecutive_skips = 0
         for item in items:
@@ -198,16 +212,18 @@ class ShardStream(IterableDataset):
                         f"{self.split} stream of rank {self.rank} worker {local}: {consecutive_skips} unusable "
                         f"items in a row (last: {reason} in {url}: {detail}); counts so far {dict(skips)}")
             if len(rendered) == cfg.batch_size:
-                yield self.finish_batch(rendered, frames, skips, tokenizer, local, position)
-                rendered, frames, skips = [], new_video_buffer(cfg), Counter()
+                yield self.finish_batch(rendered, frames, skips, tokenizer, local, position, buffers.lend(slot))
+                frames = None  # let go of the yielded buffer so the ring can tell when it is free
+                rendered, skips = [], Counter()
+                slot, frames = buffers.take()
         if rendered or skips:
             # A final short batch, or only the skip counts of the stream's tail (no samples).
-            yield self.finish_batch(rendered, frames, skips, tokenizer, local, position)
+            yield self.finish_batch(rendered, frames, skips, tokenizer, local, position, buffers.lend(slot))
 
     def finish_batch(self, plans: list[SamplePlan], frames: torch.Tensor, skips: Counter, tokenizer: Tokenizer,
-                     local: int, position: int) -> dict:
+                     local: int, position: int, release: int | None) -> dict:
         batch = collate(plans, frames, self.cfg, tokenizer, self.stage) if plans else {}
-        batch["__meta__"] = {"worker": local, "position": position, "skips": dict(skips)}
+        batch["__meta__"] = {"worker": local, "position": position, "skips": dict(skips), "release": release}
         return batch
 
 
@@ -230,13 +246,32 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[dict]:
         stream, cfg = self.stream, self.cfg
         stream.pass_index, stream.positions, stream.rotation = self.pass_index, list(self.positions), self.next_worker
+        pinned = cfg.pin_memory and torch.cuda.is_available()
+        flags = None
+        if cfg.num_workers > 0:
+            flags = torch.zeros(self.n_local * buffers_per_worker(cfg), dtype=torch.int8).share_memory_()
+        stream.release_flags = flags
         loader = DataLoader(
             stream, batch_size=None, num_workers=cfg.num_workers,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
-            pin_memory=cfg.pin_memory and torch.cuda.is_available(), persistent_workers=False,
+            pin_memory=pinned, persistent_workers=False,
         )
+        # Release flag index -> the worker buffer's storage as mapped here (kept, so the next batch
+        # in that buffer reuses the mapping), and the flags whose batch may still be in use.
+        mapped: dict[int, torch.UntypedStorage] = {}
+        in_use: set[int] = set()
         for batch in loader:
             meta = batch.pop("__meta__")
+            for index in [i for i in in_use if storage_users(mapped[i]) == 1]:  # only `mapped` holds it
+                flags[index] = 0
+                in_use.discard(index)
+            release = meta["release"]
+            if release is not None:
+                if "video" in batch and not pinned:  # a pinned batch is a copy: the buffer is free now
+                    mapped[release] = batch["video"].untyped_storage()
+                    in_use.add(release)
+                else:
+                    flags[release] = 0
             worker = meta["worker"]
             self.positions[worker] = meta["position"]
             # torch's DataLoader serves active workers in a fixed cycle; a resumed loader is
