@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import threading
 
+import numpy as np
 import pytest
 import webdataset as wds
 
@@ -141,3 +142,21 @@ def test_http_shards(tmp_path, bert_dir):
         server.shutdown()
         server.server_close()
     assert sorted(keys) == [f"train_{i:06d}" for i in range(4)] and len(paths) == 2
+
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["frame_times"].__setitem__(0, 10 ** 400),  # an int beyond float range
+    lambda m: m["frame_times"].__setitem__(1, True),
+    lambda m: m["frame_times"].__setitem__(2, float("nan")),
+])
+def test_odd_frame_times_are_skips_not_crashes(edit):
+    from lfvila.data.sampling import SkipSample, plan_sample
+
+    raw = {"__key__": "odd", "__url__": "u", **with_meta(sample("odd", 11), edit)}
+    with pytest.raises(SkipSample) as info:
+        plan_sample(raw, DataConfig(), np.random.default_rng(0), True, (0,))
+    assert info.value.reason == "bad_json"
+    # A member whose "number" int() cannot read ("²" is a digit to str.isdigit) is not a frame.
+    raw = {"__key__": "odd", "__url__": "u", **sample("odd", 11), "\u00b2.jpg": b"x"}
+    assert plan_sample(raw, DataConfig(), np.random.default_rng(0), True, (0,)).key == "odd"

@@ -35,8 +35,8 @@ class TarFormatError(Exception):
 def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large numbers
         return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    text = field.split(b"\0", 1)[0]
+    return int(text, 8) if text.strip() else 0  # int() itself ignores surrounding spaces
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -132,14 +132,16 @@ def _iter_members(blocks) -> Iterator[tuple[str, bytes]]:
             raise TarFormatError("unexpected end of data in a header")
         if header == ZERO_BLOCK:
             return
+        checksum_field = header[148:156]
         try:
-            stored_sum = _octal(header[148:156])
+            stored_sum = _octal(checksum_field)
+            size = _octal(header[124:136])
         except ValueError:
             raise TarFormatError("invalid header") from None
         # The checksum counts its own 8-byte field as spaces (8 * 32 = 256).
-        if stored_sum != sum(header) - sum(header[148:156]) + 256:
+        if stored_sum != sum(header) - sum(checksum_field) + 256:
             raise TarFormatError("invalid header checksum")
-        data = blocks.payload(_octal(header[124:136]))
+        data = blocks.payload(size)
         kind = header[156:157]
         if kind == b"L":
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
