@@ -82,17 +82,34 @@ def generate(path: Path, n_clips: int, seed: int = 0, block_clips: int = 500_000
     return written
 
 
-def run_stage(meta: Path, out: Path) -> dict:
-    """Run the manifest stage in a child process; wall, CPU and peak RSS of that child alone."""
+def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None) -> dict:
+    """Run the manifest stage in a child process; wall, CPU and peak RSS of that child alone.
+
+    ``lfvila_dir``: a directory holding another ``lfvila`` package (e.g. an older commit from
+    ``git archive COMMIT lfvila | tar -x -C DIR``), put first on the child's PYTHONPATH.
+    """
     code = ("import sys; from lfvila.cli import main; "
             f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta)!r}, '--stage', 'manifest']))")
+    env = dict(os.environ)
+    if lfvila_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(lfvila_dir.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, env=env, cwd=args_cwd(lfvila_dir))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError(f"manifest stage failed with status {status}")
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def args_cwd(lfvila_dir: Path | None) -> str | None:
+    # With a baseline package, run outside the repository so "" on sys.path cannot shadow it.
+    return "/" if lfvila_dir is not None else None
+
+
+def _tables_identical(a: Path, b: Path) -> bool:
+    return all((a / name).read_bytes() == (b / name).read_bytes()
+               for name in ("clips.parquet", "rejects.parquet", "longform.parquet"))
 
 
 def reference_loop_cpu_s() -> float:
@@ -107,6 +124,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lfvila-bench-manifest"))
     parser.add_argument("--keep", action="store_true", help="keep the generated input and outputs")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="directory with another lfvila package to run first on the same input (side by side); "
+                             "its tables are compared byte for byte with the current ones")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"reference loop sum(range(1e7)): {reference_loop_cpu_s():.3f} CPU s; load average {os.getloadavg()}\n")
@@ -116,11 +136,23 @@ def main() -> None:
         meta = args.workdir / f"hdvila_{size}.jsonl"
         out = args.workdir / f"out_{size}"
         n = generate(meta, size)
+        if args.baseline is not None:
+            base_out = args.workdir / f"baseline_{size}"
+            b = run_stage(meta, base_out, args.baseline)
+            print(f"| {n:,} (baseline) | {meta.stat().st_size / 1e6:.0f} | {b['wall_s']:.1f} | {b['cpu_s']:.1f} | "
+                  f"{n / b['wall_s']:,.0f} | {n / b['cpu_s']:,.0f} | {b['peak_rss_mb']:.0f} | |", flush=True)
         r = run_stage(meta, out)
         counts = json.loads((out / "corpus.json").read_text())["counts"]
         videos = counts["longform"]["train"]["videos"] + counts["longform"]["val"]["videos"]
         print(f"| {n:,} | {meta.stat().st_size / 1e6:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
               f"{n / r['wall_s']:,.0f} | {n / r['cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} | {videos:,} |", flush=True)
+        if args.baseline is not None:
+            print(f"|  current / baseline CPU-s: {b['cpu_s'] / r['cpu_s']:.2f}x faster; tables byte-identical: "
+                  f"{_tables_identical(out, base_out)} |", flush=True)
+            if not args.keep:
+                for p in base_out.iterdir():
+                    p.unlink()
+                base_out.rmdir()
         if not args.keep:
             meta.unlink()
             for p in out.iterdir():
