@@ -92,9 +92,10 @@ def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None) -> dict:
             f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta)!r}, '--stage', 'manifest']))")
     env = dict(os.environ)
     if lfvila_dir is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(lfvila_dir.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        paths = [str(lfvila_dir.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, env=env, cwd=args_cwd(lfvila_dir))
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, env=env, cwd=_child_cwd(lfvila_dir))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
@@ -102,7 +103,7 @@ def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None) -> dict:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def args_cwd(lfvila_dir: Path | None) -> str | None:
+def _child_cwd(lfvila_dir: Path | None) -> str | None:
     # With a baseline package, run outside the repository so "" on sys.path cannot shadow it.
     return "/" if lfvila_dir is not None else None
 

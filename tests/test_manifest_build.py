@@ -177,4 +177,7 @@ def test_real_files_every_kept_clip_in_one_longform_video_or_one_merge_reject(sh
         assert src["kept_clips"] == src["clips_in_longform"] + src["merge_rejected"]
         assert src["merge_rejected"] > 0 and set(src["merge_rejects_by_reason"]) == {"run_too_short"}
     assert counts["kept_clips"] == counts["clips_in_longform"] + counts["merge_rejected"]
+    assert counts["invariants"] == {"input_records == accepted_records + rejected": True,
+                                    "kept_clips == clips_in_longform + merge_rejected": True}
+    assert all(src["invariants"] == counts["invariants"] for src in counts["sources"].values())
     _accounted_once(tmp_path)

@@ -77,7 +77,18 @@ class SourceCounts:
                      asr_raw_words=self.asr_raw_words, asr_kept_words=self.asr_kept_words,
                      asr_punctuated_videos=self.asr_punctuated_videos)
         d.update(adapter_stats)
+        d["invariants"] = invariants(d)
         return d
+
+
+INPUT_INVARIANT = "input_records == accepted_records + rejected"
+MERGE_INVARIANT = "kept_clips == clips_in_longform + merge_rejected"
+
+
+def invariants(counts: dict) -> dict:
+    """The two accounting identities corpus.json states (the build raises before writing a false one)."""
+    return {INPUT_INVARIANT: counts["input_records"] == counts["accepted_records"] + counts["rejected"],
+            MERGE_INVARIANT: counts["kept_clips"] == counts["clips_in_longform"] + counts["merge_rejected"]}
 
 
 def _sha256_file(path: Path) -> str:
@@ -416,7 +427,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         "longform": {split: {"videos": c["videos"], "clips": c["clips"], "hours": round(c["seconds"] / 3600.0, 6)}
                      for split, c in longform_counts.items()},
     }
-    if (counts["kept_clips"] != total("kept_clips")
+    counts["invariants"] = invariants(counts)
+    if (counts["kept_clips"] != total("kept_clips") or not all(counts["invariants"].values())
             or writers.rejects.rows != counts["rejected"] + counts["merge_rejected"]):
         raise RuntimeError(f"accounting broken: {writers.clips.rows} clip rows, {writers.rejects.rows} reject rows "
                            f"for {total('kept_clips')} kept clips, {counts['rejected']} rejected, "

@@ -94,7 +94,8 @@ def check_batch(batch: LineBatch, max_id_length: int, seen_video_ids: set) -> Ch
     clip_ids = pa.array(batch.clip_ids, pa.string())
     parts = pc.extract_regex(clip_ids, _CLIP_ID)
     own_video = pa.array(batch.video_ids, pa.string()).take(pa.array(video_of_clip))
-    ok = pc.fill_null(pc.equal(pc.struct_field(parts, "video"), own_video), False).to_numpy(zero_copy_only=False)
+    same_prefix = pc.equal(pc.struct_field(parts, "video"), own_video)  # null where the id does not match
+    ok = pc.fill_null(same_prefix, False).to_numpy(zero_copy_only=False)
     ok &= pc.binary_length(clip_ids).to_numpy() <= max_id_length
     numbers = pc.cast(pc.fill_null(pc.struct_field(parts, "number"), "0"), pa.int64()).to_numpy()
     texts = pa.array(batch.texts, pa.string())
