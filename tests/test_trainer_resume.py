@@ -46,6 +46,30 @@ def _losses(out: Path) -> dict[int, list[dict]]:
     return by_step
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    victims = [pid, *_descendants(pid)]
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _run(cmd: list[str], log: Path) -> None:
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, timeout=300)
@@ -66,12 +90,16 @@ def test_sigkill_and_resume_reproduces_losses_bitwise(tmp_path):
         deadline = time.monotonic() + 240
         while not first_ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun, both ranks and their loader workers
+        _kill_tree(proc.pid)  # torchrun, both ranks and their loader workers, all with SIGKILL
         proc.wait()
     assert first_ckpt.exists(), (tmp_path / "killed.log").read_text()[-4000:]
-    assert not (killed / "checkpoints" / f"step_{MAX_STEPS:08d}").exists(), "the kill came after the end"
+    time.sleep(2)  # nothing may survive the kill and go on writing
+    done = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    assert f"step_{MAX_STEPS:08d}" not in done, f"the kill came after the end: {done}"
+    logged_before = len((killed / "losses.jsonl").read_text().splitlines())
+    assert logged_before < MAX_STEPS
     _run(_command(shards, killed, "--resume", "auto"), tmp_path / "resumed.log")
-    assert "resumed from" in (tmp_path / "resumed.log").read_text()
+    assert f"resumed from {killed / 'checkpoints' / done[-1]}" in (tmp_path / "resumed.log").read_text()
 
     reference, resumed = _losses(full), _losses(killed)
     assert sorted(reference) == sorted(resumed) == list(range(1, MAX_STEPS + 1))
