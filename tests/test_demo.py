@@ -8,7 +8,6 @@ import pytest
 from lfvila.cli import main
 
 
-@pytest.mark.slow
 def test_demo_reduced_writes_everything_it_prints(tmp_path, capsys, bert_dir):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--limit-videos", "16", "--steps", "4",
