@@ -22,10 +22,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from lfvila.demo import DemoSettings, beats_chance, format_summary, run_demo
 
-    settings = DemoSettings(limit_videos=args.limit_videos, workers=args.workers, train_overrides=args.overrides)
-    if args.steps is not None:
-        settings.max_steps = args.steps
-        settings.__post_init__()
+    steps = {} if args.steps is None else {"max_steps": args.steps}
+    settings = DemoSettings(limit_videos=args.limit_videos, workers=args.workers, train_overrides=args.overrides,
+                            **steps)
     result = run_demo(args.out, settings)
     print()
     print(format_summary(result))
