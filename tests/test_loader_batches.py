@@ -161,3 +161,14 @@ def test_opencv_resize_path_matches_torch(flip):
     ref = resize_crop_frames(torch.from_numpy(frames), box, (24, 40), flip).permute(0, 2, 3, 1).numpy()[ids]
     assert np.abs(out.astype(int) - ref).max() <= 1
     assert (out[0] == out[1]).all() and (out[5] == out[7]).all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loading_leaves_torch_global_rng_alone(tmp_path, bert_dir, workers):
+    # The trainer's random stream (dropout, MTC draws) must not depend on when the loader starts.
+    paths = write_synthetic_shards(tmp_path, n_samples=4, samples_per_shard=2)
+    cfg = small_cfg(paths, bert_dir=str(bert_dir), num_workers=workers, batch_size=2)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    next(iter(build_loader(cfg, "train")))
+    assert torch.equal(torch.get_rng_state(), before)

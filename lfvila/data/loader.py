@@ -255,6 +255,10 @@ class StreamingLoader:
             stream, batch_size=None, num_workers=cfg.num_workers,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
             pin_memory=pinned, persistent_workers=False,
+            # DataLoader draws its workers' base seed from this generator; without one it draws from
+            # torch's global RNG, and a resumed run (whose loader starts at another moment) would
+            # then see a different training RNG stream. Our streams never use that seed.
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
         # Release flag index -> the worker buffer's storage as mapped here (kept, so the next batch
         # in that buffer reuses the mapping), and the flags whose batch may still be in use.

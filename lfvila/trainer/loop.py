@@ -194,12 +194,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             waited = time.perf_counter()
-            # Starting the loader's worker processes draws from torch's global RNG (DataLoader's
-            # base seed); keep the training stream free of that, so a resumed run, whose workers
-            # start at another moment, draws exactly what the original run drew.
-            rng = torch.get_rng_state()
             batch = next(batches)
-            torch.set_rng_state(rng)
             window.data_wait_s += time.perf_counter() - waited
             window.samples += batch_size(batch) * self.ctx.world_size
             batch = prepare_batch(batch, self.ctx.device)
