@@ -9,7 +9,7 @@ decodes every frame and does nothing with it). Inputs: the real videos of ../sha
     .venv/bin/python bench/build_throughput.py [--synthetic-seconds 240] [--repeat 2]
 
 video2dataset 1.3.0 is not run: it pins torch==2.1.2, torchaudio, torchdata and bitsandbytes, so a
-separate venv would pull a multi-GB CUDA torch build (see docs/bench-build.md).
+separate venv would pull a multi-GB CUDA torch build (see BENCHMARKS.md).
 """
 from __future__ import annotations
 

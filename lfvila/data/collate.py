@@ -100,7 +100,7 @@ class BatchBuffers:
     """A small ring of batch frame buffers that are reused once the consumer has dropped them.
 
     Writing into a freshly allocated ~94 MB buffer costs a page fault per 4 KiB page; on the
-    benchmark VM that was ~30 % of the loader's per-sample work (docs/bench-loader.md). A buffer is
+    benchmark VM that was ~30 % of the loader's per-sample work (BENCHMARKS.md). A buffer is
     only reused when nothing else can still read it; otherwise a fresh one is allocated, so a
     consumer that keeps batches (a list of them, a prefetching trainer) is never overwritten:
 
@@ -191,7 +191,7 @@ def collate(plans: list[SamplePlan], frames: torch.Tensor, cfg: DataConfig, toke
 
     ``video`` is ``frames`` viewed as ``(B, 3, T, H, W)`` without a copy, i.e. in torch's
     channels_last_3d memory format: de-interleaving RGB on the host costs more than decoding
-    (measured in docs/bench-loader.md); ``normalize_video`` on the device returns it contiguous.
+    (measured in BENCHMARKS.md); ``normalize_video`` on the device returns it contiguous.
     """
     b, m, length = len(plans), cfg.n_sentences, cfg.max_tokens
     video = frames[:b].permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)

@@ -51,7 +51,7 @@ class DataConfig:
     error_log_interval_s: float = 30.0  # at most one log line per skip reason per interval
     # Antialiased resizing (torchvision >= 0.17's tensor default) costs about twice plain bilinear;
     # at the 0.8-1.0 crop scales of 240p frames the output shrinks by < 1.4x, where plain bilinear
-    # (what tensor transforms of LF-VILA's time did) aliases little. See docs/bench-loader.md.
+    # (what tensor transforms of LF-VILA's time did) aliases little. See BENCHMARKS.md.
     antialias: bool = False
     jpeg_fast: bool = False  # simplejpeg fastdct/fastupsample (a few % faster, slightly lossy)
 

@@ -4,7 +4,7 @@ Opening uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, ``htt
 curl, ...); members are read by :func:`iter_tar_members`, a minimal streaming ustar/pax/GNU
 reader that reads 1 MiB at a time into one reused buffer and slices members out of it
 (webdataset's ``tar_file_iterator`` goes through ``tarfile``'s stream mode, measured here at
-~300 us per member, more than decoding the JPEGs a sample needs; docs/bench-loader.md). Grouping
+~300 us per member, more than decoding the JPEGs a sample needs; BENCHMARKS.md). Grouping
 members into samples is done here so a shard that breaks part-way ends in a counted record
 instead of an exception. Every item this module yields is either a sample dict (``__key__``, ``__url__``, ``json``, ``NNNN.jpg``, ...) or an
 error record ``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
@@ -57,7 +57,7 @@ class _BufferedBlocks:
 
     A long-form sample has ~200 members, most of them frames the sample does not use; one read
     call per header and per payload cost more than decoding the frames that are used (measured in
-    docs/bench-loader.md). Here a read fills ``chunk_bytes`` at a time into a buffer allocated once
+    BENCHMARKS.md). Here a read fills ``chunk_bytes`` at a time into a buffer allocated once
     (no page faults on fresh memory per read), and members are sliced out of it. Works the same for
     local files, ``pipe:`` commands and downloads.
     """

@@ -150,7 +150,7 @@ def normalize_video(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     normalised with ImageNet mean/std, in one pass.
 
     Meant to run on the training device after a uint8 host-to-device copy: 4x fewer bytes than
-    float32 over PCIe and no float buffers in host memory (see docs/bench-loader.md). Loader
+    float32 over PCIe and no float buffers in host memory (see BENCHMARKS.md). Loader
     batches are in channels_last_3d layout (frames stay RGB-interleaved on the host); the output
     is contiguous whatever the input layout.
     """

@@ -12,7 +12,7 @@ class VideoConfig:
     frame_height: int = 240  # LF-VILA's validation transform starts from 240x428; width keeps the aspect ratio
     jpeg_quality: int = 90
     # ffmpeg threads per decoder. One: a build runs one decoder per core, so extra decoder threads
-    # only contend (measured in docs/bench-build.md).
+    # only contend (measured in BENCHMARKS.md).
     decoder_threads: int = 1
     # A sample's decoders are killed after timeout_s + timeout_per_video_s * (span seconds); the
     # sample is then rejected as decode_timeout. ffmpeg decodes 10-100x faster than real time, so

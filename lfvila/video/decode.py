@@ -1,6 +1,6 @@
 """Decode frames on a fixed time grid with an ffmpeg subprocess.
 
-Why ffmpeg as a subprocess (measured in docs/bench-build.md): it decoded a 720p H.264 span with the
+Why ffmpeg as a subprocess (measured in BENCHMARKS.md): it decoded a 720p H.264 span with the
 least CPU of ffmpeg, PyAV and decord, it can be killed when it hangs (a C-level hang inside PyAV or
 decord would take the worker with it), its memory is its own, and it honours rotation metadata.
 
