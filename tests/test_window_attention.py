@@ -13,14 +13,7 @@ from lfvila.models.window_attention import (
     window_masks,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: a second intra-op thread buys nothing, and on a loaded shared
-    # 2-core machine OpenMP barriers made runs 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def naive_window_attention(attn: WindowAttention, x: torch.Tensor, shift) -> torch.Tensor:
