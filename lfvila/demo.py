@@ -11,6 +11,7 @@ timestamps, loader sampling, model, losses) is right.
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,10 @@ def train_tiny(out: Path, train_shards: list[str], val_shards: list[str], settin
     from lfvila.trainer.config import TrainConfig
     from lfvila.trainer.loop import Trainer
 
+
+    # Render and build resume on a rerun; training starts afresh each time (it is the cheap part
+    # to redo, and "untrained" figures must come from an untrained model).
+    shutil.rmtree(out / "train", ignore_errors=True)
     overrides = [
         f"data.train_shards={json.dumps(train_shards)}",
         f"data.val_shards={json.dumps(val_shards)}",

@@ -87,6 +87,11 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
     again = json.loads((tmp_path / "again.json").read_text())
     assert again == pytest.approx(metrics)
 
+    # a fresh (not resumed) run into the same out_dir is refused instead of mixing two runs
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        main(["train", "--config", str(REPO / "train" / "tiny.yaml"), "--set", f"trainer.out_dir={out}",
+              "--set", f"data.train_shards={json.dumps(colour_shards['train'])}"])
+
 
 def test_stage2_starts_from_stage1_and_reports_accuracies(colour_shards, tmp_path, bert_dir):
     from lfvila.cli import main

@@ -90,6 +90,10 @@ class Trainer:
         self.ctx = ctx or setup_distributed(cfg.trainer.device)
         self.out = Path(cfg.trainer.out_dir)
         self.ckpt_root = self.out / "checkpoints"
+        if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            # A fresh run would interleave its checkpoints and loss log with the old run's.
+            raise ValueError(f"trainer.out_dir {self.out} already holds checkpoints: continue it with "
+                             "--resume auto, or choose another out_dir")
         self.step = 0
         tcfg = cfg.trainer
         if tcfg.cpu_threads is not None and self.ctx.device.type == "cpu":
