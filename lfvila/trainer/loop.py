@@ -309,7 +309,7 @@ class Trainer:
                     self.tb.add_scalar(f"train/{name}", value, step)
         if self.loss_log is not None:
             self.loss_log.flush()
-        last = dict(zip(names, per_step[-1]))
+        # The line shows means over the window, the total included, so its parts add up.
         mean = {n: sum(v[i] for v in per_step) / len(per_step) for i, n in enumerate(names)}
         samples_per_s = window.samples / max(elapsed, 1e-9)
         wait_frac = window.data_wait_s / max(elapsed, 1e-9)
@@ -326,7 +326,7 @@ class Trainer:
         loss_text = " ".join(f"{n} {mean[n]:.4f}" for n in names)
         # the loader's skip counters by reason, job totals
         skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
-        line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(last.values()):.4f} ({loss_text}) "
+        line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(mean.values()):.4f} ({loss_text}) "
                 f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s | data wait {wait_frac:.0%} "
                 f"| {'gpu' if self.ctx.device.type == 'cuda' else 'rss'} mem {memory:.2f}G"
                 + (f" | grad norm {grad_norm:.3g}" if grad_norm is not None else "")
