@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 
 from lfvila.models.lfvila import LFVILA, ModelConfig
-from lfvila.models.text import TextEncoderConfig
+from lfvila.models.text import TextEncoderConfig, bert_layer_target
 from lfvila.models.video import remap_released_video_keys
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,6 @@ def released_compatible(model_cfg: ModelConfig, task_cfg=None):
     return model_cfg, dataclasses.replace(task_cfg, mtc_reference_negatives=True)
 
 
-def _bert_layer_target(index: int, rest: str, cfg: TextEncoderConfig) -> str | None:
-    for name, count in (("sentence_layers", cfg.sentence_layers), ("paragraph_layers", cfg.paragraph_layers),
-                        ("cross_layers", cfg.cross_layers)):
-        if index < count:
-            return f"text.{name}.{index}.{rest}"
-        index -= count
-    return None
-
-
 def released_key_to_ours(key: str, text_cfg: TextEncoderConfig) -> str | None:
     """Our key for a released (non-video) key, or None when it has no place (or is a dropped buffer)."""
     if key.endswith(DROPPED_SUFFIXES):
@@ -127,7 +118,8 @@ def released_key_to_ours(key: str, text_cfg: TextEncoderConfig) -> str | None:
         return EXACT[key]
     if key.startswith(BERT_LAYER):
         index, rest = key[len(BERT_LAYER):].split(".", 1)
-        return _bert_layer_target(int(index), rest, text_cfg)
+        target = bert_layer_target(int(index), rest, text_cfg)
+        return None if target is None else f"text.{target}"
     for released, ours in PREFIXES:
         if key.startswith(released):
             return ours + key[len(released):]

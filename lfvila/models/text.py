@@ -285,6 +285,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
+def bert_layer_target(index: int, rest: str, cfg: TextEncoderConfig) -> str | None:
+    """Where BERT layer ``index`` goes: the sentence, paragraph or cross-modal stack, in that order."""
+    for name, count in (("sentence_layers", cfg.sentence_layers), ("paragraph_layers", cfg.paragraph_layers),
+                        ("cross_layers", cfg.cross_layers)):
+        if index < count:
+            return f"{name}.{index}.{rest}"
+        index -= count
+    return None
+
+
 def bert_key_to_encoder_key(key: str, cfg: TextEncoderConfig) -> str | None:
     """Map a (normalised) HF BERT key to this encoder's key, or None when it has no place here.
 
@@ -293,14 +303,8 @@ def bert_key_to_encoder_key(key: str, cfg: TextEncoderConfig) -> str | None:
     initialises the matching classifier.
     """
     if key.startswith("encoder.layer."):
-        index_str, rest = key[len("encoder.layer."):].split(".", 1)
-        index = int(index_str)
-        for name, count in (("sentence_layers", cfg.sentence_layers), ("paragraph_layers", cfg.paragraph_layers),
-                            ("cross_layers", cfg.cross_layers)):
-            if index < count:
-                return f"{name}.{index}.{rest}"
-            index -= count
-        return None
+        index, rest = key[len("encoder.layer."):].split(".", 1)
+        return bert_layer_target(int(index), rest, cfg)
     if key.startswith("embeddings."):
         return None if key.endswith(("position_ids", "token_type_ids")) else key
     if key.startswith("pooler."):
