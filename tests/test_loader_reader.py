@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 
+import numpy as np
 import pytest
 
-from lfvila.data.reader import TarFormatError, iter_tar_members
+from lfvila.data import DataConfig
+from lfvila.data.reader import TarFormatError, iter_tar_members, read_shard
+from lfvila.data.sampling import plan_sample
+from lfvila.testing import write_synthetic_shards
 
 
 def tar_bytes(fmt: int, members: list[tuple[str, bytes]], with_dir: bool = True) -> bytes:
@@ -72,3 +77,48 @@ def test_short_reads_and_members_larger_than_the_read_buffer():
     assert list(iter_tar_members(TrickleStream(data), chunk_bytes=1024)) == members
     with pytest.raises(TarFormatError, match="end of data"):
         list(iter_tar_members(TrickleStream(data[:2500]), chunk_bytes=1024))
+
+
+def test_a_large_archive_over_many_chunks_matches_tarfile_and_members_outlive_refills():
+    """Random sizes (some larger than a chunk) read with a small chunk: every member, held
+    while later chunks are read, still holds its own bytes (the reader recycles idle chunks)."""
+    rng = random.Random(0)
+    members = [(f"k{i // 7}.{i:04d}.jpg", rng.randbytes(rng.choice([0, 1, 511, 512, 513, 3000, 9000])))
+               for i in range(300)]
+    data = tar_bytes(tarfile.GNU_FORMAT, members)
+    held = list(iter_tar_members(io.BytesIO(data), chunk_bytes=4096))
+    held += list(iter_tar_members(TrickleStream(data), chunk_bytes=4096))  # reuses idle chunks
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    assert held == expected * 2
+
+
+def test_a_corrupt_header_among_many_in_one_chunk():
+    """Members before the corrupt header come out; the corrupt one raises; nothing after it."""
+    members = [(f"k{i}.json", b"x" * 100) for i in range(20)]
+    broken = bytearray(tar_bytes(tarfile.USTAR_FORMAT, members, with_dir=False))
+    broken[12 * 1024 + 3] ^= 0x01  # header of member 12 (each member: header + one data block)
+    got = []
+    with pytest.raises(TarFormatError, match="checksum"):
+        for name, data in iter_tar_members(io.BytesIO(bytes(broken))):
+            got.append(name)
+    assert got == [name for name, _ in members[:12]]
+    broken = bytearray(tar_bytes(tarfile.USTAR_FORMAT, members, with_dir=False))
+    broken[5 * 1024 + 124:5 * 1024 + 136] = b"not a size!\0"  # unparseable size: invalid before checksum
+    with pytest.raises(TarFormatError, match="invalid header$"):
+        assert [n for n, _ in iter_tar_members(io.BytesIO(bytes(broken)))] == []
+
+
+def test_planned_samples_hold_copies_of_their_frames_only(tmp_path):
+    """read_shard hands frames out as views into its read buffers; a plan (which may sit in the
+    shuffle buffer for long) must own plain bytes of just its frames, or it would pin whole chunks."""
+    paths = write_synthetic_shards(tmp_path, n_samples=2, samples_per_shard=2)
+    cfg = DataConfig(train_shards=paths, num_workers=0, n_sentences=2, frames_per_sentence=2,
+                     min_frames_per_sentence=1)
+    raws = list(read_shard(paths[0]))
+    assert all(type(raw["json"]) is bytes for raw in raws)
+    for i, raw in enumerate(raws):
+        plan = plan_sample(raw, cfg, np.random.default_rng(i), True, (i,))
+        frames = {bytes(v) for k, v in raw.items() if k.endswith(".jpg")}
+        assert all(type(j) is bytes and j in frames for j in plan.jpegs)
+        assert len(plan.jpegs) <= cfg.n_sentences * cfg.frames_per_sentence < len(frames)

@@ -152,5 +152,5 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     return SamplePlan(
         key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
         texts=[s["text"] for s in window], frame_ids=frame_ids.tolist(),
-        jpegs=[jpegs[i] for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
+        jpegs=[bytes(jpegs[i]) for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
     )
