@@ -1,28 +1,34 @@
 """Loader throughput per worker process, side by side in one run, on real shards.
 
-Three ways to make the same training samples (32 frames at 192x320, 4 sentences of 50 tokens,
-batch 16) from the same long-form videos (../shared/data videos, frames at 3 fps, 240p):
+Ways to make the same training samples (32 frames at 192x320, 4 sentences of 50 tokens, batch 16)
+from the same long-form videos (../shared/data videos, frames at 3 fps, 240p):
 
-  loader    lfvila's streaming loader (tar read, plan, JPEG decode, crop/resize/flip, tokenize,
-            collate), one process, one thread: what one DataLoader worker does;
-  pixels    JPEG decoding + crop/resize/flip of those frames (RandomResizedCrop's pixel work);
-  ceiling   JPEG decoding alone of the frames the loader decodes (the unavoidable work);
-  released  LF-VILA's released design: each sentence's clip re-encoded at 3 fps as its own video
-            file (ffmpeg, H.264, 240p), 4 clip files per sample opened with decord, 8 frames
-            decoded from each, then the same crop/resize/flip, tokenization and collation.
+  loader       lfvila's streaming loader with its default ``resize_on: device`` (tar read, plan,
+               JPEG decode into the batch, tokenize, collate; crop/resize/flip are left to the
+               training device), one process, one thread: what one DataLoader worker does;
+  loader_host_resize
+               the same with ``resize_on: loader`` (crop/resize/flip in the worker too);
+  loader_no_io the loader's per-sample work on already-planned samples (no tar reading);
+  pixels       JPEG decoding + crop/resize/flip of those frames (RandomResizedCrop's pixel work);
+  ceiling      JPEG decoding alone of the frames the loader decodes (the unavoidable work);
+  released     LF-VILA's released design: each sentence's clip re-encoded at 3 fps as its own video
+               file (ffmpeg, H.264, 240p), 4 clip files per sample opened with decord, 8 frames
+               decoded from each, then the same crop/resize/flip, tokenization and collation.
 
-Also: host-side cost of normalising on the CPU vs shipping uint8 (``normalize_video`` on the
-device), and, when CUDA is available, the host-to-device copy of both.
+Also: what the device side costs (``batch_to_device``: crop/resize/flip/normalise of a
+device-mode batch; normalising a host-resized one), on the CPU and, when CUDA is available, on the
+GPU including the host-to-device copy.
 
     .venv/bin/python bench/loader_throughput.py [--samples 64] [--rounds 3] [--work bench/_work/loader]
 
 Shards and clip files are built once under --work (the shard stage of lfvila; ffmpeg) and reused.
-Rates are per second of this process's CPU time unless --clock wall; the loader is timed in steady
-state (one stream across all rounds).
+Rates are per second of this process's CPU time unless --clock wall; the loaders are timed in
+steady state (one stream each across all rounds).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,8 +44,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lfvila.data import DataConfig, build_loader, normalize_video  # noqa: E402
-from lfvila.data.collate import BatchBuffers, collate, new_video_buffer, render_video  # noqa: E402
+from lfvila.data import DataConfig, batch_to_device, build_loader  # noqa: E402
+from lfvila.data.collate import (BatchBuffers, BatchCanvas, collate, new_video_buffer, render_sample,  # noqa: E402
+                                 render_video)
 from lfvila.data.loader import _tokenizer  # noqa: E402
 from lfvila.data.reader import read_shard  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
@@ -122,10 +129,11 @@ _STEADY: dict = {}  # state kept across rounds: a training loader runs for hours
 def time_loader(cfg: DataConfig, n_samples: int) -> float:
     """The loader in steady state: one stream across all rounds (shards open, shuffle buffer
     full, batch buffers allocated), as in a training run."""
-    if "loader" not in _STEADY:
-        _STEADY["loader"] = iter(build_loader(cfg, "train"))
-        next(_STEADY["loader"])  # warm-up: shuffle buffer fill, first shard open, first buffer
-    loader = _STEADY["loader"]
+    name = f"loader-{cfg.resize_on}"
+    if name not in _STEADY:
+        _STEADY[name] = iter(build_loader(cfg, "train"))
+        next(_STEADY[name])  # warm-up: shuffle buffer fill, first shard open, first buffer
+    loader = _STEADY[name]
     start, done = CLOCK(), 0
     while done < n_samples:
         done += len(next(loader)["keys"])
@@ -173,15 +181,12 @@ def time_page_faults(cfg: DataConfig, repeats: int = 3) -> dict:
 def time_pipeline_on_plans(cfg: DataConfig, plans: list[SamplePlan]) -> float:
     """The loader's per-sample work without reading tars: decode + crop/resize/flip + collate."""
     tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
-    buffers = _STEADY.setdefault("buffers", BatchBuffers(cfg, 3))  # as the loader: reused once dropped
+    canvas = _STEADY.setdefault("canvas", BatchCanvas(BatchBuffers(cfg, 3)))  # as the loader: reused once dropped
     start = CLOCK()
     for i in range(0, len(plans), cfg.batch_size):
-        _, frames = buffers.take()
         chunk = plans[i:i + cfg.batch_size]
-        for j, plan in enumerate(chunk):
-            render_video(plan, cfg, out=frames[j])
-        collate(chunk, frames, cfg, tokenizer, 1)
-        frames = None
+        boxes = [render_sample(plan, cfg, canvas, j) for j, plan in enumerate(chunk)]
+        collate(chunk, canvas.hand_over()[0], cfg, tokenizer, 1, boxes)
     return len(plans) / (CLOCK() - start)
 
 
@@ -211,28 +216,26 @@ def time_released(cfg: DataConfig, work: Path, rows: list[dict], n_samples: int)
     return n_samples / (CLOCK() - start)
 
 
-def time_normalisation(cfg: DataConfig, repeats: int = 3) -> dict:
-    video = torch.randint(0, 256, (cfg.batch_size, 3, cfg.n_frames, *cfg.crop), dtype=torch.uint8)
-    out = {"batch_uint8_MB": video.numel() / 1e6, "batch_float32_MB": video.numel() * 4 / 1e6}
-    best = min(_timed(lambda: normalize_video(video)) for _ in range(repeats))
-    out["cpu_normalize_ms_per_batch"] = best * 1e3
-    best_copy = min(_timed(lambda: video.clone()) for _ in range(repeats))
-    out["cpu_copy_uint8_ms_per_batch"] = best_copy * 1e3
+def time_device_side(cfg: DataConfig, repeats: int = 3) -> dict:
+    """What ``batch_to_device`` costs per batch: crop/resize/flip/normalise of a device-mode batch
+    vs normalising a host-resized one; CPU time here, and on CUDA (when present) wall time
+    including the host-to-device copy from pinned memory."""
+    device_mode = next(iter(build_loader(cfg, "train")))
+    host_mode = next(iter(build_loader(dataclasses.replace(cfg, resize_on="loader"), "train")))
+    out = {"device_mode_video_MB": device_mode["video"].numel() / 1e6,
+           "host_mode_video_MB": host_mode["video"].numel() / 1e6}
+    for name, batch in (("device_mode", device_mode), ("host_mode", host_mode)):
+        out[f"cpu_{name}_ms_per_batch"] = min(_timed(lambda: batch_to_device(batch, "cpu")) for _ in range(repeats)) * 1e3
     if torch.cuda.is_available():
-        pinned_u8 = video.pin_memory()
-        pinned_f32 = normalize_video(video).pin_memory()
         dev = torch.device("cuda")
+        for name, batch in (("device_mode", device_mode), ("host_mode", host_mode)):
+            pinned = {**batch, "video": batch["video"].pin_memory()}
 
-        def uint8_path():
-            normalize_video(pinned_u8.to(dev, non_blocking=True))
-            torch.cuda.synchronize()
-
-        def float_path():
-            pinned_f32.to(dev, non_blocking=True)
-            torch.cuda.synchronize()
-        uint8_path(), float_path()
-        out["cuda_uint8_copy_plus_normalize_ms"] = min(_timed(uint8_path, wall=True) for _ in range(10)) * 1e3
-        out["cuda_float32_copy_ms"] = min(_timed(float_path, wall=True) for _ in range(10)) * 1e3
+            def run():
+                batch_to_device(pinned, dev)
+                torch.cuda.synchronize()
+            run()
+            out[f"cuda_{name}_copy_and_finish_ms"] = min(_timed(run, wall=True) for _ in range(10)) * 1e3
         out["cuda_device"] = torch.cuda.get_device_name()
     return out
 
@@ -273,6 +276,7 @@ def main(argv=None) -> None:
 
     methods = {
         "loader": lambda: time_loader(cfg, args.samples),
+        "loader_host_resize": lambda: time_loader(dataclasses.replace(cfg, resize_on="loader"), args.samples),
         "loader_no_io": lambda: time_pipeline_on_plans(cfg, plans),
         "pixels": lambda: time_pixels(cfg, plans),
         "ceiling": lambda: time_ceiling(plans),
@@ -282,18 +286,19 @@ def main(argv=None) -> None:
     for r in range(args.rounds):  # interleaved, so a noisy neighbour hits every method alike
         for name, fn in methods.items():
             results[name].append(fn())
-            print(f"round {r}: {name:13s} {results[name][-1]:7.2f} samples/s", flush=True)
+            print(f"round {r}: {name:18s} {results[name][-1]:7.2f} samples/s", flush=True)
     best = {m: max(v) for m, v in results.items()}
     median = {m: statistics.median(v) for m, v in results.items()}
-    norm = time_normalisation(DataConfig())
+    device_side = time_device_side(cfg)
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
         "cpus": torch.get_num_threads(), "samples_per_round": args.samples, "rounds": args.rounds,
         "best_samples_per_s": best, "median_samples_per_s": median,
         "loader_vs_ceiling": best["loader"] / best["ceiling"],
-        "loader_vs_pixels": best["loader"] / best["pixels"],
+        "loader_host_resize_vs_ceiling": best["loader_host_resize"] / best["ceiling"],
         "loader_vs_released": best["loader"] / best["released"],
-        "normalisation": norm,
+        "medians_loader_vs_ceiling": median["loader"] / median["ceiling"],
+        "device_side": device_side,
         "page_faults": time_page_faults(cfg),
         "clock": args.clock, "load_average": os.getloadavg(),
         "env": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "")},

@@ -103,3 +103,18 @@ def write_synthetic_shards(
                                             frames_per_sentence, size))
         paths.append(str(path))
     return paths
+
+
+def model_pixels(batch: dict) -> "torch.Tensor":
+    """The video the model gets from a loader batch, back in RGB 0..255: float ``(B, 3, T, H, W)``
+    (``batch_to_device`` on the CPU, then the ImageNet normalisation undone), whichever side did
+    the crop/resize/flip."""
+    import torch
+
+    from lfvila.data import batch_to_device
+    from lfvila.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    video = batch_to_device(batch, "cpu")["video"]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    return (video * std + mean) * 255

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lfvila.data import DataConfig, build_loader, normalize_video
-from lfvila.data.collate import IGNORE_INDEX, Tokenizer, mask_tokens
+from lfvila.data import DataConfig, batch_to_device, build_loader, normalize_video
+from lfvila.data.collate import IGNORE_INDEX, DeviceCrop, Tokenizer, mask_tokens
 from lfvila.data.sampling import SkipSample, plan_sample, uniform_frame_indices
 from lfvila.data.transforms import (box_to_pixels, random_resized_crop_box, resize_crop_frames, resize_crop_into,
                                     val_crop_box)
-from lfvila.testing import COLOURS, synthetic_sample, write_synthetic_shards
+from lfvila.testing import COLOURS, model_pixels, synthetic_sample, write_synthetic_shards
 
 
 def small_cfg(paths, **kw) -> DataConfig:
@@ -23,14 +23,25 @@ def small_cfg(paths, **kw) -> DataConfig:
     return DataConfig(**base)
 
 
-def test_batch_contract_stage1_and_stage2(tmp_path, bert_dir):
+@pytest.mark.parametrize("resize_on", ["device", "loader"])
+def test_batch_contract_stage1_and_stage2(tmp_path, bert_dir, resize_on):
     paths = write_synthetic_shards(tmp_path, n_samples=6, samples_per_shard=3, n_sentences=(2, 6))
-    cfg = small_cfg(paths, bert_dir=str(bert_dir))
+    cfg = small_cfg(paths, bert_dir=str(bert_dir), resize_on=resize_on)
     for stage in (1, 2):
         batch = next(iter(build_loader(cfg, "train", stage=stage, epoch_mode=True)))
         b = len(batch["keys"])
         assert b == 4
-        assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (b, 3, 32, 24, 40)
+        if resize_on == "device":  # the decoded 48x80 frames, and what the device does to them
+            assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (b, 3, 32, 48, 80)
+            crop = batch["crop"]
+            assert isinstance(crop, DeviceCrop) and len(crop.boxes) == len(crop.flips) == b and crop.size == (24, 40)
+            assert all(top + h <= 48 and left + w <= 80 for top, left, h, w in crop.boxes)
+        else:
+            assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (b, 3, 32, 24, 40)
+            assert "crop" not in batch
+        model_video = batch_to_device(batch, "cpu")["video"]
+        assert model_video.dtype == torch.float32 and model_video.shape == (b, 3, 32, 24, 40)
+        assert model_video.is_contiguous() and "crop" not in batch_to_device(batch, "cpu")
         for name in ("text_ids", "text_mask"):
             assert batch[name].dtype == torch.long and batch[name].shape == (b, 4, 16)
         assert batch["sentence_mask"].dtype == torch.bool and batch["sentence_mask"].shape == (b, 4)
@@ -41,26 +52,58 @@ def test_batch_contract_stage1_and_stage2(tmp_path, bert_dir):
         assert (ids[~present] == 0).all() and (mask[~present] == 0).all()
 
 
-def test_sentence_window_and_frames_line_up(tmp_path, bert_dir):
+@pytest.mark.parametrize("resize_on", ["device", "loader"])
+def test_sentence_window_and_frames_line_up(tmp_path, bert_dir, resize_on):
     """Validation batches: clip i's 8 frames show the colour its sentence names (no flip, no jitter)."""
     paths = write_synthetic_shards(tmp_path, n_samples=8, samples_per_shard=4, n_sentences=(2, 7),
                                    frames_per_sentence=(1, 12))
-    cfg = small_cfg(paths, bert_dir=str(bert_dir), batch_size=8)
+    cfg = small_cfg(paths, bert_dir=str(bert_dir), batch_size=8, resize_on=resize_on)
     tok = Tokenizer(str(bert_dir), 16)
     colour_ids = {tok.tokenizer.convert_tokens_to_ids(name): rgb for name, rgb in COLOURS.items()}
     batch = next(iter(build_loader(cfg, "val", epoch_mode=True)))
+    video = model_pixels(batch)
     checked = 0
     for b in range(len(batch["keys"])):
         n_real = int(batch["sentence_mask"][b].sum())
         assert 1 <= n_real <= 4
         for i in range(4):
-            clip = batch["video"][b, :, i * 8:(i + 1) * 8].float()  # (3, 8, H, W)
+            clip = video[b, :, i * 8:(i + 1) * 8]  # (3, 8, H, W)
             j = min(i, n_real - 1)  # padded slots repeat the last real clip
             word = int(batch["text_ids"][b, j, 4])  # [CLS] the screen is <colour> now [SEP]
             expected = torch.tensor(colour_ids[word], dtype=torch.float32)
             assert torch.allclose(clip.mean(dim=(1, 2, 3)), expected, atol=6), (batch["keys"][b], i)
             checked += 1
     assert checked == 4 * len(batch["keys"])
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("crop", [(24, 40), (32, 56)])
+def test_resizing_on_the_device_equals_resizing_in_the_loader(tmp_path, bert_dir, antialias, crop):
+    """Same seed, same samples, same crops and flips: the model sees the same pixels (within the
+    host path's uint8 rounding) whichever side resizes. Frames of two sizes, the smaller shard
+    first. A (24, 40) crop lets the 60x100 frames decode at half size (DCT); at (32, 56) they
+    decode at full size, so the device-side canvas grows in the middle of a batch and pads the
+    smaller frames."""
+    paths = (write_synthetic_shards(tmp_path, n_samples=3, samples_per_shard=3, split="small", size=(48, 80))
+             + write_synthetic_shards(tmp_path, n_samples=3, samples_per_shard=3, split="large", size=(60, 100)))
+    videos, batches = {}, {}
+    for split in ("train", "val"):
+        for resize_on in ("device", "loader"):
+            cfg = small_cfg(paths, bert_dir=str(bert_dir), batch_size=6, resize_on=resize_on, antialias=antialias,
+                            crop=crop)
+            batch = next(iter(build_loader(cfg, split, epoch_mode=True)))
+            videos[split, resize_on], batches[split, resize_on] = model_pixels(batch), batch
+        assert batches[split, "device"]["keys"] == batches[split, "loader"]["keys"]
+        diff = (videos[split, "device"] - videos[split, "loader"]).abs()
+        assert diff.max() <= 2.5 and diff.mean() < 0.6, (split, float(diff.max()), float(diff.mean()))
+    flips = batches["train", "device"]["crop"].flips
+    assert any(flips) and not all(flips)  # both branches of the flip were compared
+    video = batches["val", "device"]["video"]  # (6, 3, 32, 60, 100): small frames top-left, zero padded
+    assert video.shape[-2:] == ((48, 80) if crop == (24, 40) else (60, 100))
+    if crop == (24, 40):
+        return
+    small = [b for b, key in enumerate(batches["val", "device"]["keys"]) if key.startswith("small")]
+    assert len(small) == 3 and all((video[b, :, :, 48:] == 0).all() and (video[b, :, :, :, 80:] == 0).all() for b in small)
 
 
 def test_window_is_consecutive_and_random(bert_dir):
@@ -106,6 +149,20 @@ def test_normalize_video_matches_formula():
         normalize_video(video[0])
 
 
+def test_tokenizer_equals_the_hugging_face_call(bert_dir, shared_data):
+    """The loader's direct use of the Rust tokenizer gives the ids and masks of BertTokenizerFast's
+    ``padding="max_length", truncation=True`` call (real captions; some longer than L)."""
+    captions = json.loads((shared_data / "annotations/activitynet_captions/val_1.json").read_text())
+    texts = [s.strip() for v in list(captions.values())[:300] for s in v["sentences"]]
+    texts += ["", "Ünïcödé  ÇAFÉ – naïve “quotes”", "word " * 80]
+    tok = Tokenizer(str(bert_dir), 16)
+    ids, mask = tok(texts)
+    ref = tok.tokenizer(texts, padding="max_length", truncation=True, max_length=16, return_tensors="np")
+    assert ids.shape == (len(texts), 16) and (mask.sum(1) == 16).sum() > 10  # truncation happened
+    assert (ids == ref["input_ids"]).all() and (mask == ref["attention_mask"]).all()
+    assert tok([])[0].shape == (0, 16)
+
+
 def test_mlm_masking_rates(bert_dir):
     tok = Tokenizer(str(bert_dir), 50)
     ids, mask = tok(["the screen is red now and then it turns into a very bright shade of blue"] * 400)
@@ -133,7 +190,7 @@ def test_too_few_frames_is_a_skip(bert_dir):
 @pytest.mark.parametrize("field,value", [
     ("batch_size", 0), ("crop", (192,)), ("scale", (0.9, 0.5)), ("val_crop_fraction", 1.5),
     ("mlm_probability", 1.0), ("train_shards", 3), ("max_tokens", 1), ("num_workers", -1),
-    ("min_frames_per_sentence", 9),
+    ("min_frames_per_sentence", 9), ("resize_on", "gpu"),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -14,6 +14,7 @@ from lfvila.data.transforms import box_to_pixels, val_crop_box
 from lfvila.shards.build import build_shards
 from lfvila.shards.fixtures import sentences_every, write_longform
 from lfvila.shards.read import iter_samples
+from lfvila.testing import model_pixels
 
 # (key, video in videos/natural, sentence length s, span end s): an h264 240p video with 8+
 # frames per sentence and a 120p MJPEG one with fewer frames than 8 per sentence (repeats).
@@ -33,13 +34,16 @@ def real_shards(shared_data, tmp_path_factory):
     return tars
 
 
-def test_real_shards_validation_batch_matches_an_independent_reading(real_shards, bert_dir):
-    """Every clip slot holds frames of its own sentence's span, and the pixels equal a PIL
-    reading of the stored JPEG at LF-VILA's validation geometry (within resampling error)."""
-    cfg = DataConfig(val_shards=real_shards, batch_size=2, num_workers=0, bert_dir=str(bert_dir))
+@pytest.mark.parametrize("resize_on", ["device", "loader"])
+def test_real_shards_validation_batch_matches_an_independent_reading(real_shards, bert_dir, resize_on):
+    """Every clip slot holds frames of its own sentence's span, and the pixels the model gets equal
+    a PIL reading of the stored JPEG at LF-VILA's validation geometry (within resampling error).
+    The two videos have different frame sizes (240p and 120p) in one batch."""
+    cfg = DataConfig(val_shards=real_shards, batch_size=2, num_workers=0, bert_dir=str(bert_dir), resize_on=resize_on)
     batch = next(iter(build_loader(cfg, "val", epoch_mode=True)))
     assert sorted(batch["keys"]) == ["album", "pancake"]
-    assert batch["video"].shape == (2, 3, 32, 192, 320)
+    video = model_pixels(batch)
+    assert video.shape == (2, 3, 32, 192, 320)
     stored = {s["key"]: s for tar in real_shards for s in iter_samples(tar)}
     for b, key in enumerate(batch["keys"]):
         meta, frames = stored[key]["meta"], stored[key]["frames"]
@@ -58,7 +62,7 @@ def test_real_shards_validation_batch_matches_an_independent_reading(real_shards
                 index = s["frame_start"] + int(np.floor(j * n / 8))
                 assert s["start"] - 1e-3 <= meta["frame_times"][index] <= s["end"] + 1e-3
                 expected = _pil_val_frame(frames[index])
-                got = batch["video"][b, :, i * 8 + j].permute(1, 2, 0).numpy().astype(np.float32)
+                got = video[b, :, i * 8 + j].permute(1, 2, 0).numpy()
                 assert np.abs(got - expected).mean() < 4.0, (key, i, j)
 
 

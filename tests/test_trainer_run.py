@@ -63,10 +63,12 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
     records = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     assert all({"global", "mtc", "loss", "lr"} <= r.keys() for r in records)
-    # the global video-paragraph loss is the one colour shards teach fastest (MTC is noisier)
+    # the global video-paragraph loss is the one colour shards teach fastest (MTC is noisier).
+    # Batches of 4 make the window means noisy: measured last/first 0.80 here, 1.21 for the same
+    # batches at lr 1e-9 (no learning).
     first = sum(r["global"] for r in records[:6]) / 6
     last = sum(r["global"] for r in records[-6:]) / 6
-    assert last < 0.8 * first, [round(r["global"], 3) for r in records]
+    assert last < 0.9 * first, [round(r["global"], 3) for r in records]
 
     # keep_last=2 of the checkpoints at 8, 16, 24; the last one carries the final evaluation
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())

@@ -1,14 +1,18 @@
 """Sample plans -> batch tensors: JPEG decoding, tokenization, stage-2 masking.
 
-Batch contract (see README, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)`` (channels_last_3d
+Batch contract (docs/loader.md, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)`` (channels_last_3d
 memory: RGB stays interleaved as decoded), ``text_ids`` and ``text_mask`` long ``(B, M, L)``,
 ``sentence_mask`` bool ``(B, M)``, ``keys``; stage 2 adds ``mlm_ids`` and ``mlm_labels``
-``(B, M, L)`` (-100 where not masked).
+``(B, M, L)`` (-100 where not masked). With ``resize_on: device`` (the default) ``video`` holds
+the decoded frames (top-left in a zero-padded canvas) and ``crop`` (a :class:`DeviceCrop`) says
+what ``batch_to_device`` still does to them; with ``resize_on: loader`` H x W is the crop size.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
@@ -17,9 +21,39 @@ from torch.utils.data import get_worker_info
 
 from lfvila.data.config import DataConfig
 from lfvila.data.sampling import SamplePlan, SkipSample
-from lfvila.data.transforms import dct_scale, resize_crop_frames, resize_crop_into
+from lfvila.data.transforms import box_to_pixels, dct_scale, resize_crop_frames, resize_crop_into
 
 IGNORE_INDEX = -100  # label of tokens MLM does not predict (torch cross-entropy's ignore_index)
+
+
+def _dct_sizing(frame_hw: tuple[int, int], factor: int) -> dict:
+    # Pin the decoded size to exactly 1/factor: simplejpeg picks the smallest scale meeting both
+    # the minimum factor and the minimum size.
+    if factor == 1:
+        return {}
+    return {"min_factor": factor, "min_height": math.ceil(frame_hw[0] / factor),
+            "min_width": math.ceil(frame_hw[1] / factor)}
+
+
+def _decoded_hw(jpeg: bytes, sizing: dict) -> tuple[int, int]:
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg, **sizing)
+    except (ValueError, TypeError, OSError) as exc:
+        raise SkipSample("corrupt_jpeg", f"frame 0: {exc}") from None
+    return height, width
+
+
+def _decode_into(data: bytes, index: int, out: np.ndarray, hw: tuple[int, int], sizing: dict, fast: bool) -> None:
+    """Decode one JPEG into ``out`` (a contiguous array of at least ``hw`` x 3 bytes)."""
+    try:
+        decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast,
+                                         buffer=out, **sizing)
+    except (ValueError, TypeError, OSError) as exc:
+        # simplejpeg also raises ValueError when a (larger) frame does not fit the buffer.
+        reason = "frame_size_mismatch" if "buffer" in str(exc).lower() else "corrupt_jpeg"
+        raise SkipSample(reason, f"frame {index}: {exc}") from None
+    if decoded.shape != (*hw, 3):
+        raise SkipSample("frame_size_mismatch", f"frame {index}: {decoded.shape[:2]} != {hw}")
 
 
 def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1, fast: bool = False) -> torch.Tensor:
@@ -28,27 +62,52 @@ def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1
     Raises SkipSample("corrupt_jpeg") for undecodable data and ("frame_size_mismatch") when the
     frames of one sample differ in size.
     """
-    # Pin the decoded size to exactly 1/factor: simplejpeg picks the smallest scale meeting both
-    # the minimum factor and the minimum size.
-    sizing = {} if factor == 1 else {"min_factor": factor, "min_height": math.ceil(frame_hw[0] / factor),
-                                     "min_width": math.ceil(frame_hw[1] / factor)}
-    try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(jpegs[0], **sizing)
-    except (ValueError, TypeError, OSError) as exc:
-        raise SkipSample("corrupt_jpeg", f"frame 0: {exc}") from None
+    sizing = _dct_sizing(frame_hw, factor)
+    hw = _decoded_hw(jpegs[0], sizing)
     # Decode straight into one (N, h, w, 3) array: no per-frame arrays to stack afterwards.
-    frames = np.empty((len(jpegs), height, width, 3), dtype=np.uint8)
+    frames = np.empty((len(jpegs), *hw, 3), dtype=np.uint8)
     for i, data in enumerate(jpegs):
-        try:
-            decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast,
-                                             buffer=frames[i], **sizing)
-        except (ValueError, TypeError, OSError) as exc:
-            # simplejpeg also raises ValueError when a (larger) frame does not fit the buffer.
-            reason = "frame_size_mismatch" if "buffer" in str(exc).lower() else "corrupt_jpeg"
-            raise SkipSample(reason, f"frame {i}: {exc}") from None
-        if decoded.shape != (height, width, 3):
-            raise SkipSample("frame_size_mismatch", f"frame {i}: {decoded.shape[:2]} != {(height, width)}")
+        _decode_into(data, i, frames[i], hw, sizing, fast)
     return torch.from_numpy(frames)
+
+
+def decoded_geometry(plan: SamplePlan, cfg: DataConfig) -> tuple[int, tuple[int, int]]:
+    """(DCT downscale factor, decoded frame size) of ``plan``'s frames, from the first JPEG's header."""
+    factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
+    return factor, _decoded_hw(plan.jpegs[0], _dct_sizing(plan.frame_hw, factor))
+
+
+@functools.lru_cache(maxsize=4)
+def _scratch(hw: tuple[int, int]) -> np.ndarray:
+    return np.empty((*hw, 3), dtype=np.uint8)  # one per frame size and process, reused
+
+
+def render_frames(plan: SamplePlan, cfg: DataConfig, canvas: np.ndarray, factor: int,
+                  hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``resize_on: device``: the sample's T frames decoded, uncropped, into ``canvas`` uint8
+    ``(T, Hc, Wc, 3)`` (top-left ``hw``, the rest zeroed, so a batch's bytes depend on its data
+    only); returns the crop box (top, left, height, width) in pixels of the decoded frames.
+
+    A frame as wide as the canvas is decoded straight into its slot (its rows are contiguous there);
+    a narrower one goes through a scratch frame and one copy. Repeated frames are copies.
+    """
+    (h, w), sizing = hw, _dct_sizing(plan.frame_hw, factor)
+    scratch = None if w == canvas.shape[2] else _scratch(hw)
+    first_slot: dict[int, int] = {}  # jpeg index -> the slot it was decoded into
+    for t, source in enumerate(plan.frame_ids):
+        if source in first_slot:
+            np.copyto(canvas[t, :h, :w], canvas[first_slot[source], :h, :w])
+            continue
+        _decode_into(plan.jpegs[source], source, canvas[t, :h] if scratch is None else scratch, hw, sizing,
+                     cfg.jpeg_fast)
+        if scratch is not None:
+            np.copyto(canvas[t, :h, :w], scratch)
+        first_slot[source] = t
+    if h < canvas.shape[1]:
+        canvas[:, h:] = 0
+    if w < canvas.shape[2]:
+        canvas[:, :h, w:] = 0
+    return box_to_pixels(plan.box, hw)
 
 
 def render_video(plan: SamplePlan, cfg: DataConfig, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,25 +127,31 @@ def render_video(plan: SamplePlan, cfg: DataConfig, out: torch.Tensor | None = N
     return out
 
 
-def new_video_buffer(cfg: DataConfig) -> torch.Tensor:
-    """An empty batch of frames, uint8 ``(B, T, H, W, 3)``.
+def new_video_buffer(cfg: DataConfig, frame_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """An empty batch of frames, uint8 ``(B, T, H, W, 3)``; H x W is ``frame_hw`` (default: the crop).
 
     In a DataLoader worker it is allocated in shared memory, as torch's default_collate does, so
     handing the batch to the main process sends a handle instead of copying ~94 MB.
     """
-    return _frames_view(_new_storage(cfg), cfg)
+    frame_hw = frame_hw or cfg.crop
+    return _frames_view(_new_storage(_frames_nbytes(cfg, frame_hw)), cfg, frame_hw)
 
 
-def _new_storage(cfg: DataConfig) -> torch.UntypedStorage:
-    nbytes = cfg.batch_size * cfg.n_frames * math.prod(cfg.crop) * 3
+def _frames_nbytes(cfg: DataConfig, frame_hw: tuple[int, int]) -> int:
+    return cfg.batch_size * cfg.n_frames * math.prod(frame_hw) * 3
+
+
+def _new_storage(nbytes: int) -> torch.UntypedStorage:
     if get_worker_info() is None:
         return torch.UntypedStorage(nbytes)
     return torch.UntypedStorage._new_shared(nbytes)
 
 
-def _frames_view(storage: torch.UntypedStorage, cfg: DataConfig) -> torch.Tensor:
-    shape = (cfg.batch_size, cfg.n_frames, *cfg.crop, 3)
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+def _frames_view(storage: torch.UntypedStorage, cfg: DataConfig, frame_hw: tuple[int, int]) -> torch.Tensor:
+    """``storage``'s first bytes as contiguous ``(B, T, H, W, 3)`` frames (a buffer serves any
+    frame size that fits it)."""
+    shape = (cfg.batch_size, cfg.n_frames, *frame_hw, 3)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
 
 
 def storage_users(storage: torch.UntypedStorage) -> int | None:
@@ -122,15 +187,20 @@ class BatchBuffers:
         self.size = size if self.can_reuse else 0
         self.storages: list[torch.UntypedStorage] = []
 
-    def take(self) -> tuple[int, torch.Tensor]:
-        """(slot or -1 for an unpooled buffer, uint8 ``(B, T, H, W, 3)`` frames to render into)."""
+    def take(self, frame_hw: tuple[int, int] | None = None) -> tuple[int, torch.Tensor]:
+        """(slot or -1 for an unpooled buffer, uint8 ``(B, T, H, W, 3)`` frames to render into);
+        H x W is ``frame_hw``, default the crop. A free buffer too small for it is replaced."""
+        frame_hw = frame_hw or self.cfg.crop
+        nbytes = _frames_nbytes(self.cfg, frame_hw)
         for slot, storage in enumerate(self.storages):
             if self._free(slot, storage):
-                return slot, _frames_view(storage, self.cfg)
+                if storage.nbytes() < nbytes:
+                    self.storages[slot] = storage = _new_storage(nbytes)
+                return slot, _frames_view(storage, self.cfg, frame_hw)
         if len(self.storages) < self.size:
-            self.storages.append(_new_storage(self.cfg))
-            return len(self.storages) - 1, _frames_view(self.storages[-1], self.cfg)
-        return -1, new_video_buffer(self.cfg)
+            self.storages.append(_new_storage(nbytes))
+            return len(self.storages) - 1, _frames_view(self.storages[-1], self.cfg, frame_hw)
+        return -1, new_video_buffer(self.cfg, frame_hw)
 
     def _free(self, slot: int, storage: torch.UntypedStorage) -> bool:
         if storage_users(storage) != 1:  # a batch (or a view of it) of this process still holds it
@@ -144,6 +214,62 @@ class BatchBuffers:
             return None
         self.flags[self.first_slot + slot] = 1
         return self.first_slot + slot
+
+
+class BatchCanvas:
+    """The frames of the batch being filled, uint8 ``(B, T, H, W, 3)``, taken from the buffer ring.
+
+    With ``resize_on: loader`` H x W is the crop. With ``resize_on: device`` it is the largest
+    decoded frame size of the batch's samples (so a batch's shape depends on its samples only,
+    not on the stream's history, and resumed runs get the same batches): a sample with larger
+    frames than the ones before it moves the batch to a larger buffer (a copy; a corpus has one
+    or a few frame sizes, so this is rare).
+    """
+
+    def __init__(self, buffers: BatchBuffers):
+        self.buffers = buffers
+        self.slot, self.frames = -1, None
+
+    def row(self, index: int, hw: tuple[int, int]) -> torch.Tensor:
+        """Sample ``index``'s ``(T, H, W, 3)`` slot, with H >= hw[0] and W >= hw[1]."""
+        if self.frames is None:
+            self.slot, self.frames = self.buffers.take(hw)
+        elif hw[0] > self.frames.shape[2] or hw[1] > self.frames.shape[3]:
+            old = self.frames  # held, so take() cannot hand out its buffer
+            grown = (max(hw[0], old.shape[2]), max(hw[1], old.shape[3]))
+            self.slot, self.frames = self.buffers.take(grown)
+            self.frames[:index] = 0
+            self.frames[:index, :, :old.shape[2], :old.shape[3]] = old[:index]
+        return self.frames[index]
+
+    def hand_over(self) -> tuple[torch.Tensor | None, int | None]:
+        """(the filled frames, the release-flag index the consumer clears) and start a new batch."""
+        frames, release = self.frames, self.buffers.lend(self.slot)
+        self.slot, self.frames = -1, None
+        return frames, release
+
+
+def render_sample(plan: SamplePlan, cfg: DataConfig, canvas: BatchCanvas, index: int) -> tuple[int, int, int, int] | None:
+    """Render ``plan`` into row ``index`` of the batch: cropped/resized/flipped (``resize_on:
+    loader``, returns None) or decoded only (``resize_on: device``, returns its pixel crop box)."""
+    if cfg.resize_on == "loader":
+        render_video(plan, cfg, out=canvas.row(index, cfg.crop))
+        return None
+    factor, hw = decoded_geometry(plan, cfg)
+    return render_frames(plan, cfg, canvas.row(index, hw).numpy(), factor, hw)
+
+
+@dataclass(frozen=True)
+class DeviceCrop:
+    """What ``resize_on: device`` leaves to the device for a batch's ``video``: per sample a crop
+    box (top, left, height, width) in pixels of its decoded frames and a horizontal flip; the
+    output size and resampling. Plain Python values: they travel with the batch for free and
+    ``crop_resize_normalize`` needs them on the host (slicing)."""
+
+    boxes: tuple[tuple[int, int, int, int], ...]
+    flips: tuple[bool, ...]
+    size: tuple[int, int]
+    antialias: bool = False
 
 
 class Tokenizer:
@@ -162,12 +288,22 @@ class Tokenizer:
         self.special_ids = np.array(sorted(self.tokenizer.all_special_ids), dtype=np.int64)
         self.mask_id = self.tokenizer.mask_token_id
         self.vocab_size = len(self.tokenizer)
+        # The Rust tokenizer underneath, set up once to truncate and pad to L: the same ids as
+        # ``self.tokenizer(texts, padding="max_length", truncation=True, max_length=L)`` at half
+        # the CPU time (the Python wrapper re-applies its settings on every call; BENCHMARKS.md).
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self.encoder = RustTokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self.encoder.enable_truncation(max_length=max_tokens)
+        self.encoder.enable_padding(length=max_tokens, pad_id=self.tokenizer.pad_token_id,
+                                    pad_token=self.tokenizer.pad_token)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``texts`` -> ids, mask int64 ``(len(texts), L)``."""
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
-                             return_tensors="np", return_token_type_ids=False)
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        encodings = self.encoder.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.max_tokens)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), self.max_tokens)
+        return ids, mask
 
 
 def mask_tokens(ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenizer, probability: float,
@@ -186,8 +322,9 @@ def mask_tokens(ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenizer, probabi
 
 
 def collate(plans: list[SamplePlan], frames: torch.Tensor, cfg: DataConfig, tokenizer: Tokenizer,
-            stage: int) -> dict:
-    """The batch dict of ``plans`` whose frames were rendered into ``frames`` ``(B, T, H, W, 3)``.
+            stage: int, boxes: list[tuple[int, int, int, int] | None] | None = None) -> dict:
+    """The batch dict of ``plans`` whose frames were rendered into ``frames`` ``(B, T, H, W, 3)``;
+    ``boxes`` are what :func:`render_sample` returned (``resize_on: device``: the pixel crop boxes).
 
     ``video`` is ``frames`` viewed as ``(B, 3, T, H, W)`` without a copy, i.e. in torch's
     channels_last_3d memory format: de-interleaving RGB on the host costs more than decoding
@@ -212,6 +349,8 @@ def collate(plans: list[SamplePlan], frames: torch.Tensor, cfg: DataConfig, toke
         "sentence_mask": torch.from_numpy(sentence_mask),
         "keys": [p.key for p in plans],
     }
+    if cfg.resize_on == "device":
+        batch["crop"] = DeviceCrop(tuple(boxes), tuple(p.flip for p in plans), cfg.crop, cfg.antialias)
     if stage == 2:
         masked = [mask_tokens(ids[i], mask[i], tokenizer, cfg.mlm_probability,
                               np.random.default_rng(list(p.mlm_seed))) for i, p in enumerate(plans)]

@@ -54,6 +54,12 @@ class DataConfig:
     # (what tensor transforms of LF-VILA's time did) aliases little. See BENCHMARKS.md.
     antialias: bool = False
     jpeg_fast: bool = False  # simplejpeg fastdct/fastupsample (a few % faster, slightly lossy)
+    # Where the crop box is resampled to `crop` (and flipped): "device" ships the decoded frames
+    # (uint8, stored size or a power-of-two DCT downscale of it) with per-sample boxes and flips, and
+    # `batch_to_device` crops, resizes, flips and normalises on the training device; "loader" does
+    # the crop/resize/flip in the loader worker and ships 192x320 frames. Resizing costs the host
+    # ~40 % of the JPEG decoding it follows (BENCHMARKS.md), a GPU next to nothing.
+    resize_on: str = "device"
 
     def __post_init__(self) -> None:
         for name in ("train_shards", "val_shards"):
@@ -94,6 +100,8 @@ class DataConfig:
             raise ValueError(f"data.mlm_probability must be in [0, 1), got {self.mlm_probability}")
         if self.error_log_interval_s < 0:
             raise ValueError(f"data.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
+        if self.resize_on not in ("device", "loader"):
+            raise ValueError(f"data.resize_on must be 'device' or 'loader', got {self.resize_on!r}")
         if not isinstance(self.bert_dir, str) or not self.bert_dir:
             raise ValueError(f"data.bert_dir must be a directory path or 'package:NAME', got {self.bert_dir!r}")
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lfvila.data.collate import BatchBuffers, Tokenizer, collate, render_video, storage_users
+from lfvila.data.collate import BatchBuffers, BatchCanvas, Tokenizer, collate, render_sample, storage_users
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
@@ -184,10 +184,11 @@ class ShardStream(IterableDataset):
         tokenizer = _tokenizer(cfg.bert_dir, cfg.max_tokens)
         log = SkipLog(cfg.error_log_interval_s)
         rendered: list[SamplePlan] = []
+        boxes: list = []  # what render_sample returned for each rendered plan
         in_worker = get_worker_info() is not None
         ring = buffers_per_worker(cfg) if in_worker else IN_PROCESS_BUFFERS
         buffers = BatchBuffers(cfg, ring, self.release_flags if in_worker else None, first_slot=local * ring)
-        slot, frames = buffers.take()  # (B, T, H, W, 3): samples are rendered straight into it
+        canvas = BatchCanvas(buffers)  # (B, T, H, W, 3): samples are rendered straight into it
         skips: Counter = Counter()
         consecutive_skips = 0
         for item in items:
@@ -197,7 +198,7 @@ class ShardStream(IterableDataset):
                 reason, url, key, detail = item["__error__"], item["__url__"], item["__key__"], item["__detail__"]
             else:
                 try:
-                    render_video(item, cfg, out=frames[len(rendered)])
+                    boxes.append(render_sample(item, cfg, canvas, len(rendered)))
                     rendered.append(item)
                 except SkipSample as exc:
                     reason, url, key, detail = exc.reason, item.url, item.key, exc.detail
@@ -212,17 +213,18 @@ class ShardStream(IterableDataset):
                         f"{self.split} stream of rank {self.rank} worker {local}: {consecutive_skips} unusable "
                         f"items in a row (last: {reason} in {url}: {detail}); counts so far {dict(skips)}")
             if len(rendered) == cfg.batch_size:
-                yield self.finish_batch(rendered, frames, skips, tokenizer, local, position, buffers.lend(slot))
-                frames = None  # let go of the yielded buffer so the ring can tell when it is free
-                rendered, skips = [], Counter()
-                slot, frames = buffers.take()
+                yield self.finish_batch(rendered, boxes, canvas, skips, tokenizer, local, position)
+                rendered, boxes, skips = [], [], Counter()
         if rendered or skips:
             # A final short batch, or only the skip counts of the stream's tail (no samples).
-            yield self.finish_batch(rendered, frames, skips, tokenizer, local, position, buffers.lend(slot))
+            yield self.finish_batch(rendered, boxes, canvas, skips, tokenizer, local, position)
 
-    def finish_batch(self, plans: list[SamplePlan], frames: torch.Tensor, skips: Counter, tokenizer: Tokenizer,
-                     local: int, position: int, release: int | None) -> dict:
-        batch = collate(plans, frames, self.cfg, tokenizer, self.stage) if plans else {}
+    def finish_batch(self, plans: list[SamplePlan], boxes: list, canvas: BatchCanvas, skips: Counter,
+                     tokenizer: Tokenizer, local: int, position: int) -> dict:
+        # The canvas lets go of the frames, so the ring can tell when the consumer is done with them.
+        frames, release = canvas.hand_over()
+        batch = collate(plans, frames, self.cfg, tokenizer, self.stage, boxes) if plans else {}
+        del frames
         batch["__meta__"] = {"worker": local, "position": position, "skips": dict(skips), "release": release}
         return batch
 

@@ -1,4 +1,4 @@
-"""Frame geometry and pixels: crop boxes, JPEG decoding, resize/flip, normalisation.
+"""Frame geometry and pixels: crop boxes, resize/flip on the host or on the device, normalisation.
 
 Crop boxes are chosen as *fractions* of the frame, (top, left, height, width) in [0, 1], from the
 frame size written in the sample's JSON. They are turned into pixels only after decoding, so a
@@ -156,9 +156,41 @@ def normalize_video(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     """
     if video.dim() != 5 or video.shape[1] != 3:
         raise ValueError(f"normalize_video expects (B, 3, T, H, W), got {tuple(video.shape)}")
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=video.device).view(1, 3, 1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=video.device).view(1, 3, 1, 1, 1)
+    scale, shift = _normalisation(video.device, mean, std)
     out = torch.empty(video.shape, dtype=dtype, device=video.device)
     # (x / 255 - mean) / std == x * scale + shift: one fused multiply-add per element, computed in
     # float32 (uint8 promotes) and written once in the output dtype and layout.
     return torch.addcmul(shift, video, scale, out=out)
+
+
+def _normalisation(device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) ``(3, 1, 1, 1)`` with ``(x / 255 - mean) / std == x * scale + shift``."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(3, 1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(3, 1, 1, 1)
+    return scale, shift
+
+
+def crop_resize_normalize(video: torch.Tensor, boxes, flips, size: tuple[int, int], antialias: bool = False,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The device half of ``resize_on: device``: crop each sample's box, resize it to ``size``
+    (bilinear, half-pixel centres, as the host path), flip, normalise (ImageNet mean/std).
+
+    video: uint8 ``(B, 3, T, Hc, Wc)`` on the device (decoded frames, top-left in a padded canvas;
+    any memory layout); boxes: B x (top, left, height, width) in pixels of the decoded frames;
+    flips: B bools (host-side values: they index the video). Returns contiguous ``dtype``
+    ``(B, 3, T, H, W)``. Boxes differ in size per sample, so samples are resampled one by one
+    (a handful of kernels each); no uint8 rounding happens between resize and normalisation.
+    """
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"crop_resize_normalize expects (B, 3, T, H, W), got {tuple(video.shape)}")
+    b, _, t = video.shape[:3]
+    out = torch.empty((b, 3, t, *size), dtype=dtype, device=video.device)
+    scale, shift = _normalisation(video.device)
+    for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
+        crop = video[i, :, :, top:top + h, left:left + w].float().reshape(1, 3 * t, h, w)
+        if (h, w) != tuple(size):
+            crop = F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+        if flip:
+            crop = crop.flip(-1)
+        torch.addcmul(shift, crop.view(3, t, *size), scale, out=out[i])
+    return out

@@ -92,7 +92,7 @@ def _cpu(x: torch.Tensor) -> torch.Tensor:
 def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None,
                      autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
     """Run the model over this rank's val batches; return CPU features, held-out losses and keys."""
-    from lfvila.trainer.batch import prepare_batch
+    from lfvila.data.device import batch_to_device
 
     model = task.model
     rows: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": [], "keys": []}
@@ -102,7 +102,7 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
     for batch in batches:
         if max_batches is not None and n_batches >= max_batches:
             break
-        batch = prepare_batch(batch, ctx.device)
+        batch = batch_to_device(batch, ctx.device)
         with autocast or contextlib.nullcontext():
             video = model.encode_video(batch["video"])
             text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from lfvila.config import to_dict, write_config
+from lfvila.data.device import batch_to_device
 from lfvila.trainer import checkpoint as ckpt
-from lfvila.trainer.batch import batch_size, prepare_batch
+from lfvila.trainer.batch import batch_size
 from lfvila.trainer.config import TrainConfig
 from lfvila.trainer.optim import build_optimizer, build_scheduler
 from lfvila.trainer.parallel import DistContext, setup_distributed
@@ -201,7 +202,7 @@ class Trainer:
             batch = next(batches)
             window.data_wait_s += time.perf_counter() - waited
             window.samples += batch_size(batch) * self.ctx.world_size
-            batch = prepare_batch(batch, self.ctx.device)
+            batch = batch_to_device(batch, self.ctx.device)
             losses = self.forward_backward(batch, sync=micro == accum - 1)
             for name, value in losses.items():
                 sums[name] = sums[name] + value if name in sums else value
