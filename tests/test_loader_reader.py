@@ -122,3 +122,16 @@ def test_planned_samples_hold_copies_of_their_frames_only(tmp_path):
         frames = {bytes(v) for k, v in raw.items() if k.endswith(".jpg")}
         assert all(type(j) is bytes and j in frames for j in plan.jpegs)
         assert len(plan.jpegs) <= cfg.n_sentences * cfg.frames_per_sentence < len(frames)
+
+
+@pytest.mark.parametrize("spelling", [b"%07o\0", b"%06o  ", b" %06o\0", b"%o\0"])
+def test_other_checksum_spellings_are_read(spelling):
+    """tarfile writes "%06o\\0 "; other writers pad differently: all parse as octal up to a NUL."""
+    members = [("k1.json", b"{}"), ("k1.0000.jpg", b"jpeg")]
+    data = bytearray(tar_bytes(tarfile.USTAR_FORMAT, members, with_dir=False))
+    checksum = int(data[1024 + 148:1024 + 154], 8)  # the second header's
+    data[1024 + 148:1024 + 156] = (spelling % checksum).ljust(8, b"\0")
+    assert list(iter_tar_members(io.BytesIO(bytes(data)))) == members
+    data[1024 + 148:1024 + 156] = b"garbage\0"
+    with pytest.raises(TarFormatError, match="invalid header$"):
+        list(iter_tar_members(io.BytesIO(bytes(data))))

@@ -2,12 +2,32 @@
 
 Opening uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, ``http(s)://`` through
 curl, ...); members are read by :func:`iter_tar_members`, a minimal streaming ustar/pax/GNU
-reader that reads 1 MiB at a time into one reused buffer and slices members out of it
-(webdataset's ``tar_file_iterator`` goes through ``tarfile``'s stream mode, measured here at
-~300 us per member, more than decoding the JPEGs a sample needs; BENCHMARKS.md). Grouping
-members into samples is done here so a shard that breaks part-way ends in a counted record
-instead of an exception. Every item this module yields is either a sample dict (``__key__``, ``__url__``, ``json``, ``NNNN.jpg``, ...) or an
-error record ``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
+reader. Grouping members into samples is done here so a shard that breaks part-way ends in a
+counted record instead of an exception. Every item this module yields is either a sample dict
+(``__key__``, ``__url__``, ``json`` as bytes, ``NNNN.jpg`` as memoryviews, ...) or an error record
+``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
+
+Why the reader looks the way it does: a long-form sample is ~208 members (its JSON and every
+frame at 3 fps) of which the planner keeps 32, so per-member costs decide the loader's speed
+(goal: well under the ~11 ms of decoding the 32 JPEGs). webdataset's ``tar_file_iterator`` (via
+``tarfile``) took ~300 us per member; a first Python reader here 13.5 us per member, 2.8 ms per
+sample. Measured on this 2-core AMD EPYC VM, where it went (and what replaced it):
+
+* page faults, ~4 us per 4 KiB page: copying every member out (and the allocator handing the
+  freed 2.8 MB back to the kernel after each sample) faulted ~320 pages per sample. Members are
+  now memoryviews into read chunks taken from a small pool of idle ones (``_Chunk``); the
+  planner copies the few frames it keeps, so plans never pin chunks.
+* the kernel's copy into the read buffer: ~6x slower when the destination sits 1-31 bytes past
+  the source's in-page offset, as a malloc'd ``bytearray`` does. Chunks are page-aligned
+  ``mmap`` and keep each stream byte at its in-page offset (``_StreamWindow``).
+* per-header Python work: two ``sum()`` over 512 bytes for the checksum, octal parsing, copies.
+  All header checksums of a chunk are now checked with one numpy gather; a header is one
+  ``int()`` in the member walk.
+* one generator step per member: members come in one list per chunk.
+
+``read_shard`` on the benchmark shards (bench/_work/loader, 8 samples, process CPU time, old
+and new timed alternately in one process; the machine was shared, so absolute numbers moved
++-30% between runs, the ratio less): 3.1 -> 1.2 ms per sample.
 
 Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` is a pure function of
 (seed, pass, epoch, global worker id), so streams are reproducible and never overlap.
@@ -32,8 +52,10 @@ ZERO_BLOCK = b"\0" * BLOCK
 # Header fields (POSIX ustar): name [0:100], size [124:136], chksum [148:156], typeflag [156],
 # magic [257:263], prefix [345:500].
 SIZE, CHKSUM, TYPEFLAG, MAGIC, PREFIX = 124, 148, 156, 257, 345
+CHUNK_BYTES = 4 << 20  # read size (measured: 4 MiB ran ~15% faster than 1 MiB per sample)
 REGULAR_TYPES = (ord("0"), 0, ord("7"))
 LONG_NAME_TYPE, PAX_TYPE = ord("L"), ord("x")
+OCTAL_PLACES = 8 ** np.arange(5, -1, -1)  # of a 6-digit octal number
 
 
 class TarFormatError(Exception):
@@ -42,10 +64,15 @@ class TarFormatError(Exception):
 
 def _octal(field: bytes) -> int:
     """A numeric header field: octal digits up to the first NUL (spaces allowed), or GNU base-256."""
+    try:
+        return int(field.partition(b"\0")[0], 8)  # the usual spelling; int() ignores surrounding spaces
+    except ValueError:
+        pass
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large numbers
         return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0]
-    return int(text, 8) if text.strip() else 0  # int() itself ignores surrounding spaces
+    if field.partition(b"\0")[0].strip():
+        raise ValueError(f"not a number: {field!r}")
+    return 0
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -81,7 +108,7 @@ class _Chunk:
         return sys.getrefcount(self.buffer) == self.idle_refs
 
 
-MAX_IDLE_CHUNKS = 8
+MAX_IDLE_CHUNKS = 4
 _idle_chunks: list[_Chunk] = []  # chunks of finished reads (this process), reused when idle
 
 
@@ -98,21 +125,13 @@ def _retire(chunk: _Chunk) -> None:
 
 
 class _StreamWindow:
-    """The unread bytes of a stream, ``chunk.buffer[start:end]``, read in large chunks.
+    """The unread bytes of a stream, ``chunk.buffer[start:end]``, read a chunk at a time.
 
-    A long-form sample has ~200 members, most of them frames the sample does not use; one read
-    call per member cost more than decoding the frames that are used. So reads fill a chunk at
-    a time, and members are handed out as memoryview slices of it: copying them cost ~0.2 ms
-    per sample, and the page faults of the freshly allocated copies (the allocator returns a
-    freed sample's memory to the kernel) ~1 ms. On refill the unread rest moves to a fresh chunk
-    taken from a pool of idle ones (new memory faults on first touch, ~4 us per page here), so
-    a member stays valid as long as someone holds it.
-
-    Stream byte ``o`` sits at a chunk index congruent to ``o`` modulo the page size, for two
-    reasons: tar headers (at multiples of 512 in the stream) are rows of ``chunk.blocks``, so one
-    numpy gather checks many headers; and the kernel copies page cache pages onto buffer pages
-    at the same in-page offset (on this machine's AMD EPYC a read landing 1-31 bytes past its
-    source's in-page offset, where a malloc'd ``bytearray`` lands, ran ~6x slower).
+    On refill the unread rest moves to an idle chunk from the pool (a member handed out stays
+    valid while anyone holds it; fresh memory would fault on first touch). Stream byte ``o`` sits
+    at a chunk index congruent to ``o`` modulo the page size: tar headers (at multiples of 512 in
+    the stream) are then rows of ``chunk.blocks``, and the kernel copies page cache pages onto
+    buffer pages at the same in-page offset (see the module docstring).
     """
 
     def __init__(self, stream, chunk_bytes: int):
@@ -156,7 +175,7 @@ class _StreamWindow:
         ``error`` is a TarFormatError to raise once ``members`` are handled.
         """
         buf, at, end = self.chunk.buffer, self.start, self.end
-        offsets, kinds, sizes, stored_sums = [], [], [], []
+        offsets, sizes = [], []  # of the headers read; the last one's member may be incomplete
         need, error = BLOCK, None
         while end - at >= BLOCK:
             if buf[at + CHKSUM] == 0 and buf[at:at + BLOCK] == ZERO_BLOCK:
@@ -164,81 +183,95 @@ class _StreamWindow:
                 break
             try:
                 size = _octal(buf[at + SIZE:at + SIZE + 12])
-                stored_sum = _octal(buf[at + CHKSUM:at + CHKSUM + 8])
             except ValueError:
                 error = TarFormatError("invalid header")
                 break
             offsets.append(at)
-            stored_sums.append(stored_sum)
-            padded = size + (-size % BLOCK)
-            if end - at - BLOCK < padded:  # checked below, read after the next fill
+            padded = (size + BLOCK - 1) & -BLOCK
+            if end - at - BLOCK < padded:  # its header is checked below; its data comes after the next fill
                 need = BLOCK + padded
                 break
-            kinds.append(buf[at + TYPEFLAG])
             sizes.append(size)
             at += BLOCK + padded
-        # The checksum is the byte sum of the header with its own 8-byte field read as spaces.
+        # The checksum is the byte sum of the header with its own 8-byte field read as spaces,
+        # stored in octal; all of them at once (per header in Python it cost more than the rest).
         rows = self.chunk.blocks[[o // BLOCK for o in offsets]]  # (n, 512)
-        sums = (rows.sum(1, dtype=np.int64) - rows[:, CHKSUM:CHKSUM + 8].sum(1, dtype=np.int64) + 8 * 32).tolist()
-        if sums != stored_sums:
-            bad = next(i for i, (a, b) in enumerate(zip(sums, stored_sums)) if a != b)
-            del offsets[bad:], kinds[bad:], sizes[bad:]
-            error = TarFormatError("invalid header checksum")
+        field = rows[:, CHKSUM:CHKSUM + 8]  # (n, 8)
+        sums = rows.sum(1, dtype=np.int64) - field.sum(1, dtype=np.int64) + 8 * ord(" ")  # (n,)
+        digits = field[:, :6].astype(np.int64) - ord("0")
+        usual = (digits >= 0).all(1) & (digits < 8).all(1) & (field[:, 6] == 0)  # "%06o\0", as tarfile and GNU tar write it
+        for i in np.flatnonzero(~usual | (digits @ OCTAL_PLACES != sums)).tolist():
+            try:  # the general parse, for other spellings
+                if _octal(field[i].tobytes()) == sums[i]:
+                    continue
+                problem = "invalid header checksum"
+            except ValueError:
+                problem = "invalid header"
+            del offsets[i:], sizes[i:]
+            error = TarFormatError(problem)
+            break
         del offsets[len(sizes):]  # the incomplete member's header
         self.start = at
-        return list(zip(offsets, kinds, sizes)), need, error
+        return list(zip(offsets, rows[:len(sizes), TYPEFLAG].tolist(), sizes)), need, error
 
 
-def iter_tar_members(stream, chunk_bytes: int = 1 << 20) -> Iterator[tuple[str, bytes]]:
+def iter_tar_members(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, memoryview]]:
     """(name, data) of each regular file of a tar byte stream, in order.
 
-    Handles ustar (with prefix), GNU long names and pax ``path`` records; other member types are
-    skipped. Raises TarFormatError on a bad header checksum or a stream that ends inside a member,
-    and on an empty stream (a failed ``pipe:`` command or download yields no bytes at all).
+    ``data`` is a read-only-by-convention memoryview into a read chunk; ``bytes(data)`` for a copy
+    (holding it keeps its whole chunk alive). Handles ustar (with prefix), GNU long names and pax
+    ``path`` records; other member types are skipped. Raises TarFormatError on a bad header
+    checksum or a stream that ends inside a member, and on an empty stream (a failed ``pipe:``
+    command or download yields no bytes at all).
     """
+    for batch in _member_batches(stream, chunk_bytes):
+        yield from batch
+
+
+def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tuple[str, memoryview]]]:
+    """iter_tar_members' members, one list per chunk read (cheaper than a generator step each)."""
     window = _StreamWindow(stream, chunk_bytes)
     try:
-        yield from _members(window)
+        long_name: str | None = None
+        need = BLOCK
+        first = True
+        while need:
+            if not window.fill(need):
+                if need > BLOCK:
+                    raise TarFormatError("unexpected end of data in a member")
+                if window.end > window.start:
+                    raise TarFormatError("unexpected end of data in a header")
+                if first:
+                    raise TarFormatError("empty file")
+                return  # no end-of-archive blocks: tolerated, as tarfile does
+            first = False
+            headers, need, error = window.scan()
+            buf = window.chunk.buffer
+            batch = []
+            for at, kind, size in headers:
+                data = at + BLOCK
+                if kind in REGULAR_TYPES:
+                    if long_name is None:
+                        # find() gives -1 without a NUL, and -1 % (at + 101) is at + 100: all 100 bytes.
+                        name = buf[at:buf.find(b"\0", at, at + 100) % (at + 101)].decode("utf-8", "surrogateescape")
+                        if buf[at + PREFIX] != 0 and buf[at + MAGIC:at + MAGIC + 5] == b"ustar":
+                            prefix = buf[at + PREFIX:buf.find(b"\0", at + PREFIX, at + 500) % (at + 501)]
+                            name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+                    else:
+                        name, long_name = long_name, None
+                    batch.append((name, memoryview(buf)[data:data + size]))  # see _Chunk.idle
+                elif kind == LONG_NAME_TYPE:
+                    long_name = buf[data:data + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                elif kind == PAX_TYPE:
+                    long_name = _pax_path(buf[data:data + size]) or long_name
+                else:
+                    long_name = None
+            del buf  # no reference to the chunk while suspended (see _Chunk.idle)
+            yield batch
+            if error is not None:
+                raise error
     finally:
         window.release()
-
-
-def _members(window: _StreamWindow) -> Iterator[tuple[str, bytes]]:
-    long_name: str | None = None
-    need = BLOCK
-    first = True
-    while need:
-        if not window.fill(need):
-            if need > BLOCK:
-                raise TarFormatError("unexpected end of data in a member")
-            if window.end > window.start:
-                raise TarFormatError("unexpected end of data in a header")
-            if first:
-                raise TarFormatError("empty file")
-            return  # no end-of-archive blocks: tolerated, as tarfile does
-        first = False
-        members, need, error = window.scan()
-        buf = window.chunk.buffer
-        for at, kind, size in members:
-            data = at + BLOCK
-            if kind in REGULAR_TYPES:
-                if long_name is None:
-                    name = buf[at:buf.find(b"\0", at, at + 100) % (at + 101)]  # no NUL: all 100 bytes
-                    name = name.decode("utf-8", "surrogateescape")
-                    if buf[at + PREFIX] != 0 and buf[at + MAGIC:at + MAGIC + 5] == b"ustar":
-                        prefix = buf[at + PREFIX:buf.find(b"\0", at + PREFIX, at + 500) % (at + 501)]
-                        name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
-                else:
-                    name, long_name = long_name, None
-                yield name, memoryview(buf)[data:data + size]  # see _Chunk.idle
-            elif kind == LONG_NAME_TYPE:
-                long_name = buf[data:data + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif kind == PAX_TYPE:
-                long_name = _pax_path(buf[data:data + size]) or long_name
-            else:
-                long_name = None
-        if error is not None:
-            raise error
 
 
 def split_member_name(name: str) -> tuple[str | None, str | None]:
@@ -316,29 +349,30 @@ def read_shard(url: str) -> Iterator[dict]:
     try:
         try:
             member_prefix = ""  # "KEY." of ``current``
-            for name, data in iter_tar_members(stream):
-                n_members += 1
-                if current is not None and name.startswith(member_prefix) \
-                        and "/" not in (suffix := name[len(member_prefix):]):
-                    pass  # another member of ``current``: what split_member_name gives, cheaper
-                else:
-                    key, suffix = split_member_name(name)
-                    if key is None:
-                        continue
-                    if current is not None and key != current["__key__"]:
-                        yield current
+            for batch in _member_batches(stream):
+                for name, data in batch:
+                    n_members += 1
+                    if current is not None and name.startswith(member_prefix) \
+                            and "/" not in (suffix := name[len(member_prefix):]):
+                        pass  # another member of ``current``: what split_member_name gives, cheaper
+                    else:
+                        key, suffix = split_member_name(name)
+                        if key is None:
+                            continue
+                        if current is not None and key != current["__key__"]:
+                            yield current
+                            current = None
+                        if current is None:
+                            current = {"__key__": key, "__url__": url}
+                            member_prefix = key + "."
+                    suffix = suffix.lower()
+                    if suffix in current:
+                        yield _error("duplicate_member", url, current["__key__"], f"{name} appears twice")
                         current = None
-                    if current is None:
-                        current = {"__key__": key, "__url__": url}
-                        member_prefix = key + "."
-                suffix = suffix.lower()
-                if suffix in current:
-                    yield _error("duplicate_member", url, key, f"{name} appears twice")
-                    current = None
-                    continue
-                # Frames stay views into the read chunks: the planner copies the few it keeps (see
-                # _StreamWindow); anything else (the JSON) is parsed by consumers that want bytes.
-                current[suffix] = data if suffix.endswith(".jpg") else bytes(data)
+                        continue
+                    # Frames stay views into the read chunks: the planner copies the few it keeps (see
+                    # _StreamWindow); anything else (the JSON) is parsed by consumers that want bytes.
+                    current[suffix] = data if suffix.endswith(".jpg") else bytes(data)
         except Exception as exc:  # TarFormatError, pipe errors, network errors...
             reason = "truncated_tar" if n_members else "shard_open_error"
             failure = _error(reason, url, current["__key__"] if current else None, exc)
