@@ -203,7 +203,7 @@ def time_released(cfg: DataConfig, work: Path, rows: list[dict], n_samples: int)
         box = flip = None
         for c in range(cfg.n_sentences):
             reader = decord.VideoReader(str(work / "clips" / row["key"] / f"{first + c}.mp4"), num_threads=1)
-            decoded = torch.from_numpy(reader.get_batch(uniform_frame_indices(0, len(reader), k).tolist()).asnumpy())
+            decoded = torch.from_numpy(reader.get_batch(uniform_frame_indices(0, len(reader), k)).asnumpy())
             if box is None:  # one crop for the whole sample, as the loader
                 box = random_resized_crop_box(rng, tuple(decoded.shape[1:3]), cfg.crop, cfg.scale, cfg.ratio)
                 flip = bool(rng.random() < 0.5)
@@ -280,7 +280,7 @@ def main(argv=None) -> None:
         "loader_no_io": lambda: time_pipeline_on_plans(cfg, plans),
         "pixels": lambda: time_pixels(cfg, plans),
         "ceiling": lambda: time_ceiling(plans),
-        "released": lambda: time_released(cfg, args.work, rows, args.samples),
+        "released": lambda: time_released(dataclasses.replace(cfg, resize_on="loader"), args.work, rows, args.samples),
     }
     results: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(args.rounds):  # interleaved, so a noisy neighbour hits every method alike

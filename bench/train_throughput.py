@@ -23,11 +23,22 @@ import torch
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
+# Frames as the shard stage stores them by default (240p, 16:9): what a `resize_on: device` batch
+# carries to the device, where batch_to_device crops and resizes them to the crop size.
+STORED_HW = (240, 426)
+
+
 def synthetic_batches(cfg, stage: int, vocab_size: int, seed: int = 0):
-    """An endless stream of one fixed loader-format batch (uint8 video, token ids, masks)."""
+    """An endless stream of one fixed loader-format batch (uint8 video, token ids, masks; with
+    ``resize_on: device`` stored-size frames and a random DeviceCrop, as the loader makes them)."""
+    import numpy as np
+
+    from lfvila.data.collate import DeviceCrop
+    from lfvila.data.transforms import box_to_pixels, random_resized_crop_box
+
     gen = torch.Generator().manual_seed(seed)
     b, m, length = cfg.data.batch_size, cfg.data.n_sentences, cfg.data.max_tokens
-    h, w = cfg.data.crop
+    h, w = STORED_HW if cfg.data.resize_on == "device" else cfg.data.crop
     batch = {
         "video": torch.randint(0, 256, (b, 3, cfg.data.n_frames, h, w), dtype=torch.uint8, generator=gen),
         "text_ids": torch.randint(1000, vocab_size, (b, m, length), generator=gen),
@@ -36,6 +47,11 @@ def synthetic_batches(cfg, stage: int, vocab_size: int, seed: int = 0):
         "keys": [f"synthetic_{i}" for i in range(b)],
     }
     batch["text_ids"][:, :, 0] = 101  # [CLS]
+    if cfg.data.resize_on == "device":
+        rng = np.random.default_rng(seed)
+        boxes = [box_to_pixels(random_resized_crop_box(rng, STORED_HW, cfg.data.crop, cfg.data.scale, cfg.data.ratio),
+                               STORED_HW) for _ in range(b)]
+        batch["crop"] = DeviceCrop(tuple(boxes), tuple(i % 2 == 0 for i in range(b)), cfg.data.crop, cfg.data.antialias)
     if stage == 2:
         labels = torch.full_like(batch["text_ids"], -100)
         masked = torch.rand(b, m, length, generator=gen) < 0.15

@@ -10,7 +10,7 @@ import torch
 
 from lfvila.data import DataConfig, batch_to_device, build_loader, normalize_video
 from lfvila.data.collate import IGNORE_INDEX, DeviceCrop, Tokenizer, mask_tokens
-from lfvila.data.sampling import SkipSample, plan_sample, uniform_frame_indices
+from lfvila.data.sampling import SkipSample, frame_members, plan_sample, uniform_frame_indices
 from lfvila.data.transforms import (box_to_pixels, random_resized_crop_box, resize_crop_frames, resize_crop_into,
                                     val_crop_box)
 from lfvila.testing import COLOURS, model_pixels, synthetic_sample, write_synthetic_shards
@@ -126,9 +126,26 @@ def test_window_is_consecutive_and_random(bert_dir):
 
 
 def test_uniform_frame_indices():
-    assert uniform_frame_indices(10, 26, 8).tolist() == [10, 12, 14, 16, 18, 20, 22, 24]
-    assert uniform_frame_indices(0, 3, 8).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]  # fewer frames: repeats
-    assert uniform_frame_indices(5, 6, 8).tolist() == [5] * 8
+    assert uniform_frame_indices(10, 26, 8) == [10, 12, 14, 16, 18, 20, 22, 24]
+    assert uniform_frame_indices(0, 3, 8) == [0, 0, 0, 1, 1, 1, 2, 2]  # fewer frames: repeats
+    assert uniform_frame_indices(5, 6, 8) == [5] * 8
+    for n in range(0, 300, 7):  # the same rounding as LF-VILA's numpy formula
+        for k in (1, 3, 7, 8, 16):
+            assert uniform_frame_indices(4, 4 + n, k) == (4 + np.floor(np.linspace(0, n, k, endpoint=False))).tolist()
+
+
+def test_frame_members_exact_in_both_layouts():
+    raw = {"__key__": "k", "__url__": "u", **synthetic_sample("k", random.Random(0), n_sentences=2)}
+    n = sum(name.endswith(".jpg") for name in raw)
+    assert frame_members(raw, n) == tuple(f"{i:04d}.jpg" for i in range(n))  # the shard stage's layout
+    other = {"__key__": "k", "__url__": "u", "json": raw["json"], "txt": b"extra member",
+             **{f"{i}.jpg": raw[f"{i:04d}.jpg"] for i in range(n)}}  # unpadded names, one more member
+    assert frame_members(other, n) == [f"{i}.jpg" for i in range(n)]
+    for broken in ({k: v for k, v in raw.items() if k != "0001.jpg"}, {**raw, "9999.jpg": b""}):
+        with pytest.raises(SkipSample, match="frame_count_mismatch"):
+            frame_members(broken, n)
+    with pytest.raises(SkipSample, match="frame_count_mismatch"):
+        frame_members(raw, n + 1)
 
 
 def test_crop_boxes():

@@ -8,6 +8,7 @@ enough to sit in a shuffle buffer.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -43,14 +44,14 @@ class SamplePlan:
     mlm_seed: tuple[int, ...]  # seeds the stage-2 masking of this sample
 
 
-_NUMBER_TYPES = (int, float)  # exact types: json gives no subclasses, and bool is excluded
+_NUMBER_TYPES = {int, float}  # exact types: json gives no subclasses, and bool is excluded
 
 
 def _all_numbers(values: list) -> bool:
     """Every value is a finite int/float (not bool). One type pass, then one finiteness check of
     the sum (a nan or inf anywhere makes it non-finite; so do absurdly large times): calling
     _number() on each of a sample's ~200 frame times cost ~1 ms per sample."""
-    if not all(type(v) in _NUMBER_TYPES for v in values):
+    if not set(map(type, values)) <= _NUMBER_TYPES:
         return False
     try:
         return math.isfinite(sum(values))
@@ -90,12 +91,25 @@ def parse_meta(raw: dict) -> dict:
     return meta
 
 
-def frame_members(raw: dict, n_frames: int) -> list[bytes]:
-    """The JPEG bytes of frames 0..n_frames-1; raise SkipSample when the members disagree."""
+@functools.lru_cache(maxsize=256)
+def _standard_frame_names(n_frames: int) -> tuple[tuple[str, ...], frozenset]:
+    names = tuple(f"{i:04d}.jpg" for i in range(n_frames))
+    return names, frozenset(names)
+
+
+def frame_members(raw: dict, n_frames: int) -> tuple[str, ...] | list[str]:
+    """The member names of frames 0..n_frames-1, in order; raise SkipSample when the jpg members
+    are not exactly frames 0..n_frames-1.
+
+    Fast path for the shard stage's layout (``__key__``, ``__url__``, ``json`` and ``NNNN.jpg``
+    frames, nothing else): one set comparison instead of parsing ~200 member names (~0.3 ms)."""
+    names, name_set = _standard_frame_names(n_frames)
+    if len(raw) == n_frames + 3 and raw.keys() >= name_set:
+        return names
     found = {}
-    for name, value in raw.items():
+    for name in raw:
         if name.endswith(".jpg") and name[:-4].isdecimal():  # isdigit() also takes "²", which int() rejects
-            found[int(name[:-4])] = value
+            found[int(name[:-4])] = name
     if sorted(found) != list(range(n_frames)):
         raise SkipSample("frame_count_mismatch", f"{len(found)} jpg members, {n_frames} frame_times")
     return [found[i] for i in range(n_frames)]
@@ -104,7 +118,7 @@ def frame_members(raw: dict, n_frames: int) -> list[bytes]:
 def check_frame_ranges(meta: dict) -> None:
     """Each sentence's ``[frame_start, frame_end)`` must lie in the frames and in its time span."""
     times = meta["frame_times"]
-    if any(b < a for a, b in zip(times, times[1:])):
+    if times != sorted(times):
         raise SkipSample("bad_frame_range", "frame_times are not in time order")
     if not meta["sentences"]:
         raise SkipSample("no_sentences")
@@ -112,15 +126,20 @@ def check_frame_ranges(meta: dict) -> None:
         fs, fe = s["frame_start"], s["frame_end"]
         if not 0 <= fs <= fe <= len(times):
             raise SkipSample("bad_frame_range", f"sentence {i}: [{fs}, {fe}) outside {len(times)} frames")
+        # times are sorted: the span's first and last frame bound all of them
         lo, hi = s["start"] - TIME_TOLERANCE_S, s["end"] + TIME_TOLERANCE_S
-        if any(not lo <= t <= hi for t in times[fs:fe]):
+        if fe > fs and not (lo <= times[fs] and times[fe - 1] <= hi):
             raise SkipSample("bad_frame_range", f"sentence {i}: frames outside its span [{s['start']}, {s['end']}]")
 
 
-def uniform_frame_indices(frame_start: int, frame_end: int, k: int) -> np.ndarray:
-    """``k`` frames uniformly over ``[frame_start, frame_end)``, endpoint excluded; repeats when fewer."""
-    n = frame_end - frame_start
-    return frame_start + np.floor(np.linspace(0, n, k, endpoint=False)).astype(np.int64)
+def uniform_frame_indices(frame_start: int, frame_end: int, k: int) -> list[int]:
+    """``k`` frames uniformly over ``[frame_start, frame_end)``, endpoint excluded; repeats when fewer.
+
+    ``floor(linspace(0, n, k, endpoint=False))`` as LF-VILA computes it (the same float products
+    ``j * (n / k)``, so the same rounding), in plain Python: numpy's call overhead was 10x the work.
+    """
+    step = (frame_end - frame_start) / k
+    return [frame_start + math.floor(j * step) for j in range(k)]
 
 
 def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
@@ -128,7 +147,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     """Validate a shard sample and draw its window, frames, crop and flip (in that order)."""
     meta = parse_meta(raw)
     check_frame_ranges(meta)
-    jpegs = frame_members(raw, len(meta["frame_times"]))
+    names = frame_members(raw, len(meta["frame_times"]))
     sentences = meta["sentences"]
     m, k = cfg.n_sentences, cfg.frames_per_sentence
     first = int(rng.integers(0, len(sentences) - m + 1)) if len(sentences) > m else 0
@@ -141,8 +160,9 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     # Padded clip slots (fewer than M sentences) repeat the last real clip's frames; their
     # sentences are masked out through sentence_mask.
     per_clip += [per_clip[-1]] * (m - len(window))
-    wanted = np.concatenate(per_clip)
-    distinct, frame_ids = np.unique(wanted, return_inverse=True)
+    wanted = [i for clip in per_clip for i in clip]
+    distinct = sorted(set(wanted))
+    slot = {frame: j for j, frame in enumerate(distinct)}
     frame_hw = (meta["height"], meta["width"])
     if train:
         box = random_resized_crop_box(rng, frame_hw, cfg.crop, cfg.scale, cfg.ratio)
@@ -151,6 +171,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
         box, flip = val_crop_box(cfg.val_resize, cfg.val_crop_fraction), False
     return SamplePlan(
         key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
-        texts=[s["text"] for s in window], frame_ids=frame_ids.tolist(),
-        jpegs=[bytes(jpegs[i]) for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
+        texts=[s["text"] for s in window], frame_ids=[slot[i] for i in wanted],
+        # Copies: the members may be views into the reader's chunks, which a plan must not pin.
+        jpegs=[bytes(raw[names[i]]) for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
     )
