@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import random
-import sys
+import threading
 from collections.abc import Iterator
 from itertools import count
 
@@ -89,39 +89,54 @@ def _pax_path(data: bytes) -> str | None:
 
 
 class _Chunk:
-    """A page-aligned read buffer and whether any member handed out still points into it."""
+    """A page-aligned read buffer; idle once no member (a memoryview slice of it) is alive."""
 
-    __slots__ = ("buffer", "view", "blocks", "idle_refs")
+    __slots__ = ("buffer", "view", "blocks")
 
     def __init__(self, size: int):
         # Private: Python's default for anonymous maps is MAP_SHARED, which forked DataLoader
         # workers would share (through the idle chunks their parent left behind).
         self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        self.view = memoryview(self.buffer)
+        self.open()
+
+    def open(self) -> None:
+        self.view = memoryview(self.buffer)  # members are slices of it
         self.blocks = np.frombuffer(self.buffer, np.uint8).reshape(-1, BLOCK)  # (size / 512, 512)
-        self.idle_refs = sys.getrefcount(self.buffer)
+
+    def close(self) -> None:
+        """Drop this reader's own views; slices handed out keep the buffer export they share."""
+        self.view.release()
+        self.view = self.blocks = None
 
     def idle(self) -> bool:
-        # Members are slices of their own ``memoryview(buffer)``; each holds one reference to
-        # ``buffer`` while it lives (CPython reference counting), so no extra reference means
-        # nothing outside can see the bytes change.
-        return sys.getrefcount(self.buffer) == self.idle_refs
+        # A closed chunk still has a buffer export while any member slice of it lives, and mmap
+        # refuses to resize while exports exist: resizing to the same size asks just that.
+        try:
+            self.buffer.resize(len(self.buffer))
+        except (BufferError, SystemError):  # SystemError: no mremap (macOS): never reused
+            return False
+        return True
 
 
 MAX_IDLE_CHUNKS = 4
 _idle_chunks: list[_Chunk] = []  # chunks of finished reads (this process), reused when idle
+_idle_chunks_lock = threading.Lock()  # readers may run in threads
 
 
 def _take_chunk(size: int) -> _Chunk:
-    for i, chunk in enumerate(_idle_chunks):
-        if len(chunk.buffer) >= size and chunk.idle():
-            return _idle_chunks.pop(i)
+    with _idle_chunks_lock:
+        for i, chunk in enumerate(_idle_chunks):
+            if len(chunk.buffer) >= size and chunk.idle():
+                chunk.open()
+                return _idle_chunks.pop(i)
     return _Chunk(size)
 
 
 def _retire(chunk: _Chunk) -> None:
-    if len(_idle_chunks) < MAX_IDLE_CHUNKS:
-        _idle_chunks.append(chunk)
+    chunk.close()
+    with _idle_chunks_lock:  # chunks grown for a huge member are not kept
+        if len(_idle_chunks) < MAX_IDLE_CHUNKS and len(chunk.buffer) <= CHUNK_BYTES + PAGE:
+            _idle_chunks.append(chunk)
 
 
 class _StreamWindow:
@@ -181,11 +196,14 @@ class _StreamWindow:
             if buf[at + CHKSUM] == 0 and buf[at:at + BLOCK] == ZERO_BLOCK:
                 need = 0
                 break
-            try:
-                size = _octal(buf[at + SIZE:at + SIZE + 12])
+            try:  # _octal inlined for the usual spelling (a call per member costs)
+                size = int(buf[at + SIZE:at + SIZE + 12].partition(b"\0")[0], 8)
             except ValueError:
-                error = TarFormatError("invalid header")
-                break
+                try:
+                    size = _octal(buf[at + SIZE:at + SIZE + 12])
+                except ValueError:
+                    error = TarFormatError("invalid header")
+                    break
             offsets.append(at)
             padded = (size + BLOCK - 1) & -BLOCK
             if end - at - BLOCK < padded:  # its header is checked below; its data comes after the next fill
@@ -246,7 +264,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
                 return  # no end-of-archive blocks: tolerated, as tarfile does
             first = False
             headers, need, error = window.scan()
-            buf = window.chunk.buffer
+            buf, view = window.chunk.buffer, window.chunk.view
             batch = []
             for at, kind, size in headers:
                 data = at + BLOCK
@@ -259,14 +277,14 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
                             name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
                     else:
                         name, long_name = long_name, None
-                    batch.append((name, memoryview(buf)[data:data + size]))  # see _Chunk.idle
+                    batch.append((name, view[data:data + size]))  # see _Chunk.idle
                 elif kind == LONG_NAME_TYPE:
                     long_name = buf[data:data + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
                 elif kind == PAX_TYPE:
                     long_name = _pax_path(buf[data:data + size]) or long_name
                 else:
                     long_name = None
-            del buf  # no reference to the chunk while suspended (see _Chunk.idle)
+            del buf, view
             yield batch
             if error is not None:
                 raise error
@@ -350,8 +368,8 @@ def read_shard(url: str) -> Iterator[dict]:
         try:
             member_prefix = ""  # "KEY." of ``current``
             for batch in _member_batches(stream):
+                n_members += len(batch)
                 for name, data in batch:
-                    n_members += 1
                     if current is not None and name.startswith(member_prefix) \
                             and "/" not in (suffix := name[len(member_prefix):]):
                         pass  # another member of ``current``: what split_member_name gives, cheaper
