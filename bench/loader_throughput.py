@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lfvila.data import DataConfig, batch_to_device, build_loader  # noqa: E402
-from lfvila.data.collate import (BatchBuffers, BatchCanvas, collate, new_video_buffer, render_sample,  # noqa: E402
-                                 render_video)
+from lfvila.data.collate import (BatchBuffers, BatchCanvas, collate, new_video_buffer, render_geometry,  # noqa: E402
+                                 render_sample, render_video)
 from lfvila.data.loader import _tokenizer  # noqa: E402
 from lfvila.data.reader import read_shard  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
@@ -185,7 +185,9 @@ def time_pipeline_on_plans(cfg: DataConfig, plans: list[SamplePlan]) -> float:
     start = CLOCK()
     for i in range(0, len(plans), cfg.batch_size):
         chunk = plans[i:i + cfg.batch_size]
-        boxes = [render_sample(plan, cfg, canvas, j) for j, plan in enumerate(chunk)]
+        geometry = [render_geometry(plan, cfg) for plan in chunk]
+        canvas.reserve([hw for _, hw in geometry])
+        boxes = [render_sample(plan, cfg, canvas, j, geo) for j, (plan, geo) in enumerate(zip(chunk, geometry))]
         collate(chunk, canvas.hand_over()[0], cfg, tokenizer, 1, boxes)
     return len(plans) / (CLOCK() - start)
 

@@ -37,3 +37,20 @@ def test_kept_batches_are_never_overwritten_and_dropped_buffers_are_reused(tmp_p
     views = [batch["video"][:1, :, :2] for batch in islice(build_loader(cfg, "train"), n_batches)]
     for view, copy in zip(views, copies):
         assert torch.equal(view, copy[:1, :, :2])
+
+
+def test_canvas_grows_keeping_the_rows_already_rendered(bert_dir):
+    """A sample with larger frames than the batch's buffer (after a skipped sample's replacement)
+    moves the rows rendered so far into a larger buffer, zero padded; the batch shape is the
+    largest frame size of its samples."""
+    from lfvila.data.collate import BatchBuffers, BatchCanvas
+
+    cfg = DataConfig(batch_size=3, n_sentences=1, frames_per_sentence=2, bert_dir=str(bert_dir))
+    canvas = BatchCanvas(BatchBuffers(cfg, 2))
+    canvas.reserve([(4, 6)])
+    canvas.row(0, (4, 6))[:, :4, :6] = 7
+    canvas.row(1, (5, 8))[:, :5, :8] = 9  # grows to (5, 8)
+    frames, _ = canvas.hand_over()
+    assert frames.shape == (3, 2, 5, 8, 3)
+    assert (frames[0, :, :4, :6] == 7).all() and (frames[0, :, 4:] == 0).all() and (frames[0, :, :, 6:] == 0).all()
+    assert (frames[1] == 9).all()

@@ -230,6 +230,12 @@ class BatchCanvas:
         self.buffers = buffers
         self.slot, self.frames = -1, None
 
+    def reserve(self, sizes: list[tuple[int, int]]) -> None:
+        """Make room for samples of these frame sizes (the loader passes a whole batch's sizes
+        before rendering it, so the buffer is taken once, at its final size)."""
+        if sizes:
+            self.row(0, (max(h for h, _ in sizes), max(w for _, w in sizes)))
+
     def row(self, index: int, hw: tuple[int, int]) -> torch.Tensor:
         """Sample ``index``'s ``(T, H, W, 3)`` slot, with H >= hw[0] and W >= hw[1]."""
         if self.frames is None:
@@ -249,13 +255,24 @@ class BatchCanvas:
         return frames, release
 
 
-def render_sample(plan: SamplePlan, cfg: DataConfig, canvas: BatchCanvas, index: int) -> tuple[int, int, int, int] | None:
-    """Render ``plan`` into row ``index`` of the batch: cropped/resized/flipped (``resize_on:
-    loader``, returns None) or decoded only (``resize_on: device``, returns its pixel crop box)."""
+def render_geometry(plan: SamplePlan, cfg: DataConfig) -> tuple[int, tuple[int, int]]:
+    """(DCT downscale factor, H x W the sample takes in the batch buffer): the crop with
+    ``resize_on: loader``, the decoded frame size with ``resize_on: device``. Reads one JPEG header
+    (raises SkipSample("corrupt_jpeg") when it is unreadable)."""
     if cfg.resize_on == "loader":
-        render_video(plan, cfg, out=canvas.row(index, cfg.crop))
+        return 1, cfg.crop  # render_video picks its own factor
+    return decoded_geometry(plan, cfg)
+
+
+def render_sample(plan: SamplePlan, cfg: DataConfig, canvas: BatchCanvas, index: int,
+                  geometry: tuple[int, tuple[int, int]]) -> tuple[int, int, int, int] | None:
+    """Render ``plan`` into row ``index`` of the batch: cropped/resized/flipped (``resize_on:
+    loader``, returns None) or decoded only (``resize_on: device``, returns its pixel crop box).
+    ``geometry`` is :func:`render_geometry`'s."""
+    factor, hw = geometry
+    if cfg.resize_on == "loader":
+        render_video(plan, cfg, out=canvas.row(index, hw))
         return None
-    factor, hw = decoded_geometry(plan, cfg)
     return render_frames(plan, cfg, canvas.row(index, hw).numpy(), factor, hw)
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lfvila.data.collate import BatchBuffers, BatchCanvas, Tokenizer, collate, render_sample, storage_users
+from lfvila.data.collate import (BatchBuffers, BatchCanvas, Tokenizer, collate, render_geometry, render_sample,
+                                 storage_users)
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
@@ -191,33 +192,49 @@ class ShardStream(IterableDataset):
         canvas = BatchCanvas(buffers)  # (B, T, H, W, 3): samples are rendered straight into it
         skips: Counter = Counter()
         consecutive_skips = 0
-        for item in items:
-            position += 1
-            reason = None
-            if isinstance(item, dict):
-                reason, url, key, detail = item["__error__"], item["__url__"], item["__key__"], item["__detail__"]
-            else:
-                try:
-                    boxes.append(render_sample(item, cfg, canvas, len(rendered)))
-                    rendered.append(item)
-                except SkipSample as exc:
-                    reason, url, key, detail = exc.reason, item.url, item.key, exc.detail
-            if reason is None:
-                consecutive_skips = 0
-            else:
-                skips[reason] += 1
-                log(reason, url, key, detail)
-                consecutive_skips += 1
-                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    raise RuntimeError(
-                        f"{self.split} stream of rank {self.rank} worker {local}: {consecutive_skips} unusable "
-                        f"items in a row (last: {reason} in {url}: {detail}); counts so far {dict(skips)}")
+        while chunk := list(islice(items, cfg.batch_size - len(rendered))):
+            # The frame sizes of the whole chunk first (one JPEG header each), so the batch buffer
+            # is taken at its final size and no rendered sample is ever copied to a larger one.
+            geometry = [self.geometry(item) for item in chunk]
+            canvas.reserve([g[1] for g in geometry if isinstance(g, tuple)])
+            for item, geo in zip(chunk, geometry):
+                position += 1
+                reason = None
+                if isinstance(item, dict):
+                    reason, url, key, detail = item["__error__"], item["__url__"], item["__key__"], item["__detail__"]
+                else:
+                    try:
+                        if isinstance(geo, SkipSample):
+                            raise geo
+                        boxes.append(render_sample(item, cfg, canvas, len(rendered), geo))
+                        rendered.append(item)
+                    except SkipSample as exc:
+                        reason, url, key, detail = exc.reason, item.url, item.key, exc.detail
+                if reason is None:
+                    consecutive_skips = 0
+                else:
+                    skips[reason] += 1
+                    log(reason, url, key, detail)
+                    consecutive_skips += 1
+                    if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                        raise RuntimeError(
+                            f"{self.split} stream of rank {self.rank} worker {local}: {consecutive_skips} unusable "
+                            f"items in a row (last: {reason} in {url}: {detail}); counts so far {dict(skips)}")
             if len(rendered) == cfg.batch_size:
                 yield self.finish_batch(rendered, boxes, canvas, skips, tokenizer, local, position)
                 rendered, boxes, skips = [], [], Counter()
         if rendered or skips:
             # A final short batch, or only the skip counts of the stream's tail (no samples).
             yield self.finish_batch(rendered, boxes, canvas, skips, tokenizer, local, position)
+
+    def geometry(self, item) -> tuple[int, tuple[int, int]] | SkipSample | None:
+        """render_geometry of a plan, its SkipSample when that fails, None for an error record."""
+        if isinstance(item, dict):
+            return None
+        try:
+            return render_geometry(item, self.cfg)
+        except SkipSample as exc:
+            return exc
 
     def finish_batch(self, plans: list[SamplePlan], boxes: list, canvas: BatchCanvas, skips: Counter,
                      tokenizer: Tokenizer, local: int, position: int) -> dict:
