@@ -10,24 +10,27 @@ counted record instead of an exception. Every item this module yields is either 
 Why the reader looks the way it does: a long-form sample is ~208 members (its JSON and every
 frame at 3 fps) of which the planner keeps 32, so per-member costs decide the loader's speed
 (goal: well under the ~11 ms of decoding the 32 JPEGs). webdataset's ``tar_file_iterator`` (via
-``tarfile``) took ~300 us per member; a first Python reader here 13.5 us per member, 2.8 ms per
-sample. Measured on this 2-core AMD EPYC VM, where it went (and what replaced it):
+``tarfile``) took ~300 us per member; a first Python reader here 13.5 us per member, ~2.9 ms per
+sample. Measured on this 2-core AMD EPYC VM, where it went, and what replaced it:
 
-* page faults, ~4 us per 4 KiB page: copying every member out (and the allocator handing the
-  freed 2.8 MB back to the kernel after each sample) faulted ~320 pages per sample. Members are
-  now memoryviews into read chunks taken from a small pool of idle ones (``_Chunk``); the
-  planner copies the few frames it keeps, so plans never pin chunks.
-* the kernel's copy into the read buffer: ~6x slower when the destination sits 1-31 bytes past
-  the source's in-page offset, as a malloc'd ``bytearray`` does. Chunks are page-aligned
-  ``mmap`` and keep each stream byte at its in-page offset (``_StreamWindow``).
-* per-header Python work: two ``sum()`` over 512 bytes for the checksum, octal parsing, copies.
-  All header checksums of a chunk are now checked with one numpy gather; a header is one
-  ``int()`` in the member walk.
-* one generator step per member: members come in one list per chunk.
+* page faults, ~4 us per fresh 4 KiB page here: copying every member out (and the allocator
+  handing the freed 2.8 MB back to the kernel after each sample) faulted ~320 pages per sample.
+  Members are now memoryviews, never copies; the planner copies the few frames it keeps, so
+  plans never pin shard memory.
+* the kernel's copy into the read buffer (~0.4 ms per sample): a local shard read from its
+  start is memory-mapped instead (``_MappedFile``, ~50 faults per sample). Other streams
+  (``pipe:``, downloads) are read into 4 MiB chunks taken from a pool of idle ones (``_Chunk``),
+  page-aligned, with each stream byte at its in-page offset: a read landing 1-31 bytes past its
+  source's in-page offset, as it does into a malloc'd ``bytearray``, ran ~6x slower.
+* per-header Python work: two ``sum()`` over 512 bytes for the checksum, octal parsing,
+  copies. The walk over headers is now one ``int()`` per member; the checksums of up to 240
+  headers are checked in one numpy gather.
+* one generator step per member: members come in one list per chunk or scan.
 
-``read_shard`` on the benchmark shards (bench/_work/loader, 8 samples, process CPU time, old
-and new timed alternately in one process; the machine was shared, so absolute numbers moved
-+-30% between runs, the ratio less): 3.1 -> 1.2 ms per sample.
+``read_shard`` on the benchmark shards (bench/_work/loader/corpus, 8 samples, process CPU time,
+the old and new module timed alternately in one process, best of 30; the machine was shared,
+absolute numbers moved +-30% between runs): 2.87 -> 0.92 ms per sample (3.1x; medians 3.29 ->
+1.00).
 
 Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` is a pure function of
 (seed, pass, epoch, global worker id), so streams are reproducible and never overlap.
@@ -183,7 +186,8 @@ class _MappedFile:
 
 
 class _StreamWindow:
-    """The unread bytes of a stream, ``chunk.buffer[start:end]``, read a chunk at a time.
+    """The unread bytes of a stream, ``chunk.buffer[start:end]``: the whole mapped file
+    (``mapped``; never refilled), or read a chunk at a time.
 
     On refill the unread rest moves to an idle chunk from the pool (a member handed out stays
     valid while anyone holds it; fresh memory would fault on first touch). Stream byte ``o`` sits
@@ -437,8 +441,8 @@ def read_shard(url: str) -> Iterator[dict]:
                         yield _error("duplicate_member", url, current["__key__"], f"{name} appears twice")
                         current = None
                         continue
-                    # Frames stay views into the read chunks: the planner copies the few it keeps (see
-                    # _StreamWindow); anything else (the JSON) is parsed by consumers that want bytes.
+                    # Frames stay views into the mapped shard or read chunks: the planner copies the few
+                    # it keeps; anything else (the JSON) goes to consumers that want bytes.
                     current[suffix] = data if suffix.endswith(".jpg") else bytes(data)
         except Exception as exc:  # TarFormatError, pipe errors, network errors...
             reason = "truncated_tar" if n_members else "shard_open_error"
