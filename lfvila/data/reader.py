@@ -319,6 +319,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
             headers, need, error = window.scan()
             buf, view = window.chunk.buffer, window.chunk.view
             batch = []
+            add = batch.append
             for at, kind, size in headers:
                 data = at + BLOCK
                 if kind in REGULAR_TYPES:
@@ -330,7 +331,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
                             name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
                     else:
                         name, long_name = long_name, None
-                    batch.append((name, view[data:data + size]))  # see _Chunk.idle
+                    add((name, view[data:data + size]))  # see _Chunk.idle
                 elif kind == LONG_NAME_TYPE:
                     long_name = buf[data:data + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
                 elif kind == PAX_TYPE:
@@ -419,12 +420,12 @@ def read_shard(url: str) -> Iterator[dict]:
     n_members = 0
     try:
         try:
-            member_prefix = ""  # "KEY." of ``current``
+            member_prefix, prefix_len = "", 0  # "KEY." of ``current``
             for batch in _member_batches(stream):
                 n_members += len(batch)
                 for name, data in batch:
                     if current is not None and name.startswith(member_prefix) \
-                            and "/" not in (suffix := name[len(member_prefix):]):
+                            and "/" not in (suffix := name[prefix_len:]):
                         pass  # another member of ``current``: what split_member_name gives, cheaper
                     else:
                         key, suffix = split_member_name(name)
@@ -436,6 +437,7 @@ def read_shard(url: str) -> Iterator[dict]:
                         if current is None:
                             current = {"__key__": key, "__url__": url}
                             member_prefix = key + "."
+                            prefix_len = len(member_prefix)
                     suffix = suffix.lower()
                     if suffix in current:
                         yield _error("duplicate_member", url, current["__key__"], f"{name} appears twice")
