@@ -78,3 +78,14 @@ def test_init_from_run_dir_takes_newest(tmp_path):
     assert ckpt.load_model_weights(tmp_path / "run")["w"].tolist() == [2.0] * 3
     with pytest.raises(ValueError, match="no complete checkpoint"):
         ckpt.load_model_weights(tmp_path)
+
+
+def test_resumed_loss_log_keeps_one_record_per_step(tmp_path):
+    from lfvila.trainer.loop import drop_loss_records_after
+
+    log = tmp_path / "losses.jsonl"
+    log.write_text("".join(f'{{"step": {s}, "loss": {s / 10}}}\n' for s in range(1, 6)) + '{"step": 6, "lo')
+    drop_loss_records_after(log, 3)  # resumed from the checkpoint of step 3; 4, 5 and a torn 6 go
+    assert [line for line in log.read_text().splitlines()] == [f'{{"step": {s}, "loss": {s / 10}}}' for s in (1, 2, 3)]
+    drop_loss_records_after(tmp_path / "missing.jsonl", 3)  # no log yet: nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -51,6 +52,24 @@ class TaskForward(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self._task.losses(batch)
+
+
+def drop_loss_records_after(path: Path, step: int) -> None:
+    """Keep only ``path``'s records of steps <= ``step`` (atomically: temp file, then rename), so a
+    resumed run's losses.jsonl has one record per step, like its TensorBoard events (purge_step).
+    A torn last line (the kill came mid-write) goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -230,6 +249,8 @@ class Trainer:
                 # purge_step drops events a killed run wrote after its last checkpoint
                 self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
             if tcfg.loss_log:
+                if self.step:  # resumed: drop what a killed run logged after its last checkpoint
+                    drop_loss_records_after(self.out / "losses.jsonl", self.step)
                 self.loss_log = open(self.out / "losses.jsonl", "a", encoding="utf-8")
         metrics: dict[str, Any] = {}
         bar = self._progress_bar()
