@@ -88,7 +88,62 @@ def test_samples_are_in_key_order_and_tar_headers_are_fixed(tmp_path, videos):
     names = [i.name for i in infos]
     first = names[0].split(".")[0]
     own = [n for n in names if n.startswith(first + ".")]
-    assert own[-1] == f"{first}.json" and own[:-1] == [f"{first}.{i:04d}.jpg" for i in range(len(own) - 1)]
+    assert own[0] == f"{first}.json" and own[1:] == [f"{first}.{i:04d}.jpg" for i in range(len(own) - 1)]
+
+
+def test_json_comes_first_and_frame_bytes_locate_every_frame(tmp_path, videos):
+    """Each sample is KEY.json then its frames; offsets computed from frame_bytes land on the frame headers."""
+    import tarfile
+
+    from lfvila.shards.tar import BLOCK, frame_header_offsets, padded, read_member_header
+
+    out = _manifest(tmp_path)
+    build_shards(_cfg(), out, videos, workers=1)
+    index = {r["key"]: r for r in pq.read_table(out / "shards" / "index.parquet").to_pylist()}
+    checked = 0
+    for tar_path in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            infos = tar.getmembers()
+        blob = tar_path.read_bytes()
+        by_key: dict[str, list[tarfile.TarInfo]] = {}
+        for info in infos:
+            by_key.setdefault(info.name.split(".")[0], []).append(info)
+        for key, members in by_key.items():
+            head, frames = members[0], members[1:]
+            meta = json.loads(blob[head.offset_data:head.offset_data + head.size])
+            assert head.name == f"{key}.json" and [m.name for m in frames] == [
+                f"{key}.{i:04d}.jpg" for i in range(len(meta["frame_times"]))]
+            assert list(meta)[list(meta).index("frame_times") + 1] == "frame_bytes"
+            assert meta["frame_bytes"] == [m.size for m in frames]
+            assert index[key]["offset"] == head.offset  # the sample starts with its JSON member
+            # As docs/shards.md tells a reader: JSON member = one header block + padded data, then the frames.
+            assert head.offset_data == head.offset + BLOCK
+            offsets = frame_header_offsets(head.offset, BLOCK + padded(head.size), meta["frame_bytes"])
+            assert offsets == [m.offset for m in frames]
+            for i, at in enumerate(offsets):
+                assert read_member_header(blob[at:at + BLOCK]) == (f"{key}.{i:04d}.jpg", meta["frame_bytes"][i])
+                data = blob[at + BLOCK:at + BLOCK + meta["frame_bytes"][i]]
+                assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"  # a whole JPEG
+            end = offsets[-1] + BLOCK + padded(meta["frame_bytes"][-1])
+            assert index[key]["size"] == end - head.offset  # the index range covers the whole sample
+            checked += 1
+    assert checked == 9
+
+
+def test_frame_headers_are_one_block_for_short_ascii_names():
+    """The condition docs/shards.md states for the offset formula, checked against tarfile's PAX writer."""
+    from lfvila.shards.tar import BLOCK, member_header, read_member_header
+
+    for name in ("k.0000.jpg", "k" * 91 + ".0000.jpg"):  # up to 100 ASCII characters: one ustar block
+        assert len(member_header(name, 25_000)) == BLOCK
+        assert read_member_header(member_header(name, 25_000)) == (name, 25_000)
+    for name in ("k" * 92 + ".0000.jpg", "ké.0000.jpg"):  # longer or non-ASCII: PAX blocks in front
+        header = member_header(name, 25_000)
+        assert len(header) > BLOCK
+        with pytest.raises(ValueError, match="not a regular file"):
+            read_member_header(header[:BLOCK])
+    with pytest.raises(ValueError, match="no valid tar header"):
+        read_member_header(bytes(BLOCK))
 
 
 def test_index_byte_ranges_and_wids_random_access(tmp_path, videos):

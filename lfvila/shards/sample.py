@@ -1,5 +1,12 @@
 """One long-form video (a manifest row) -> one WebDataset sample written into a shard.
 
+Members, in this order: ``KEY.json`` then ``KEY.0000.jpg``, ``KEY.0001.jpg``, ... (time order). The
+JSON comes first and lists each frame member's byte length (``frame_bytes``), so a reader that has
+the JSON can compute where every frame member lies and read only the frames it uses
+(``lfvila.shards.tar.frame_header_offsets``). The JSON needs every frame's size, so a sample's JPEGs
+are held in memory until it is accepted (a few MB: 200-400 frames of ~15-25 kB at 240p) and then
+written in one go; a rejected sample never touches the tar.
+
 Frames: slot ``n`` of the long-form video's grid shows the source frame on screen at
 ``start + (n + 0.5) / fps`` (see lfvila/video/decode.py). Only slots whose time falls inside at
 least one sentence span are stored: gaps between sentences carry no text. Sentence ``i`` owns the
@@ -96,13 +103,14 @@ def _plan_segments(row: dict, videos_dir: Path, wanted: list[int], fps: float) -
     return segments, owner
 
 
-def _sample_json(row: dict, fps: float, width: int, height: int, times: list[float], sentences: list[dict],
-                 decode_errors: int) -> bytes:
+def _sample_json(row: dict, fps: float, width: int, height: int, times: list[float], jpegs: list[bytes],
+                 sentences: list[dict], decode_errors: int) -> bytes:
     meta = {
         "key": row["key"], "source": row["source"], "video_id": row["video_id"],
         "start": round(min(s["start"] for s in sentences), 6), "end": round(max(s["end"] for s in sentences), 6),
         "fps": fps, "width": width, "height": height,
         "frame_times": [round(t, 6) for t in times],
+        "frame_bytes": [len(jpeg) for jpeg in jpegs],  # data length of each frame member, to locate it
         "sentences": sentences,
         "decode_errors": decode_errors,
     }
@@ -110,7 +118,12 @@ def _sample_json(row: dict, fps: float, width: int, height: int, times: list[flo
 
 
 def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) -> SampleOutcome:
-    """Decode ``row``'s long-form video and append its sample to ``tar``; the tar is unchanged when it is not written."""
+    """Decode ``row``'s long-form video and append its sample to ``tar``; the tar is unchanged when it is not written.
+
+    The frames are JPEG-encoded into memory as they are decoded and written, after ``KEY.json``, only once
+    the sample is accepted; if writing raises part-way, the caller rolls the tar back to ``tar.tell()`` as it
+    was before the call.
+    """
     vcfg = cfg.video
     fps = vcfg.fps
     key = row["key"]
@@ -128,8 +141,8 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
     digits = max(4, len(str(max(len(wanted) - 1, 0))))
     deadline = time.monotonic() + vcfg.timeout_s + vcfg.timeout_per_video_s * (row["end"] - row["start"])
 
-    mark = tar.tell()
     times: list[float] = []
+    jpegs: list[bytes] = []  # frame i's JPEG; held until the sample is accepted (its JSON lists their sizes)
     width = height = None
     decoded_until: list[float] = []  # per segment: source time up to which frames exist
     for seg in segments:
@@ -145,14 +158,13 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
                 continue
             if width is None:
                 height, width = frame.y.shape
-            tar.add(f"{key}.{len(times):0{digits}d}.jpg", frame.to_jpeg(vcfg.jpeg_quality))
+            jpegs.append(frame.to_jpeg(vcfg.jpeg_quality))
             times.append(slot_time(slot, grid_start, fps))
         seg.result = res = decoder.result
         if res.frames:
             # Errors of a file that gave no frame are its reject reason instead (clip or sample level).
             outcome.decode_errors += len(res.error_lines)
         if res.timed_out:
-            tar.rollback(mark)
             outcome.status, outcome.reason = "failed", "decode_timeout"
             outcome.detail = f"{seg.path.name}: no result within the deadline"
             return outcome
@@ -161,7 +173,6 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
         outcome.trimmed |= truncated and res.frames > 0
 
     if outcome.decode_errors > vcfg.max_decode_errors:
-        tar.rollback(mark)
         outcome.reason = "decode_error"
         outcome.detail = "; ".join(line for seg in segments if seg.result for line in seg.result.error_lines[:2])[:500]
         outcome.trimmed = False
@@ -191,7 +202,6 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
 
     needed = min(cfg.manifest.min_clips, len(sentences))
     if len(kept) < max(needed, 1):
-        tar.rollback(mark)
         outcome.clip_rejects = {}
         first = next((g for g in segments if g.result is not None or g.missing_reason), None)
         if not times and first is not None:
@@ -202,7 +212,10 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
             outcome.detail = f"{len(kept)} of {len(sentences)} sentences have frames; {needed} needed"
         return outcome
 
-    tar.add(f"{key}.json", _sample_json(row, fps, width, height, times, kept, outcome.decode_errors))
+    mark = tar.tell()
+    tar.add(f"{key}.json", _sample_json(row, fps, width, height, times, jpegs, kept, outcome.decode_errors))
+    for i, jpeg in enumerate(jpegs):
+        tar.add(f"{key}.{i:0{digits}d}.jpg", jpeg)
     outcome.status = "written"
     outcome.n_frames = len(times)
     outcome.n_sentences = outcome.clips_written = len(kept)

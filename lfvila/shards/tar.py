@@ -1,9 +1,16 @@
 """A byte-deterministic tar writer that can take back a half-written sample.
 
 Every member header has fixed fields (mtime 0, uid/gid 0, empty user/group names, mode 0o444), so
-the same members in the same order always give the same bytes. Members are written as they come
-(frames stream straight to disk, memory stays bounded); ``rollback`` truncates the file to a mark
-when a sample turns out to be rejected after some of its frames were written.
+the same members in the same order always give the same bytes. ``write_sample`` holds a sample's
+JPEGs in memory and writes the whole sample (``KEY.json`` first) once it is accepted; ``rollback``
+truncates the file to a mark when writing a sample fails part-way (an exception, e.g. disk full).
+
+Layout a reader can rely on (docs/shards.md, "Sample format"): a member is its header block(s),
+then its data padded with zeros to a multiple of 512 bytes. ``member_header`` writes PAX format,
+which for a name of at most 100 ASCII characters and a size under 8 GiB is one plain ustar block
+(512 bytes); only a longer or non-ASCII name (or a larger size) gets PAX extended-header blocks in
+front. ``frame_header_offsets`` computes where every frame member of a sample lies from the sizes
+recorded in its JSON.
 """
 from __future__ import annotations
 
@@ -26,6 +33,43 @@ def member_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+def padded(size: int) -> int:
+    """Bytes that ``size`` bytes of member data take in the tar (rounded up to whole 512-byte blocks)."""
+    return -(-size // BLOCK) * BLOCK
+
+
+def frame_header_offsets(json_header_offset: int, json_member_bytes: int, frame_bytes: list[int]) -> list[int]:
+    """Byte offsets of the frame members' headers of one sample (``KEY.json`` first, then the frames).
+
+    ``json_header_offset`` is where the ``KEY.json`` member starts (its header; the sample's offset in
+    ``index.parquet``), ``json_member_bytes`` the bytes the whole JSON member takes (header block(s) plus
+    padded data: ``512 + padded(json size)`` for a single-block header), ``frame_bytes`` the JSON's list.
+    Exact when every frame member has a single 512-byte header, which holds when ``KEY.NNNN.jpg`` is at
+    most 100 ASCII characters; readers must check the header they jump to (``read_member_header``).
+    """
+    offsets = []
+    at = json_header_offset + json_member_bytes
+    for size in frame_bytes:
+        offsets.append(at)
+        at += BLOCK + padded(size)
+    return offsets
+
+
+def read_member_header(block: bytes) -> tuple[str, int]:
+    """``(name, size)`` of the plain ustar header in ``block`` (512 bytes); ValueError when it is not one.
+
+    A PAX extended header (type ``x``, written for long or non-ASCII names) is not a plain header: the
+    caller must fall back to parsing members in order.
+    """
+    try:
+        info = tarfile.TarInfo.frombuf(block[:BLOCK], "utf-8", "surrogateescape")  # checks the checksum
+    except tarfile.HeaderError as e:
+        raise ValueError(f"no valid tar header: {e}") from None
+    if info.type != tarfile.REGTYPE:
+        raise ValueError(f"tar header of {info.name!r} has type {info.type!r}, not a regular file")
+    return info.name, info.size
+
+
 class DeterministicTarWriter:
     """Append-only tar file with ``mark``/``rollback``; ``close`` writes the end-of-archive blocks."""
 
@@ -37,6 +81,7 @@ class DeterministicTarWriter:
         return self.file.tell()
 
     def add(self, name: str, data: bytes) -> None:
+        """Append one regular file member: header, ``data``, zero padding to a 512-byte boundary."""
         self.file.write(member_header(name, len(data)))
         self.file.write(data)
         pad = -len(data) % BLOCK
