@@ -146,6 +146,23 @@ def test_frame_headers_are_one_block_for_short_ascii_names():
         read_member_header(bytes(BLOCK))
 
 
+def test_add_sample_writes_json_first_and_checks_frame_count(tmp_path):
+    import tarfile
+
+    from lfvila.shards.tar import DeterministicTarWriter
+
+    writer = DeterministicTarWriter(tmp_path / "t.tar")
+    meta = {"key": "a", "frame_times": [0.5, 1.5], "frame_bytes": "stale", "sentences": []}
+    assert writer.add_sample("a", meta, [b"x" * 600, b"y"]) == (0, 512 + 512 + 512 + 1024 + 512 + 512)
+    with pytest.raises(ValueError, match="1 frame_times for 2 frames"):
+        writer.add_sample("b", dict(meta, frame_times=[0.5]), [b"x", b"y"])
+    writer.close()
+    with tarfile.open(tmp_path / "t.tar") as tar:
+        assert tar.getnames() == ["a.json", "a.0000.jpg", "a.0001.jpg"]
+        written = json.loads(tar.extractfile("a.json").read())
+    assert list(written) == ["key", "frame_times", "frame_bytes", "sentences"] and written["frame_bytes"] == [600, 1]
+
+
 def test_index_byte_ranges_and_wids_random_access(tmp_path, videos):
     import webdataset as wds
     import wids

@@ -3,7 +3,7 @@
 Members, in this order: ``KEY.json`` then ``KEY.0000.jpg``, ``KEY.0001.jpg``, ... (time order). The
 JSON comes first and lists each frame member's byte length (``frame_bytes``), so a reader that has
 the JSON can compute where every frame member lies and read only the frames it uses
-(``lfvila.shards.tar.frame_header_offsets``). The JSON needs every frame's size, so a sample's JPEGs
+(``lfvila.shards.tar.frame_header_offsets``; written by ``DeterministicTarWriter.add_sample``). The JSON needs every frame's size, so a sample's JPEGs
 are held in memory until it is accepted (a few MB: 200-400 frames of ~15-25 kB at 240p) and then
 written in one go; a rejected sample never touches the tar.
 
@@ -25,7 +25,6 @@ Policies (each recorded per sample in the shard's status table, docs/shards.md):
 from __future__ import annotations
 
 import bisect
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,18 +102,17 @@ def _plan_segments(row: dict, videos_dir: Path, wanted: list[int], fps: float) -
     return segments, owner
 
 
-def _sample_json(row: dict, fps: float, width: int, height: int, times: list[float], jpegs: list[bytes],
-                 sentences: list[dict], decode_errors: int) -> bytes:
-    meta = {
+def _sample_meta(row: dict, fps: float, width: int, height: int, times: list[float], sentences: list[dict],
+                 decode_errors: int) -> dict:
+    """The sample's KEY.json (``frame_bytes`` is added by ``DeterministicTarWriter.add_sample``)."""
+    return {
         "key": row["key"], "source": row["source"], "video_id": row["video_id"],
         "start": round(min(s["start"] for s in sentences), 6), "end": round(max(s["end"] for s in sentences), 6),
         "fps": fps, "width": width, "height": height,
         "frame_times": [round(t, 6) for t in times],
-        "frame_bytes": [len(jpeg) for jpeg in jpegs],  # data length of each frame member, to locate it
         "sentences": sentences,
         "decode_errors": decode_errors,
     }
-    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) -> SampleOutcome:
@@ -212,15 +210,12 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
             outcome.detail = f"{len(kept)} of {len(sentences)} sentences have frames; {needed} needed"
         return outcome
 
-    mark = tar.tell()
-    tar.add(f"{key}.json", _sample_json(row, fps, width, height, times, jpegs, kept, outcome.decode_errors))
-    for i, jpeg in enumerate(jpegs):
-        tar.add(f"{key}.{i:0{digits}d}.jpg", jpeg)
+    meta = _sample_meta(row, fps, width, height, times, kept, outcome.decode_errors)
+    outcome.offset, outcome.size = tar.add_sample(key, meta, jpegs, digits)
     outcome.status = "written"
     outcome.n_frames = len(times)
     outcome.n_sentences = outcome.clips_written = len(kept)
     outcome.duration = round(max(s["end"] for s in kept) - min(s["start"] for s in kept), 6)
-    outcome.offset, outcome.size = mark, tar.tell() - mark
     if outcome.decode_errors:
         outcome.detail = "; ".join(line for seg in segments if seg.result for line in seg.result.error_lines[:1])[:500]
     return outcome

@@ -14,6 +14,7 @@ recorded in its JSON.
 """
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -87,6 +88,26 @@ class DeterministicTarWriter:
         pad = -len(data) % BLOCK
         if pad:
             self.file.write(b"\0" * pad)
+
+    def add_sample(self, key: str, meta: dict, jpegs: list[bytes], digits: int = 4) -> tuple[int, int]:
+        """Append one sample: ``KEY.json`` (``meta`` with ``frame_bytes`` set right after ``frame_times``),
+        then ``KEY.{i:0{digits}d}.jpg`` for every frame; returns ``(offset, size)`` of the sample in the tar.
+
+        ``meta`` must hold ``frame_times`` (one per JPEG); the JSON is compact UTF-8 in ``meta``'s key order.
+        """
+        if len(meta["frame_times"]) != len(jpegs):
+            raise ValueError(f"{key}: {len(meta['frame_times'])} frame_times for {len(jpegs)} frames")
+        ordered = {}
+        for name, value in meta.items():
+            if name != "frame_bytes":
+                ordered[name] = value
+            if name == "frame_times":
+                ordered["frame_bytes"] = [len(jpeg) for jpeg in jpegs]  # data length of each frame member
+        offset = self.tell()
+        self.add(f"{key}.json", json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        for i, jpeg in enumerate(jpegs):
+            self.add(f"{key}.{i:0{digits}d}.jpg", jpeg)
+        return offset, self.tell() - offset
 
     def rollback(self, offset: int) -> None:
         """Drop everything written after ``offset`` (a value of ``tell()``)."""
