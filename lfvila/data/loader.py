@@ -377,6 +377,9 @@ def build_loader(cfg: DataConfig, split: str, *, rank: int = 0, world_size: int 
     ranks and workers). Otherwise infinite: passes repeat reshuffled, or with ``cfg.resampled``
     shards are drawn with replacement. Stage 2 batches add ``mlm_ids``/``mlm_labels``.
     """
+    if not cfg.bert_dir:
+        raise ValueError("data.bert_dir is empty: name the BERT directory whose tokenizer to use "
+                         "(a training recipe fills it from model.text.bert_dir)")
     urls = expand_shards(cfg.shards(split))
     if not urls:
         raise ValueError(f"data.{split}_shards is empty: nothing to load for split {split!r}")

@@ -6,7 +6,8 @@ field. The resolved tree is written next to every checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
+from dataclasses import dataclass, field, replace
 
 from lfvila.data.config import DataConfig
 from lfvila.models.lfvila import ModelConfig
@@ -118,7 +119,7 @@ class TrainerConfig:
 class TrainConfig:
     """Root of a training recipe."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # its bert_dir: leave empty (see loader_data)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -126,7 +127,15 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        if self.data.bert_dir and self.data.bert_dir != self.model.text.bert_dir:
+            raise ValueError(f"data.bert_dir ({self.data.bert_dir!r}) differs from model.text.bert_dir "
+                             f"({self.model.text.bert_dir!r}): the tokenizer must be the model's BERT; "
+                             f"leave data.bert_dir empty")
         total = self.schedule.total_steps
         if total is not None and total < self.schedule.warmup_steps:
             raise ValueError(f"schedule.total_steps ({total}) must be >= schedule.warmup_steps "
                              f"({self.schedule.warmup_steps})")
+
+    def loader_data(self) -> DataConfig:
+        """The data section as the loader takes it: the tokenizer is the model's BERT."""
+        return replace(self.data, bert_dir=self.model.text.bert_dir)

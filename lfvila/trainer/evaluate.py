@@ -248,7 +248,7 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None
     autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
-    loader = build_loader(cfg.data, "val", rank=ctx.rank, world_size=ctx.world_size, stage=cfg.task.stage,
+    loader = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size, stage=cfg.task.stage,
                           epoch_mode=True)
     metrics = evaluate(task, loader, ctx, max_batches=max_batches, autocast=autocast)
     metrics = {"step": meta["step"], **metrics}

@@ -141,7 +141,7 @@ class Trainer:
         if loader is None:  # benchmarks pass a synthetic stream
             from lfvila.data import build_loader
 
-            loader = build_loader(cfg.data, "train", rank=self.ctx.rank, world_size=self.ctx.world_size,
+            loader = build_loader(cfg.loader_data(), "train", rank=self.ctx.rank, world_size=self.ctx.world_size,
                                   stage=cfg.task.stage)
         self.loader = loader
         seed_everything(tcfg.seed + 1_000_003 * self.ctx.rank + 1)
@@ -409,7 +409,7 @@ class Trainer:
         from lfvila.data import build_loader
         from lfvila.trainer.evaluate import evaluate
 
-        loader = build_loader(self.cfg.data, "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
+        loader = build_loader(self.cfg.loader_data(), "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
                               stage=self.cfg.task.stage, epoch_mode=True)
         metrics = evaluate(self.task, loader, self.ctx, max_batches=self.cfg.trainer.eval_max_batches,
                            autocast=self.autocast())
