@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def synthetic_sample(
     size: tuple[int, int] = (48, 80),
     fps: float = 3.0,
 ) -> dict:
-    """One sample as a webdataset dict: ``__key__``, ``json`` (bytes) and ``NNNN.jpg`` frames."""
+    """One sample as a webdataset dict: ``__key__``, ``json`` (bytes, with ``frame_bytes``) and
+    ``NNNN.jpg`` frames, in the shard stage's member order (write it with :func:`write_sample_tar`;
+    webdataset's TarWriter sorts members, putting the JSON last)."""
     h, w = size
     names = list(COLOURS)
     frames: list[bytes] = []
@@ -71,6 +74,7 @@ def synthetic_sample(
     meta = {
         "key": key, "source": "synthetic", "video_id": key, "start": 0.0, "end": round(t, 6),
         "fps": fps, "width": w, "height": h, "frame_times": frame_times, "sentences": sentences,
+        "frame_bytes": [len(jpg) for jpg in frames],
     }
     sample = {"__key__": key, "json": json.dumps(meta).encode()}
     for i, jpg in enumerate(frames):
@@ -89,20 +93,33 @@ def write_synthetic_shards(
     size: tuple[int, int] = (48, 80),
 ) -> list[str]:
     """Write ``{split}-NNNNNN.tar`` shards of synthetic samples; return their paths in order."""
-    import webdataset as wds
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     paths = []
     for shard in range((n_samples + samples_per_shard - 1) // samples_per_shard):
         path = out_dir / f"{split}-{shard:06d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i in range(shard * samples_per_shard, min(n_samples, (shard + 1) * samples_per_shard)):
-                sink.write(synthetic_sample(f"{split}_{i:06d}", rng, rng.randint(*n_sentences),
-                                            frames_per_sentence, size))
+        write_sample_tar(path, [synthetic_sample(f"{split}_{i:06d}", rng, rng.randint(*n_sentences),
+                                                 frames_per_sentence, size)
+                                for i in range(shard * samples_per_shard, min(n_samples, (shard + 1) * samples_per_shard))])
         paths.append(str(path))
     return paths
+
+
+def write_sample_tar(path: str | Path, samples: list[dict]) -> None:
+    """Write webdataset sample dicts to a tar as the shard stage does: members ``KEY.EXT`` in
+    each dict's order (``__``-keys skipped), fixed metadata, written to a temporary file first."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            for ext, data in sample.items():
+                if ext.startswith("__"):
+                    continue
+                info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
 
 
 def model_pixels(batch: dict) -> "torch.Tensor":

@@ -3,9 +3,16 @@
 Opening uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, ``http(s)://`` through
 curl, ...); members are read by :func:`iter_tar_members`, a minimal streaming ustar/pax/GNU
 reader. Grouping members into samples is done here so a shard that breaks part-way ends in a
-counted record instead of an exception. Every item this module yields is either a sample dict
-(``__key__``, ``__url__``, ``json`` as bytes, ``NNNN.jpg`` as memoryviews, ...) or an error record
-``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
+counted record instead of an exception. Every item :func:`read_shard` yields is a sample dict or
+an error record ``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
+A sample dict is either
+
+* read member by member: ``__key__``, ``__url__``, ``json`` as bytes, ``NNNN.jpg`` (and any other
+  member) as memoryviews; or
+* read by offsets (local shards in the shard stage's layout, see below): ``__key__``, ``__url__``,
+  ``json`` as bytes, ``__meta__`` (the parsed JSON) and ``__frames__`` (a :class:`SampleFrames`:
+  ``len()`` frames; ``[i]`` or ``take(indices)`` read and check frames, raising FrameMemberError
+  for a frame whose header is not what the JSON's ``frame_bytes`` promised).
 
 Why the reader looks the way it does: a long-form sample is ~208 members (its JSON and every
 frame at 3 fps) of which the planner keeps 32, so per-member costs decide the loader's speed
@@ -26,6 +33,12 @@ sample. Measured on this 2-core AMD EPYC VM, where it went, and what replaced it
   copies. The walk over headers is now one ``int()`` per member; the checksums of up to 240
   headers are checked in one numpy gather.
 * one generator step per member: members come in one list per chunk or scan.
+* walking ~208 headers at all, when 32 frames are kept: the shard stage writes ``KEY.json`` first
+  with ``frame_bytes`` (each frame's data length), so every frame's offset follows from the JSON.
+  A local (mapped) shard's sample in that layout is checked at its ends and jumped over
+  (:func:`_sample_by_offsets`); the frames a plan keeps are read with ``pread`` and checked
+  then. Anything that does not add up (other member order, no or a wrong ``frame_bytes``, pax or
+  long-name headers) reads that sample member by member: a lying JSON costs speed, never samples.
 
 ``read_shard`` on the benchmark shards (bench/_work/loader/corpus, 8 samples, process CPU time,
 the old and new module timed alternately in one process, best of 30; the machine was shared,
@@ -38,6 +51,7 @@ Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` i
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -61,6 +75,8 @@ CHUNK_BYTES = 4 << 20  # read size; 4 MiB ran faster than 1 or 2 MiB here (fewer
 REGULAR_TYPES = (ord("0"), 0, ord("7"))
 LONG_NAME_TYPE, PAX_TYPE = ord("L"), ord("x")
 OCTAL_PLACES = 8 ** np.arange(5, -1, -1)  # of a 6-digit octal number
+# A frame header's name, size, checksum (less its last byte), typeflag and first prefix byte.
+USUAL_FIELDS = np.r_[0:100, SIZE:SIZE + 12, CHKSUM:CHKSUM + 7, TYPEFLAG, PREFIX]
 
 
 class TarFormatError(Exception):
@@ -91,6 +107,31 @@ def _pax_path(data: bytes) -> str | None:
             return value.decode("utf-8", "surrogateescape")
         pos += length
     return None
+
+
+def _usual_checksums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(usual, sums)`` of headers ``rows`` (n, 512): ``sums`` (n,) their checksums, ``usual``
+    (n,) where the checksum field holds it as tarfile and GNU tar spell it ("%06o\\0").
+
+    The checksum is the byte sum of the header with its own 8-byte field read as spaces, stored
+    in octal; all rows at once (per header in Python it cost more than the rest of a scan)."""
+    field = rows[:, CHKSUM:CHKSUM + 8]  # (n, 8)
+    sums = rows.sum(1, dtype=np.int64) - field.sum(1, dtype=np.int64) + 8 * ord(" ")  # (n,)
+    digits = field[:, :6].astype(np.int64) - ord("0")  # (n, 6)
+    usual = (digits >= 0).all(1) & (digits < 8).all(1) & (field[:, 6] == 0) & (digits @ OCTAL_PLACES == sums)
+    return usual, sums
+
+
+def _bad_checksums(rows: np.ndarray) -> Iterator[tuple[int, str]]:
+    """(row, problem) of each header in ``rows`` (n, 512) whose checksum does not match, in order."""
+    usual, sums = _usual_checksums(rows)
+    for i in np.flatnonzero(~usual).tolist():
+        try:  # the general parse, for other spellings
+            if _octal(rows[i, CHKSUM:CHKSUM + 8].tobytes()) == sums[i]:
+                continue
+            yield i, "invalid header checksum"
+        except ValueError:
+            yield i, "invalid header"
 
 
 class _Chunk:
@@ -158,6 +199,20 @@ def _retire(chunk: _Chunk) -> None:
         del _retired[:-MAX_WATCHED_CHUNKS]
 
 
+class _ShardDescriptor:
+    """A descriptor of a mapped shard, kept open while a sample read by offsets may still read
+    frames (after read_shard has closed its stream); closed once the last sample is dropped."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = os.dup(fd)
+
+    def __del__(self):
+        if hasattr(self, "fd"):  # not when dup() failed
+            os.close(self.fd)
+
+
 class _MappedFile:
     """A whole local file mapped read-only, in place of read chunks: no copy into a buffer at
     all (the kernel's copy was a third of the reading cost). Members pin the mapping (not memory:
@@ -165,10 +220,11 @@ class _MappedFile:
     never shrinks; a file truncated in place while mapped would make a read past its new end
     fault (SIGBUS) instead of ending in a ``truncated_tar`` record."""
 
-    __slots__ = ("buffer", "view", "blocks")
+    __slots__ = ("buffer", "view", "blocks", "shard")
 
     def __init__(self, fd: int):
         self.buffer = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # ValueError for an empty file
+        self.shard = _ShardDescriptor(fd)  # for frames read by offsets
         self.view = memoryview(self.buffer)
         whole_blocks = len(self.buffer) // BLOCK
         self.blocks = np.frombuffer(self.buffer, np.uint8, whole_blocks * BLOCK).reshape(whole_blocks, BLOCK)
@@ -264,20 +320,8 @@ class _StreamWindow:
                 break
             add_size(size)
             at = next_at
-        # The checksum is the byte sum of the header with its own 8-byte field read as spaces,
-        # stored in octal; all of them at once (per header in Python it cost more than the rest).
         rows = self.chunk.blocks[[o // BLOCK for o in offsets]]  # (n, 512)
-        field = rows[:, CHKSUM:CHKSUM + 8]  # (n, 8)
-        sums = rows.sum(1, dtype=np.int64) - field.sum(1, dtype=np.int64) + 8 * ord(" ")  # (n,)
-        digits = field[:, :6].astype(np.int64) - ord("0")
-        usual = (digits >= 0).all(1) & (digits < 8).all(1) & (field[:, 6] == 0)  # "%06o\0", as tarfile and GNU tar write it
-        for i in np.flatnonzero(~usual | (digits @ OCTAL_PLACES != sums)).tolist():
-            try:  # the general parse, for other spellings
-                if _octal(field[i].tobytes()) == sums[i]:
-                    continue
-                problem = "invalid header checksum"
-            except ValueError:
-                problem = "invalid header"
+        for i, problem in _bad_checksums(rows):
             del offsets[i:], sizes[i:]
             error = TarFormatError(problem)
             break
@@ -299,14 +343,32 @@ def iter_tar_members(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[s
         yield from batch
 
 
-def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tuple[str, memoryview]]]:
-    """iter_tar_members' members, one list per chunk read (cheaper than a generator step each)."""
+def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
+                    url: str | None = None) -> Iterator[list[tuple[str, memoryview]] | dict]:
+    """iter_tar_members' members, one list per chunk read (cheaper than a generator step each).
+
+    With ``url`` (read_shard's use) and a mapped stream, a sample laid out as the shard stage
+    writes it comes whole instead, as a sample dict read by offsets (see :func:`_sample_by_offsets`):
+    that is tried wherever a scan starts and, after a sample read member by member, at the next
+    sample's ``KEY.json``.
+    """
     window = _StreamWindow(stream, chunk_bytes)
+    by_offsets = url is not None and window.mapped is not None
     try:
         long_name: str | None = None
         need = BLOCK
         first = True
+        last_name = ""  # of the last regular member yielded: a sample read by offsets must start a key
+        tried_at = -1  # where reading by offsets last failed: read member by member from there
         while need:
+            if by_offsets and window.start != tried_at and long_name is None:
+                found = _sample_by_offsets(window.chunk, window.start, window.end, last_name, url)
+                if found is not None:
+                    sample, window.start = found
+                    first, last_name = False, ""
+                    yield sample
+                    continue
+                tried_at = window.start
             if not window.fill(need):
                 if need > BLOCK:
                     raise TarFormatError("unexpected end of data in a member")
@@ -329,6 +391,11 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
                         if buf[at + PREFIX] != 0 and buf[at + MAGIC:at + MAGIC + 5] == b"ustar":
                             prefix = buf[at + PREFIX:buf.find(b"\0", at + PREFIX, at + 500) % (at + 501)]
                             name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+                        elif by_offsets and name.endswith(".json") and at != tried_at \
+                                and _starts_key(name, batch[-1][0] if batch else last_name):
+                            # The next sample may be readable by offsets: stop here and try.
+                            window.start, need, error = at, BLOCK, None
+                            break
                     else:
                         name, long_name = long_name, None
                     add((name, view[data:data + size]))  # see _Chunk.idle
@@ -339,11 +406,156 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[tup
                 else:
                     long_name = None
             del buf, view
+            if batch:
+                last_name = batch[-1][0]
             yield batch
             if error is not None:
                 raise error
     finally:
         window.release()
+
+
+def _starts_key(json_name: str, last_name: str) -> bool:
+    """``KEY.json`` has a key of its own (no dot in it) that the member before it did not have."""
+    key = json_name[:-5]
+    base = key.rfind("/") + 1
+    return len(key) > base and "." not in key[base:] and not last_name.startswith(key + ".")
+
+
+class FrameMemberError(Exception):
+    """A frame member of a sample read by offsets is not what its ``frame_bytes`` promised."""
+
+
+def _plain_header(buf, at: int, end: int) -> tuple[str, int] | None:
+    """(name, size) of the single-block regular-file header at ``at`` (checksum checked), else None."""
+    if at + BLOCK > end:
+        return None
+    header = buf[at:at + BLOCK]
+    if header[TYPEFLAG] not in REGULAR_TYPES or (header[PREFIX] and header[MAGIC:MAGIC + 5] == b"ustar"):
+        return None
+    try:
+        size, checksum = _octal(header[SIZE:SIZE + 12]), _octal(header[CHKSUM:CHKSUM + 8])
+    except ValueError:
+        return None
+    if checksum != sum(header) - sum(header[CHKSUM:CHKSUM + 8]) + 8 * ord(" "):
+        return None
+    return header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape"), size
+
+
+def _frame_name(key: str, index: int) -> str:
+    return f"{key}.{index:04d}.jpg"
+
+
+class SampleFrames:
+    """The frames of a sample read by offsets: ``len()`` is the number of frames; ``frames[i]``
+    (or :meth:`take` for several) reads frame i with its header, checks the header (checksum, name
+    ``KEY.NNNN.jpg``, size) and returns the data as bytes, or raises FrameMemberError. Only the
+    frames asked for are ever read.
+
+    Frames are read with ``pread``, not from the mapping: the first touch of each mapped page
+    faults (~4-5 us per fault here, ~1 per frame) and unmapping pages costs too; the kernel's copy
+    of the ~15% of a sample's bytes that a plan keeps is cheaper."""
+
+    __slots__ = ("key", "sizes", "shard", "header_offsets")
+
+    def __init__(self, key: str, sizes: list[int], shard: _ShardDescriptor, header_offsets: list[int]):
+        self.key = key
+        self.sizes = sizes  # frame_bytes
+        self.shard = shard
+        self.header_offsets = header_offsets  # frame i's header is at this offset of the shard
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> bytes:
+        if not 0 <= index < len(self.sizes):
+            raise IndexError(f"frame {index} of {len(self.sizes)}")
+        return self.take([index])[0]
+
+    def take(self, indices: list[int]) -> list[bytes]:
+        """The data of frames ``indices`` (each in range), their headers checked all at once."""
+        sizes = [self.sizes[i] for i in indices]
+        fd, offsets = self.shard.fd, self.header_offsets
+        members = [os.pread(fd, BLOCK + size, offsets[i]) for i, size in zip(indices, sizes)]
+        if list(map(len, members)) != [BLOCK + size for size in sizes]:  # the file shrank in place
+            raise FrameMemberError("a frame lies past the end of the shard")
+        headers = np.frombuffer(b"".join([member[:BLOCK] for member in members]), np.uint8).reshape(-1, BLOCK)
+        checksums = headers.sum(1, dtype=np.uint32) - headers[:, CHKSUM:CHKSUM + 8].sum(1, dtype=np.uint32) + 8 * ord(" ")
+        # The headers as tarfile (and the shard stage) spell them, compared at once; any other
+        # spelling gets the general parse.
+        key = self.key.encode("utf-8", "surrogateescape")
+        spelled = b"".join([(b"%s.%04d.jpg" % (key, i)).ljust(100, b"\0")[:100] + b"%011o\0%06o\0" % (size, checksum)
+                            + b"0\0" for i, size, checksum in zip(indices, sizes, checksums.tolist())])
+        found = headers[:, USUAL_FIELDS].tobytes()
+        if found != spelled:
+            width = len(USUAL_FIELDS)
+            for j, i in enumerate(indices):
+                if found[j * width:(j + 1) * width] == spelled[j * width:(j + 1) * width]:
+                    continue
+                header = _plain_header(members[j], 0, BLOCK)
+                if header is not None and header[0] == _frame_name(self.key, i) and \
+                        -(-header[1] // BLOCK) == -(-sizes[j] // BLOCK):  # frame_bytes off inside the padding:
+                    members[j] = members[j][:BLOCK] + os.pread(fd, header[1], offsets[i] + BLOCK)  # the header rules
+                    continue
+                raise FrameMemberError(f"frame {i}: expected a {sizes[j]}-byte {_frame_name(self.key, i)!r}, "
+                                       f"found {header or 'an invalid header'}")
+        return [member[BLOCK:] for member in members]
+
+
+def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tuple[dict, int] | None:
+    """The sample whose ``KEY.json`` header is at ``at``, read by offsets, and where the member
+    after it starts; None when the layout does not allow that (then it is read member by member).
+
+    The shard stage writes ``KEY.json`` first, with ``frame_bytes`` (each frame's data length),
+    then ``KEY.0000.jpg``, ``KEY.0001.jpg``, ... with single-block headers, so frame i's header is
+    at ``json_end + sum_{j<i} (512 + n_j rounded up to 512)``. Checked before jumping there: the
+    JSON's header, that ``frame_bytes`` is a list of non-negative ints as long as ``frame_times``,
+    the LAST frame's header (checksum, name, size), and that the block after it is a header of
+    another key's member, the end-of-archive block or the end of the file. The frames in between
+    are checked only when the planner takes one (SampleFrames).
+    """
+    buf = chunk.buffer
+    header = _plain_header(buf, at, end)
+    if header is None or not header[0].endswith(".json") or not _starts_key(header[0], last_name):
+        return None
+    name, json_size = header
+    key = name[:-5]
+    json_at = at + BLOCK
+    if json_at + json_size > end:
+        return None
+    json_bytes = buf[json_at:json_at + json_size]
+    try:
+        meta = json.loads(json_bytes)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    sizes = meta.get("frame_bytes") if isinstance(meta, dict) else None
+    times = meta.get("frame_times") if isinstance(meta, dict) else None
+    if not (isinstance(sizes, list) and isinstance(times, list) and len(sizes) == len(times)
+            and set(map(type, sizes)) <= {int}):  # exact type: no bools
+        return None
+    try:
+        frame_sizes = np.array(sizes, dtype=np.int64)  # (n_frames,)
+    except OverflowError:
+        return None
+    if len(sizes) and not 0 <= frame_sizes.min() <= frame_sizes.max() <= end:  # no overflow below
+        return None
+    first_frame = json_at + (-json_size % BLOCK) + json_size
+    member_blocks = 1 + (frame_sizes + BLOCK - 1) // BLOCK  # (n_frames,) header + padded data
+    ends = np.cumsum(member_blocks)  # (n_frames,) in blocks from first_frame
+    next_at = first_frame + (int(ends[-1]) * BLOCK if len(sizes) else 0)
+    if next_at > end:
+        return None
+    if len(sizes):
+        last_at = next_at - int(member_blocks[-1]) * BLOCK
+        if _plain_header(buf, last_at, end) != (_frame_name(key, len(sizes) - 1), sizes[-1]):
+            return None
+    if next_at < end and buf[next_at:next_at + BLOCK] != ZERO_BLOCK:
+        following = _plain_header(buf, next_at, end)
+        if following is None or following[0].startswith(key + "."):
+            return None
+    header_offsets = (first_frame + (ends - member_blocks) * BLOCK).tolist()
+    frames = SampleFrames(key, sizes, chunk.shard, header_offsets)
+    return {"__key__": key, "__url__": url, "json": json_bytes, "__meta__": meta, "__frames__": frames}, next_at
 
 
 def split_member_name(name: str) -> tuple[str | None, str | None]:
@@ -407,7 +619,10 @@ def read_shard(url: str) -> Iterator[dict]:
 
     A shard that cannot be opened or is not a tar yields one ``shard_open_error`` record; a shard
     that breaks part-way (truncated download, corrupt header) yields its complete samples, then one
-    ``truncated_tar`` record for the sample being read when it broke.
+    ``truncated_tar`` record for the sample being read when it broke. Samples of a local shard
+    may come read by offsets (see the module docstring); a corrupt header among the frames such
+    a sample jumped over surfaces only if a plan takes that frame (FrameMemberError), and the rest
+    of the shard is still read.
     """
     try:
         stream = gopen(url, "rb")
@@ -421,7 +636,14 @@ def read_shard(url: str) -> Iterator[dict]:
     try:
         try:
             member_prefix, prefix_len = "", 0  # "KEY." of ``current``
-            for batch in _member_batches(stream):
+            for batch in _member_batches(stream, url=url):
+                if type(batch) is dict:  # a whole sample, read by offsets
+                    n_members += 1
+                    if current is not None:
+                        yield current
+                        current = None
+                    yield batch
+                    continue
                 n_members += len(batch)
                 for name, data in batch:
                     if current is not None and name.startswith(member_prefix) \

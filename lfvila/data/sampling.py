@@ -5,6 +5,12 @@ The shard sample is the contract of the shard stage: ``json`` (key, fps, width, 
 validates it, draws every random choice (sentence window, crop box, flip) from a generator the
 caller seeds, and keeps only the JPEG bytes of the frames that will be decoded, so plans are small
 enough to sit in a shuffle buffer.
+
+A sample the reader read by offsets (a local shard in the shard stage's layout) comes with its JSON
+already parsed (``__meta__``) and its frames as ``__frames__``, read and checked only for the
+frames a plan keeps: a frame whose header is not what the JSON's ``frame_bytes`` promised skips the
+sample as ``bad_frame_member`` (a corrupt shard; read member by member, the same corruption ends
+the shard in ``truncated_tar``).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lfvila.data.config import DataConfig
+from lfvila.data.reader import FrameMemberError
 from lfvila.data.transforms import CropBox, random_resized_crop_box, val_crop_box
 
 # Frame times are seconds rounded by the writer; a frame this close to a span edge counts as inside.
@@ -67,8 +74,8 @@ def parse_meta(raw: dict) -> dict:
     """Decode and type-check ``KEY.json``; raise SkipSample("bad_json"/"missing_json")."""
     if "json" not in raw:
         raise SkipSample("missing_json", "no KEY.json member")
-    try:
-        meta = json.loads(raw["json"])
+    try:  # the reader already parsed the JSON of a sample it read by offsets
+        meta = raw["__meta__"] if "__meta__" in raw else json.loads(raw["json"])
     except (ValueError, UnicodeDecodeError) as exc:
         raise SkipSample("bad_json", str(exc)[:200]) from None
     if not isinstance(meta, dict):
@@ -115,6 +122,16 @@ def frame_members(raw: dict, n_frames: int) -> tuple[str, ...] | list[str]:
     return [found[i] for i in range(n_frames)]
 
 
+def copy_frames(frames, indices: list[int]) -> list[bytes]:
+    """Copies of frames ``indices`` of a sample the reader read by offsets (its ``__frames__``,
+    whose headers are checked only now); raise SkipSample("bad_frame_member") when one of them is
+    not the member its ``frame_bytes`` promised (a corrupt or lying shard)."""
+    try:
+        return [bytes(data) for data in frames.take(indices)]
+    except FrameMemberError as exc:
+        raise SkipSample("bad_frame_member", str(exc)[:200]) from None
+
+
 def check_frame_ranges(meta: dict) -> None:
     """Each sentence's ``[frame_start, frame_end)`` must lie in the frames and in its time span."""
     times = meta["frame_times"]
@@ -147,7 +164,11 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     """Validate a shard sample and draw its window, frames, crop and flip (in that order)."""
     meta = parse_meta(raw)
     check_frame_ranges(meta)
-    names = frame_members(raw, len(meta["frame_times"]))
+    frames = raw.get("__frames__")  # a sample read by offsets: its frames are checked when taken
+    if frames is None:
+        names = frame_members(raw, len(meta["frame_times"]))
+    elif len(frames) != len(meta["frame_times"]):
+        raise SkipSample("frame_count_mismatch", f"{len(frames)} frames, {len(meta['frame_times'])} frame_times")
     sentences = meta["sentences"]
     m, k = cfg.n_sentences, cfg.frames_per_sentence
     first = int(rng.integers(0, len(sentences) - m + 1)) if len(sentences) > m else 0
@@ -172,6 +193,8 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     return SamplePlan(
         key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
         texts=[s["text"] for s in window], frame_ids=[slot[i] for i in wanted],
-        # Copies: the members may be views into the reader's chunks, which a plan must not pin.
-        jpegs=[bytes(raw[names[i]]) for i in distinct], frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
+        # Copies: members read member by member are views into the reader's chunks or mapped shard,
+        # which a plan must not pin (frames read by offsets already are bytes of their own).
+        jpegs=copy_frames(frames, distinct) if frames is not None else [bytes(raw[names[i]]) for i in distinct],
+        frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
     )
