@@ -224,14 +224,15 @@ def time_device_side(cfg: DataConfig, repeats: int = 3) -> dict:
     including the host-to-device copy from pinned memory."""
     device_mode = next(iter(build_loader(cfg, "train")))
     host_mode = next(iter(build_loader(dataclasses.replace(cfg, resize_on="loader"), "train")))
-    out = {"device_mode_video_MB": device_mode["video"].numel() / 1e6,
+    out = {"device_mode_video_MB": sum(v.numel() for v in device_mode["video"]) / 1e6,
            "host_mode_video_MB": host_mode["video"].numel() / 1e6}
     for name, batch in (("device_mode", device_mode), ("host_mode", host_mode)):
         out[f"cpu_{name}_ms_per_batch"] = min(_timed(lambda: batch_to_device(batch, "cpu")) for _ in range(repeats)) * 1e3
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         for name, batch in (("device_mode", device_mode), ("host_mode", host_mode)):
-            pinned = {**batch, "video": batch["video"].pin_memory()}
+            video = batch["video"]
+            pinned = {**batch, "video": [v.pin_memory() for v in video] if isinstance(video, list) else video.pin_memory()}
 
             def run():
                 batch_to_device(pinned, dev)

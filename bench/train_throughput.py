@@ -52,6 +52,7 @@ def synthetic_batches(cfg, stage: int, vocab_size: int, seed: int = 0):
         boxes = [box_to_pixels(random_resized_crop_box(rng, STORED_HW, cfg.data.crop, cfg.data.scale, cfg.data.ratio),
                                STORED_HW) for _ in range(b)]
         batch["crop"] = DeviceCrop(tuple(boxes), tuple(i % 2 == 0 for i in range(b)), cfg.data.crop, cfg.data.antialias)
+        batch["video"] = list(batch["video"])  # one (3, T, h, w) per sample, as the loader gives them
     if stage == 2:
         labels = torch.full_like(batch["text_ids"], -100)
         masked = torch.rand(b, m, length, generator=gen) < 0.15

@@ -71,16 +71,16 @@ def test_real_shards_train_stream_resumes(real_shards, bert_dir):
                      shuffle_buffer=2, crop=(96, 160))
     full = build_loader(cfg, "train")
     it = iter(full)
-    reference = [next(it)["video"].clone() for _ in range(5)]
+    reference = [model_pixels(next(it)) for _ in range(5)]
     del it
     part = build_loader(cfg, "train")
     it = iter(part)
-    head = [next(it)["video"].clone() for _ in range(3)]
+    head = [model_pixels(next(it)) for _ in range(3)]
     del it
     resumed = build_loader(cfg, "train")
     resumed.load_state_dict(part.state_dict())
     it = iter(resumed)
-    tail = [next(it)["video"].clone() for _ in range(2)]
+    tail = [model_pixels(next(it)) for _ in range(2)]
     assert all((a == b).all() for a, b in zip(reference, head + tail))
 
 

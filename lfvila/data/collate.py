@@ -1,15 +1,15 @@
 """Sample plans -> batch tensors: JPEG decoding, tokenization, stage-2 masking.
 
-Batch contract (docs/loader.md, "Batches"): ``video`` uint8 ``(B, 3, T, H, W)`` (channels_last_3d
+Batch contract (docs/loader.md): ``video`` uint8 ``(B, 3, T, H, W)`` (channels_last_3d
 memory: RGB stays interleaved as decoded), ``text_ids`` and ``text_mask`` long ``(B, M, L)``,
 ``sentence_mask`` bool ``(B, M)``, ``keys``; stage 2 adds ``mlm_ids`` and ``mlm_labels``
-``(B, M, L)`` (-100 where not masked). With ``resize_on: device`` (the default) ``video`` holds
-the decoded frames (top-left in a zero-padded canvas) and ``crop`` (a :class:`DeviceCrop`) says
-what ``batch_to_device`` still does to them; with ``resize_on: loader`` H x W is the crop size.
+``(B, M, L)`` (-100 where not masked). With ``resize_on: device`` (the default) ``video`` is a
+list of B uint8 ``(3, T, h_i, w_i)``: each sample's decoded frames (sizes may differ), and
+``crop`` (a :class:`DeviceCrop`) says what ``batch_to_device`` still does to them; with
+``resize_on: loader`` it is one tensor at the crop size.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -77,36 +77,19 @@ def decoded_geometry(plan: SamplePlan, cfg: DataConfig) -> tuple[int, tuple[int,
     return factor, _decoded_hw(plan.jpegs[0], _dct_sizing(plan.frame_hw, factor))
 
 
-@functools.lru_cache(maxsize=4)
-def _scratch(hw: tuple[int, int]) -> np.ndarray:
-    return np.empty((*hw, 3), dtype=np.uint8)  # one per frame size and process, reused
-
-
-def render_frames(plan: SamplePlan, cfg: DataConfig, canvas: np.ndarray, factor: int,
+def render_frames(plan: SamplePlan, cfg: DataConfig, out: np.ndarray, factor: int,
                   hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``resize_on: device``: the sample's T frames decoded, uncropped, into ``canvas`` uint8
-    ``(T, Hc, Wc, 3)`` (top-left ``hw``, the rest zeroed, so a batch's bytes depend on its data
-    only); returns the crop box (top, left, height, width) in pixels of the decoded frames.
-
-    A frame as wide as the canvas is decoded straight into its slot (its rows are contiguous there);
-    a narrower one goes through a scratch frame and one copy. Repeated frames are copies.
-    """
-    (h, w), sizing = hw, _dct_sizing(plan.frame_hw, factor)
-    scratch = None if w == canvas.shape[2] else _scratch(hw)
+    """``resize_on: device``: the sample's T frames decoded, uncropped, straight into ``out``
+    uint8 ``(T, h, w, 3)`` (its own region of the batch buffer, sized ``hw``); returns the crop
+    box (top, left, height, width) in pixels of the decoded frames. Repeated frames are copies."""
+    sizing = _dct_sizing(plan.frame_hw, factor)
     first_slot: dict[int, int] = {}  # jpeg index -> the slot it was decoded into
     for t, source in enumerate(plan.frame_ids):
         if source in first_slot:
-            np.copyto(canvas[t, :h, :w], canvas[first_slot[source], :h, :w])
+            np.copyto(out[t], out[first_slot[source]])
             continue
-        _decode_into(plan.jpegs[source], source, canvas[t, :h] if scratch is None else scratch, hw, sizing,
-                     cfg.jpeg_fast)
-        if scratch is not None:
-            np.copyto(canvas[t, :h, :w], scratch)
+        _decode_into(plan.jpegs[source], source, out[t], hw, sizing, cfg.jpeg_fast)
         first_slot[source] = t
-    if h < canvas.shape[1]:
-        canvas[:, h:] = 0
-    if w < canvas.shape[2]:
-        canvas[:, :h, w:] = 0
     return box_to_pixels(plan.box, hw)
 
 
@@ -133,12 +116,8 @@ def new_video_buffer(cfg: DataConfig, frame_hw: tuple[int, int] | None = None) -
     In a DataLoader worker it is allocated in shared memory, as torch's default_collate does, so
     handing the batch to the main process sends a handle instead of copying ~94 MB.
     """
-    frame_hw = frame_hw or cfg.crop
-    return _frames_view(_new_storage(_frames_nbytes(cfg, frame_hw)), cfg, frame_hw)
-
-
-def _frames_nbytes(cfg: DataConfig, frame_hw: tuple[int, int]) -> int:
-    return cfg.batch_size * cfg.n_frames * math.prod(frame_hw) * 3
+    shape = (cfg.batch_size, cfg.n_frames, *(frame_hw or cfg.crop), 3)
+    return _view(_new_storage(math.prod(shape)), 0, shape)
 
 
 def _new_storage(nbytes: int) -> torch.UntypedStorage:
@@ -147,11 +126,9 @@ def _new_storage(nbytes: int) -> torch.UntypedStorage:
     return torch.UntypedStorage._new_shared(nbytes)
 
 
-def _frames_view(storage: torch.UntypedStorage, cfg: DataConfig, frame_hw: tuple[int, int]) -> torch.Tensor:
-    """``storage``'s first bytes as contiguous ``(B, T, H, W, 3)`` frames (a buffer serves any
-    frame size that fits it)."""
-    shape = (cfg.batch_size, cfg.n_frames, *frame_hw, 3)
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+def _view(storage: torch.UntypedStorage, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Contiguous uint8 ``shape`` at byte ``offset`` of ``storage``."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage, offset, shape)
 
 
 def storage_users(storage: torch.UntypedStorage) -> int | None:
@@ -187,20 +164,18 @@ class BatchBuffers:
         self.size = size if self.can_reuse else 0
         self.storages: list[torch.UntypedStorage] = []
 
-    def take(self, frame_hw: tuple[int, int] | None = None) -> tuple[int, torch.Tensor]:
-        """(slot or -1 for an unpooled buffer, uint8 ``(B, T, H, W, 3)`` frames to render into);
-        H x W is ``frame_hw``, default the crop. A free buffer too small for it is replaced."""
-        frame_hw = frame_hw or self.cfg.crop
-        nbytes = _frames_nbytes(self.cfg, frame_hw)
+    def take(self, nbytes: int) -> tuple[int, torch.UntypedStorage]:
+        """(slot or -1 for an unpooled buffer, a storage of at least ``nbytes`` to render into).
+        A free buffer too small is replaced."""
         for slot, storage in enumerate(self.storages):
             if self._free(slot, storage):
                 if storage.nbytes() < nbytes:
                     self.storages[slot] = storage = _new_storage(nbytes)
-                return slot, _frames_view(storage, self.cfg, frame_hw)
+                return slot, storage
         if len(self.storages) < self.size:
             self.storages.append(_new_storage(nbytes))
-            return len(self.storages) - 1, _frames_view(self.storages[-1], self.cfg, frame_hw)
-        return -1, new_video_buffer(self.cfg, frame_hw)
+            return len(self.storages) - 1, self.storages[-1]
+        return -1, _new_storage(nbytes)
 
     def _free(self, slot: int, storage: torch.UntypedStorage) -> bool:
         if storage_users(storage) != 1:  # a batch (or a view of it) of this process still holds it
@@ -217,41 +192,50 @@ class BatchBuffers:
 
 
 class BatchCanvas:
-    """The frames of the batch being filled, uint8 ``(B, T, H, W, 3)``, taken from the buffer ring.
+    """The frames of the batch being filled, in one buffer taken from the ring: sample i's frames
+    are one contiguous uint8 ``(T, h_i, w_i, 3)`` region right after sample i-1's.
 
-    With ``resize_on: loader`` H x W is the crop. With ``resize_on: device`` it is the largest
-    decoded frame size of the batch's samples (so a batch's shape depends on its samples only,
-    not on the stream's history, and resumed runs get the same batches): a sample with larger
-    frames than the ones before it moves the batch to a larger buffer (a copy; a corpus has one
-    or a few frame sizes, so this is rare).
+    With ``resize_on: loader`` every region is the crop size, so the buffer is one contiguous
+    ``(B, T, H, W, 3)`` batch. With ``resize_on: device`` each region has its sample's decoded frame
+    size: frames are decoded straight into place, whatever their width, and nothing is padded.
     """
 
     def __init__(self, buffers: BatchBuffers):
         self.buffers = buffers
-        self.slot, self.frames = -1, None
+        self.cfg = buffers.cfg
+        self.slot, self.storage = -1, None
+        self.regions: list[tuple[int, tuple[int, ...]]] = []  # (byte offset, (T, h, w, 3)) per sample
 
     def reserve(self, sizes: list[tuple[int, int]]) -> None:
-        """Make room for samples of these frame sizes (the loader passes a whole batch's sizes
-        before rendering it, so the buffer is taken once, at its final size)."""
+        """Make room for a batch of samples of at most these frame sizes (the loader passes a whole
+        chunk's sizes before rendering it, so the buffer is taken once, large enough)."""
         if sizes:
-            self.row(0, (max(h for h, _ in sizes), max(w for _, w in sizes)))
+            self._ensure(self.cfg.batch_size * self.cfg.n_frames * max(h * w for h, w in sizes) * 3)
 
     def row(self, index: int, hw: tuple[int, int]) -> torch.Tensor:
-        """Sample ``index``'s ``(T, H, W, 3)`` slot, with H >= hw[0] and W >= hw[1]."""
-        if self.frames is None:
-            self.slot, self.frames = self.buffers.take(hw)
-        elif hw[0] > self.frames.shape[2] or hw[1] > self.frames.shape[3]:
-            old = self.frames  # held, so take() cannot hand out its buffer
-            grown = (max(hw[0], old.shape[2]), max(hw[1], old.shape[3]))
-            self.slot, self.frames = self.buffers.take(grown)
-            self.frames[:index] = 0
-            self.frames[:index, :, :old.shape[2], :old.shape[3]] = old[:index]
-        return self.frames[index]
+        """Sample ``index``'s ``(T, h, w, 3)`` region (samples are rendered in order; a sample that
+        failed is replaced by the next one at the same index)."""
+        del self.regions[index:]
+        offset = sum(math.prod(shape) for _, shape in self.regions)
+        shape = (self.cfg.n_frames, *hw, 3)
+        self._ensure(offset + math.prod(shape))
+        self.regions.append((offset, shape))
+        return _view(self.storage, offset, shape)
 
-    def hand_over(self) -> tuple[torch.Tensor | None, int | None]:
-        """(the filled frames, the release-flag index the consumer clears) and start a new batch."""
-        frames, release = self.frames, self.buffers.lend(self.slot)
-        self.slot, self.frames = -1, None
+    def _ensure(self, nbytes: int) -> None:
+        if self.storage is not None and self.storage.nbytes() >= nbytes:
+            return
+        old, (self.slot, self.storage) = self.storage, self.buffers.take(nbytes)
+        if old is not None and self.regions:  # samples already rendered move along (rare: see reserve)
+            used = sum(math.prod(shape) for _, shape in self.regions)
+            _view(self.storage, 0, (used,)).copy_(_view(old, 0, (used,)))
+
+    def hand_over(self) -> tuple[list[torch.Tensor], int | None]:
+        """(each rendered sample's ``(T, h, w, 3)`` frames, the release-flag index the consumer
+        clears) and start a new batch."""
+        frames = [_view(self.storage, offset, shape) for offset, shape in self.regions]
+        release = self.buffers.lend(self.slot)
+        self.slot, self.storage, self.regions = -1, None, []
         return frames, release
 
 
@@ -338,17 +322,24 @@ def mask_tokens(ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenizer, probabi
     return masked, labels
 
 
-def collate(plans: list[SamplePlan], frames: torch.Tensor, cfg: DataConfig, tokenizer: Tokenizer,
+def collate(plans: list[SamplePlan], frames: list[torch.Tensor], cfg: DataConfig, tokenizer: Tokenizer,
             stage: int, boxes: list[tuple[int, int, int, int] | None] | None = None) -> dict:
-    """The batch dict of ``plans`` whose frames were rendered into ``frames`` ``(B, T, H, W, 3)``;
-    ``boxes`` are what :func:`render_sample` returned (``resize_on: device``: the pixel crop boxes).
+    """The batch dict of ``plans`` whose frames were rendered into ``frames`` (one ``(T, h, w, 3)``
+    per plan, consecutive in one buffer: :class:`BatchCanvas`); ``boxes`` are what
+    :func:`render_sample` returned (``resize_on: device``: the pixel crop boxes).
 
-    ``video`` is ``frames`` viewed as ``(B, 3, T, H, W)`` without a copy, i.e. in torch's
-    channels_last_3d memory format: de-interleaving RGB on the host costs more than decoding
-    (measured in BENCHMARKS.md); ``normalize_video`` on the device returns it contiguous.
+    Frames are viewed as ``(3, T, h, w)`` without a copy, i.e. in torch's channels_last_3d memory
+    format: de-interleaving RGB on the host costs more than decoding (measured in BENCHMARKS.md);
+    ``batch_to_device`` returns the video contiguous. ``resize_on: loader``: ``video`` is one
+    ``(B, 3, T, H, W)`` tensor (the regions are back to back); ``resize_on: device``: a list of B
+    ``(3, T, h_i, w_i)`` tensors, as frame sizes may differ between samples.
     """
     b, m, length = len(plans), cfg.n_sentences, cfg.max_tokens
-    video = frames[:b].permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+    if cfg.resize_on == "loader":
+        first = frames[0]  # the batch's B regions, back to back: one (B, T, H, W, 3) view
+        video = _view(first.untyped_storage(), first.storage_offset(), (b, *first.shape)).permute(0, 4, 1, 2, 3)
+    else:
+        video = [f.permute(3, 0, 1, 2) for f in frames]  # (3, T, h, w) each
     texts = [t for p in plans for t in p.texts]
     flat_ids, flat_mask = tokenizer(texts)  # (sum of n_i, L)
     ids = np.zeros((b, m, length), dtype=np.int64)  # padded sentences: all-zero ids and mask

@@ -19,16 +19,18 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str,
     """A loader batch as the model takes it, on ``device``.
 
     ``video`` becomes contiguous ``dtype`` ``(B, 3, T, H, W)`` at the crop size, normalised with
-    ImageNet mean/std; the batch's ``crop`` (a :class:`DeviceCrop`, when the loader left the
-    geometry to the device) is applied and removed. Other tensors are copied (non-blocking to a GPU).
+    ImageNet mean/std; with ``resize_on: device`` the loader's ``video`` is B decoded ``(3, T, h, w)``
+    tensors and its ``crop`` (a :class:`DeviceCrop`) is applied and removed. Other tensors are
+    copied (non-blocking to a GPU).
     """
     device = torch.device(device)
     non_blocking = device.type == "cuda"
     out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-           for k, v in batch.items() if k != "crop"}
+           for k, v in batch.items() if k not in ("crop", "video")}
     crop: DeviceCrop | None = batch.get("crop")
-    if crop is None:
-        out["video"] = normalize_video(out["video"], dtype=dtype)
-    else:
-        out["video"] = crop_resize_normalize(out["video"], crop.boxes, crop.flips, crop.size, crop.antialias, dtype)
+    if crop is None:  # (B, 3, T, H, W) at the crop size
+        out["video"] = normalize_video(batch["video"].to(device, non_blocking=non_blocking), dtype=dtype)
+    else:  # B decoded (3, T, h_i, w_i)
+        videos = [v.to(device, non_blocking=non_blocking) for v in batch["video"]]
+        out["video"] = crop_resize_normalize(videos, crop.boxes, crop.flips, crop.size, crop.antialias, dtype)
     return out

@@ -291,7 +291,9 @@ class StreamingLoader:
             release = meta["release"]
             if release is not None:
                 if "video" in batch and not pinned:  # a pinned batch is a copy: the buffer is free now
-                    mapped[release] = batch["video"].untyped_storage()
+                    video = batch["video"]  # one tensor, or one per sample (all views of one buffer)
+                    mapped[release] = (video[0] if isinstance(video, list) else video).untyped_storage()
+                    del video
                     in_use.add(release)
                 else:
                     flags[release] = 0

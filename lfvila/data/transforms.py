@@ -170,24 +170,25 @@ def _normalisation(device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -
     return scale, shift
 
 
-def crop_resize_normalize(video: torch.Tensor, boxes, flips, size: tuple[int, int], antialias: bool = False,
+def crop_resize_normalize(videos, boxes, flips, size: tuple[int, int], antialias: bool = False,
                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The device half of ``resize_on: device``: crop each sample's box, resize it to ``size``
     (bilinear, half-pixel centres, as the host path), flip, normalise (ImageNet mean/std).
 
-    video: uint8 ``(B, 3, T, Hc, Wc)`` on the device (decoded frames, top-left in a padded canvas;
-    any memory layout); boxes: B x (top, left, height, width) in pixels of the decoded frames;
-    flips: B bools (host-side values: they index the video). Returns contiguous ``dtype``
-    ``(B, 3, T, H, W)``. Boxes differ in size per sample, so samples are resampled one by one
-    (a handful of kernels each); no uint8 rounding happens between resize and normalisation.
+    videos: B uint8 ``(3, T, h_i, w_i)`` tensors on the device (a sample's decoded frames; any
+    memory layout; a ``(B, 3, T, H, W)`` tensor works too); boxes: B x (top, left, height, width)
+    in pixels of each sample's frames; flips: B bools (host-side values: they index the video).
+    Returns contiguous ``dtype`` ``(B, 3, T, H, W)``. Boxes and frame sizes differ per sample, so
+    samples are resampled one by one (a handful of kernels each); no uint8 rounding happens
+    between resize and normalisation.
     """
-    if video.dim() != 5 or video.shape[1] != 3:
-        raise ValueError(f"crop_resize_normalize expects (B, 3, T, H, W), got {tuple(video.shape)}")
-    b, _, t = video.shape[:3]
-    out = torch.empty((b, 3, t, *size), dtype=dtype, device=video.device)
-    scale, shift = _normalisation(video.device)
-    for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips)):
-        crop = video[i, :, :, top:top + h, left:left + w].float().reshape(1, 3 * t, h, w)
+    if not len(videos) or videos[0].dim() != 4 or videos[0].shape[0] != 3:
+        raise ValueError("crop_resize_normalize expects B videos of shape (3, T, h, w)")
+    t = videos[0].shape[1]
+    out = torch.empty((len(videos), 3, t, *size), dtype=dtype, device=videos[0].device)
+    scale, shift = _normalisation(out.device)
+    for i, (video, (top, left, h, w), flip) in enumerate(zip(videos, boxes, flips)):
+        crop = video[:, :, top:top + h, left:left + w].float().reshape(1, 3 * t, h, w)
         if (h, w) != tuple(size):
             crop = F.interpolate(crop, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
         if flip:
