@@ -99,9 +99,10 @@ def write_synthetic_shards(
     paths = []
     for shard in range((n_samples + samples_per_shard - 1) // samples_per_shard):
         path = out_dir / f"{split}-{shard:06d}.tar"
-        write_sample_tar(path, [synthetic_sample(f"{split}_{i:06d}", rng, rng.randint(*n_sentences),
-                                                 frames_per_sentence, size)
-                                for i in range(shard * samples_per_shard, min(n_samples, (shard + 1) * samples_per_shard))])
+        keys = [f"{split}_{i:06d}" for i in range(shard * samples_per_shard,
+                                                    min(n_samples, (shard + 1) * samples_per_shard))]
+        write_sample_tar(path, [synthetic_sample(key, rng, rng.randint(*n_sentences), frames_per_sentence, size)
+                                for key in keys])
         paths.append(str(path))
     return paths
 

@@ -14,7 +14,8 @@ import webdataset as wds
 from lfvila.data import DataConfig, build_loader
 from lfvila.data.reader import FrameMemberError, read_shard
 from lfvila.data.sampling import SkipSample, plan_sample
-from lfvila.testing import synthetic_sample, write_sample_tar, write_synthetic_shards
+from lfvila.shards.tar import DeterministicTarWriter
+from lfvila.testing import model_pixels, synthetic_sample, write_sample_tar, write_synthetic_shards
 
 BLOCK = 512
 
@@ -41,7 +42,8 @@ def plan_all(raws: list[dict], cfg: DataConfig) -> list:
     out = []
     for i, raw in enumerate(raws):
         try:
-            out.append(replace(plan_sample(raw, cfg, np.random.default_rng(i), True, (i,)), url=""))  # url: how it was read
+            plan = plan_sample(raw, cfg, np.random.default_rng(i), True, (i,))
+            out.append(replace(plan, url=""))  # the URL says how it was read
         except SkipSample as exc:
             out.append(exc.reason)
     return out
@@ -67,7 +69,7 @@ def test_both_paths_give_the_same_samples_plans_and_batches(tmp_path, bert_dir):
     assert len(batches[0]) == len(batches[1]) == 2
     for fast, slow in zip(*batches):
         assert fast["keys"] == slow["keys"]
-        assert torch.equal(fast["video"], slow["video"]) and torch.equal(fast["text_ids"], slow["text_ids"])
+        assert torch.equal(model_pixels(fast), model_pixels(slow)) and torch.equal(fast["text_ids"], slow["text_ids"])
 
 
 def lie(sample: dict, change) -> dict:
@@ -206,3 +208,31 @@ def test_sample_frames_sequence(tmp_path):
         frames[n]
     path.unlink()  # frames are read from an open descriptor: the shard's name is not needed any more
     assert bytes(frames[0]) == honest[0]["0000.jpg"]
+
+
+def test_the_shard_writers_samples_are_read_by_offsets_past_9999_frames_too(tmp_path):
+    """DeterministicTarWriter.add_sample (the shard stage's writer) pads every index of a sample
+    past 9,999 frames to 5 digits; another writer may pad to 4 only: both are read by offsets."""
+    n = 10_001
+    meta = {"key": "long", "fps": 3.0, "width": 8, "height": 8, "frame_times": [round(i / 3, 6) for i in range(n)],
+            "sentences": [{"text": "t", "start": 0.0, "end": n / 3, "clip_id": "c", "frame_start": 0, "frame_end": n}]}
+    jpegs = [b"%d" % i for i in range(n)]
+    short = samples(1, seed=8)[0]
+    short_jpegs = [short[f"{i:04d}.jpg"] for i in range(len(json.loads(short["json"])["frame_times"]))]
+    wide = tmp_path / "wide.tar"
+    writer = DeterministicTarWriter(wide)
+    writer.add_sample("long", meta, jpegs, digits=5)
+    writer.add_sample("short", json.loads(short["json"]), short_jpegs)
+    writer.close()
+    narrow = tmp_path / "narrow.tar"
+    narrow_json = json.dumps({**meta, "frame_bytes": list(map(len, jpegs))}).encode()
+    write_sample_tar(narrow, [{"__key__": "long", "json": narrow_json,
+                               **{f"{i:04d}.jpg": jpeg for i, jpeg in enumerate(jpegs)}}])
+    for path in (wide, narrow):
+        raws = list(read_shard(str(path)))
+        assert all("__frames__" in raw for raw in raws)
+        picked = [0, 7, 9_999, 10_000]
+        assert raws[0]["__frames__"].take(picked) == [jpegs[i] for i in picked]
+        if path == wide:
+            assert [raw["__key__"] for raw in raws] == ["long", "short"]
+            assert [bytes(f) for f in raws[1]["__frames__"]] == short_jpegs

@@ -51,10 +51,12 @@ of ``build_loader(DataConfig(train_shards=..., num_workers=0, resampled=True, sh
 in one process; the benchmark shards above, and the same samples rewritten JSON first with
 ``frame_bytes``): before this change 1.40 ms (median 1.99), 49 page faults per sample; now, old
 layout 1.35 ms (2.05; member by member as before), new layout 0.66 ms (0.91), 2 faults per sample.
-What is left of the 0.66 ms: decoding the JSON (~0.07-0.1 ms, mostly its ~200 frame times),
-reading the 32 frames (~0.15 ms: copying ~450 KB out of the page cache, once), checking their
-headers (~0.05-0.1 ms), the planner's draws and checks. Frames read from the mapping instead of
-with ``pread`` cost ~1.07 ms (35 faults per sample, and the unmapping).
+Where the rest goes (same method, the frame reads swapped out): reading the ~32 kept frames'
+data, ~450 KB out of the page cache, 0.16 ms (best; median 0.16); reading and checking their
+headers 0.08 ms (median 0.22); decoding the JSON 0.07-0.13 ms (timeit; mostly its ~200 frame
+times); the rest is the planner's checks and draws and the stream's bookkeeping. A first version
+that copied the kept frames out of the mapping instead of ``pread`` took 1.07 ms (35 faults per
+sample, then the unmapping), vs 0.76 ms with ``pread`` in a run minutes later.
 
 Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` is a pure function of
 (seed, pass, epoch, global worker id), so streams are reproducible and never overlap.
@@ -453,15 +455,19 @@ def _plain_header(buf, at: int, end: int) -> tuple[str, int] | None:
     return header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape"), size
 
 
-def _frame_name(key: str, index: int) -> str:
-    return f"{key}.{index:04d}.jpg"
+def _names_frame(name: str, key: str, index: int) -> bool:
+    """``name`` is ``KEY.N.jpg`` with N = ``index`` zero-padded any way (as the planner takes
+    names); the shard stage pads every index of a sample to 4 digits, or to the width of its
+    last index past 9,999 frames."""
+    digits = name[len(key) + 1:-4]
+    return name.startswith(f"{key}.") and name.endswith(".jpg") and digits.isdecimal() and int(digits) == index
 
 
 class SampleFrames:
     """The frames of a sample read by offsets: ``len()`` is the number of frames; ``frames[i]``
     (or :meth:`take` for several) reads frame i with its header, checks the header (checksum, name
     ``KEY.NNNN.jpg``, size) and returns the data as bytes, or raises FrameMemberError. Only the
-    frames asked for are ever read.
+    frames asked for are ever read. Names as the shard stage writes them are checked fastest.
 
     Frames are read with ``pread``, not from the mapping: the first touch of each mapped page
     faults (~4-5 us per fault here, ~1 per frame) and unmapping pages costs too; the kernel's copy
@@ -494,24 +500,26 @@ class SampleFrames:
         if len(header_bytes) != BLOCK * len(indices) or list(map(len, datas)) != sizes:  # the file shrank in place
             raise FrameMemberError("a frame lies past the end of the shard")
         headers = np.frombuffer(header_bytes, np.uint8).reshape(-1, BLOCK)
-        checksums = headers.sum(1, dtype=np.uint32) - headers[:, CHKSUM:CHKSUM + 8].sum(1, dtype=np.uint32) + 8 * ord(" ")
+        checksums = headers.sum(1, dtype=np.uint32) - headers[:, CHKSUM:CHKSUM + 8].sum(1, dtype=np.uint32) \
+            + 8 * ord(" ")  # (n,)
         # The headers as tarfile (and the shard stage) spell them, compared at once; any other
         # spelling gets the general parse.
-        key = self.key.encode("utf-8", "surrogateescape")
-        spelled = b"".join([(b"%s.%04d.jpg" % (key, i)).ljust(100, b"\0")[:100] + b"%011o\0%06o\0" % (size, checksum)
-                            + b"0\0" for i, size, checksum in zip(indices, sizes, checksums.tolist())])
+        key, digits = self.key.encode("utf-8", "surrogateescape"), max(4, len(str(len(self.sizes) - 1)))
+        spelled = b"".join([(b"%s.%0*d.jpg" % (key, digits, i)).ljust(100, b"\0")[:100]
+                            + b"%011o\0%06o\0" % (size, checksum) + b"0\0"
+                            for i, size, checksum in zip(indices, sizes, checksums.tolist())])
         found = headers[:, USUAL_FIELDS].tobytes()
         if found != spelled:
-            width = len(USUAL_FIELDS)
+            row = len(USUAL_FIELDS)
             for j, i in enumerate(indices):
-                if found[j * width:(j + 1) * width] == spelled[j * width:(j + 1) * width]:
+                if found[j * row:(j + 1) * row] == spelled[j * row:(j + 1) * row]:
                     continue
                 header = _plain_header(header_bytes, j * BLOCK, (j + 1) * BLOCK)
-                if header is not None and header[0] == _frame_name(self.key, i) and \
+                if header is not None and _names_frame(header[0], self.key, i) and \
                         -(-header[1] // BLOCK) == -(-sizes[j] // BLOCK):  # frame_bytes off inside the padding:
                     datas[j] = os.pread(fd, header[1], offsets[i] + BLOCK)  # the header rules
                     continue
-                raise FrameMemberError(f"frame {i}: expected a {sizes[j]}-byte {_frame_name(self.key, i)!r}, "
+                raise FrameMemberError(f"frame {i}: expected a {sizes[j]}-byte {self.key}.{i:04d}.jpg, "
                                        f"found {header or 'an invalid header'}")
         return datas
 
@@ -560,8 +568,10 @@ def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tu
         next_at += BLOCK + ((size + BLOCK - 1) & -BLOCK)  # header + data padded to whole blocks
     if next_at > end:
         return None
-    if sizes and _plain_header(buf, header_offsets[-1], end) != (_frame_name(key, len(sizes) - 1), sizes[-1]):
-        return None
+    if sizes:
+        last = _plain_header(buf, header_offsets[-1], end)
+        if last is None or last[1] != sizes[-1] or not _names_frame(last[0], key, len(sizes) - 1):
+            return None
     if next_at < end and buf[next_at:next_at + BLOCK] != ZERO_BLOCK:
         following = _plain_header(buf, next_at, end)
         if following is None or following[0].startswith(key + "."):
