@@ -19,7 +19,10 @@ Also: what the device side costs (``batch_to_device``: crop/resize/flip/normalis
 device-mode batch; normalising a host-resized one), on the CPU and, when CUDA is available, on the
 GPU including the host-to-device copy.
 
-    .venv/bin/python bench/loader_throughput.py [--samples 64] [--rounds 3] [--work bench/_work/loader]
+    .venv/bin/python bench/loader_throughput.py [--samples 64] [--rounds 3] [--work bench/_work/loader] [--workers 2]
+
+``--workers N`` also runs the loader with N DataLoader workers and reports the main process's CPU
+per batch received and the wall-clock rate (the multi-worker hand-off).
 
 Shards and clip files are built once under --work (the shard stage of lfvila; ffmpeg) and reused.
 Rates are per second of this process's CPU time unless --clock wall; the loaders are timed in
@@ -243,6 +246,24 @@ def time_device_side(cfg: DataConfig, repeats: int = 3) -> dict:
     return out
 
 
+def time_workers(cfg: DataConfig, n_workers: int, n_batches: int = 16) -> dict:
+    """The multi-worker hand-off: ``n_workers`` DataLoader workers (shared-memory batches, no
+    pinning), the main process's own CPU per batch received, and wall-clock samples/s."""
+    out = {}
+    for mode in ("device", "loader"):
+        it = iter(build_loader(dataclasses.replace(cfg, num_workers=n_workers, resize_on=mode, pin_memory=False),
+                               "train"))
+        for _ in range(3):  # warm-up: workers started, shuffle buffers filled
+            next(it)
+        cpu, wall, n = time.process_time(), time.perf_counter(), 0
+        for _ in range(n_batches):
+            n += len(next(it)["keys"])
+        out[f"{mode}_main_process_cpu_ms_per_batch"] = (time.process_time() - cpu) / n_batches * 1e3
+        out[f"{mode}_wall_samples_per_s"] = n / (time.perf_counter() - wall)
+        del it
+    return out
+
+
 def _timed(fn, wall: bool = False) -> float:
     clock = time.perf_counter if wall else CLOCK  # device work: wall time (the host waits)
     start = clock()
@@ -256,6 +277,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "_work" / "loader")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also time the loader with this many DataLoader workers (main-process CPU per batch, wall rate)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="rates per second of process CPU time (default) or of wall-clock time")
     args = parser.parse_args(argv)
@@ -303,6 +326,7 @@ def main(argv=None) -> None:
         "loader_vs_released": best["loader"] / best["released"],
         "medians_loader_vs_ceiling": median["loader"] / median["ceiling"],
         "device_side": device_side,
+        "workers": time_workers(cfg, args.workers) if args.workers else None,
         "page_faults": time_page_faults(cfg),
         "clock": args.clock, "load_average": os.getloadavg(),
         "env": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "")},

@@ -3,9 +3,10 @@
 Members, in this order: ``KEY.json`` then ``KEY.0000.jpg``, ``KEY.0001.jpg``, ... (time order). The
 JSON comes first and lists each frame member's byte length (``frame_bytes``), so a reader that has
 the JSON can compute where every frame member lies and read only the frames it uses
-(``lfvila.shards.tar.frame_header_offsets``; written by ``DeterministicTarWriter.add_sample``). The JSON needs every frame's size, so a sample's JPEGs
-are held in memory until it is accepted (a few MB: 200-400 frames of ~15-25 kB at 240p) and then
-written in one go; a rejected sample never touches the tar.
+(``lfvila.shards.tar.frame_header_offsets``; written by ``DeterministicTarWriter.add_sample``).
+The JSON needs every frame's size, so a sample's JPEGs are held in memory until it is accepted (a
+few MB: 200-400 frames of ~15-25 kB at 240p) and then written in one go; a rejected sample never
+touches the tar.
 
 Frames: slot ``n`` of the long-form video's grid shows the source frame on screen at
 ``start + (n + 0.5) / fps`` (see lfvila/video/decode.py). Only slots whose time falls inside at
