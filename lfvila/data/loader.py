@@ -189,7 +189,7 @@ class ShardStream(IterableDataset):
         in_worker = get_worker_info() is not None
         ring = buffers_per_worker(cfg) if in_worker else IN_PROCESS_BUFFERS
         buffers = BatchBuffers(cfg, ring, self.release_flags if in_worker else None, first_slot=local * ring)
-        canvas = BatchCanvas(buffers)  # (B, T, H, W, 3): samples are rendered straight into it
+        canvas = BatchCanvas(buffers)  # the batch buffer: samples are rendered straight into it
         skips: Counter = Counter()
         consecutive_skips = 0
         while chunk := list(islice(items, cfg.batch_size - len(rendered))):
