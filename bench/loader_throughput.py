@@ -191,7 +191,7 @@ def time_pipeline_on_plans(cfg: DataConfig, plans: list[SamplePlan]) -> float:
         geometry = [render_geometry(plan, cfg) for plan in chunk]
         canvas.reserve([hw for _, hw in geometry])
         boxes = [render_sample(plan, cfg, canvas, j, geo) for j, (plan, geo) in enumerate(zip(chunk, geometry))]
-        collate(chunk, canvas.hand_over()[0], cfg, tokenizer, 1, boxes)
+        collate(chunk, canvas.hand_over(len(chunk))[0], cfg, tokenizer, 1, boxes)
     return len(plans) / (CLOCK() - start)
 
 

@@ -160,3 +160,19 @@ def test_odd_frame_times_are_skips_not_crashes(edit):
     # A member whose "number" int() cannot read ("²" is a digit to str.isdigit) is not a frame.
     raw = {"__key__": "odd", "__url__": "u", **sample("odd", 11), "\u00b2.jpg": b"x"}
     assert plan_sample(raw, DataConfig(), np.random.default_rng(0), True, (0,)).key == "odd"
+
+
+@pytest.mark.parametrize("resize_on", ["device", "loader"])
+def test_a_sample_failing_last_leaves_no_trace_in_the_final_batch(tmp_path, bert_dir, resize_on):
+    """The stream's last sample fails while its frames are decoded (a corrupt JPEG): the final,
+    short batch holds exactly the good samples and finishes on the device."""
+    from lfvila.data import batch_to_device
+
+    shard = write_tar(tmp_path / "s.tar", [sample("good", 11), bad_samples()["corrupt_jpeg"]])
+    cfg = DataConfig(train_shards=[shard], val_shards=[shard], batch_size=4, num_workers=0, crop=(16, 24),
+                     max_tokens=12, bert_dir=str(bert_dir), resize_on=resize_on)
+    loader = build_loader(cfg, "val", epoch_mode=True)
+    (batch,) = list(loader)
+    assert batch["keys"] == ["good"] and loader.counters() == {"corrupt_jpeg": 1}
+    assert len(batch["video"]) == 1
+    assert batch_to_device(batch, "cpu")["video"].shape == (1, 3, 32, 16, 24)

@@ -60,7 +60,7 @@ def test_canvas_packs_samples_and_grows_keeping_those_rendered(bert_dir):
     canvas.row(1, (4, 6))[:] = 8
     canvas.row(1, (5, 8))[:] = 9  # sample 1 failed; its replacement is larger: the buffer grows
     canvas.row(2, (2, 3))[:] = 5
-    frames, _ = canvas.hand_over()
+    frames, _ = canvas.hand_over(3)
     assert [tuple(f.shape) for f in frames] == [(2, 4, 6, 3), (2, 5, 8, 3), (2, 2, 3, 3)]
     assert [int(f.unique().item()) for f in frames] == [7, 9, 5]
     ends = [f.storage_offset() + f.numel() for f in frames]

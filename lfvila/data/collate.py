@@ -230,10 +230,11 @@ class BatchCanvas:
             used = sum(math.prod(shape) for _, shape in self.regions)
             _view(self.storage, 0, (used,)).copy_(_view(old, 0, (used,)))
 
-    def hand_over(self) -> tuple[list[torch.Tensor], int | None]:
-        """(each rendered sample's ``(T, h, w, 3)`` frames, the release-flag index the consumer
-        clears) and start a new batch."""
-        frames = [_view(self.storage, offset, shape) for offset, shape in self.regions]
+    def hand_over(self, n_samples: int) -> tuple[list[torch.Tensor], int | None]:
+        """(the ``(T, h, w, 3)`` frames of the first ``n_samples`` regions, the release-flag index the
+        consumer clears) and start a new batch. A region past them belongs to a sample that failed
+        while being rendered."""
+        frames = [_view(self.storage, offset, shape) for offset, shape in self.regions[:n_samples]]
         release = self.buffers.lend(self.slot)
         self.slot, self.storage, self.regions = -1, None, []
         return frames, release

@@ -239,7 +239,7 @@ class ShardStream(IterableDataset):
     def finish_batch(self, plans: list[SamplePlan], boxes: list, canvas: BatchCanvas, skips: Counter,
                      tokenizer: Tokenizer, local: int, position: int) -> dict:
         # The canvas lets go of the frames, so the ring can tell when the consumer is done with them.
-        frames, release = canvas.hand_over()
+        frames, release = canvas.hand_over(len(plans))
         batch = collate(plans, frames, self.cfg, tokenizer, self.stage, boxes) if plans else {}
         del frames
         batch["__meta__"] = {"worker": local, "position": position, "skips": dict(skips), "release": release}
