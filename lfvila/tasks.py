@@ -107,13 +107,21 @@ class Stage1Task(_Task):
         """``{"global": ..., "mtc": ...}`` weighted; MTC draws from ``generator`` or the global CPU RNG."""
         video = self.model.encode_video(batch["video"])
         text = self.model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
-        if video["clip"].shape[1] != text["sentence"].shape[1]:
-            raise ValueError(f"{video['clip'].shape[1]} clips but {text['sentence'].shape[1]} sentences per sample")
-        out = {"global": self.cfg.global_weight * self.global_loss(video["global_"], text["paragraph"])}
+        return self.feature_losses(video["global_"], text["paragraph"], text["sentence"], video["clip"],
+                                   batch["sentence_mask"], generator=generator)
+
+    def feature_losses(self, video: torch.Tensor, paragraph: torch.Tensor, sentence: torch.Tensor,
+                       clip: torch.Tensor, sentence_mask: torch.Tensor, *, generator: torch.Generator | None = None,
+                       gather: bool | None = None) -> dict[str, torch.Tensor]:
+        """The weighted losses from features: ``video``, ``paragraph`` ``(B, D)``; ``sentence``, ``clip``
+        ``(B, M, D)``; ``sentence_mask`` ``(B, M)``. ``gather=False`` scores these rows alone, without
+        any cross-rank collective (held-out losses, see ``lfvila.trainer.evaluate``)."""
+        if clip.shape[1] != sentence.shape[1]:
+            raise ValueError(f"{clip.shape[1]} clips but {sentence.shape[1]} sentences per sample")
+        out = {"global": self.cfg.global_weight * self.global_loss(video, paragraph, gather=gather)}
         if self.cfg.mtc_weight > 0:
-            out["mtc"] = self.cfg.mtc_weight * self.mtc_loss(
-                text["sentence"], video["clip"], batch["sentence_mask"], generator=generator
-            )
+            out["mtc"] = self.cfg.mtc_weight * self.mtc_loss(sentence, clip, sentence_mask, generator=generator,
+                                                             gather=gather)
         return out
 
 

@@ -23,9 +23,12 @@ class GlobalContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.gather = gather
 
-    def forward(self, video: torch.Tensor, paragraph: torch.Tensor) -> torch.Tensor:
-        """``video``, ``paragraph``: ``(B, D)`` L2-normalised, row i of each from the same sample."""
-        if self.gather:
+    def forward(self, video: torch.Tensor, paragraph: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
+        """``video``, ``paragraph``: ``(B, D)`` L2-normalised, row i of each from the same sample.
+
+        ``gather`` overrides the constructor's choice for this call (evaluation scores local features).
+        """
+        if self.gather if gather is None else gather:
             video, paragraph = all_gather_with_grad(video), all_gather_with_grad(paragraph)
         logits = video.float() @ paragraph.float().T / self.temperature  # (B_all, B_all) video -> paragraph
         targets = torch.arange(logits.shape[0], device=logits.device)

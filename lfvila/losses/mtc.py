@@ -157,9 +157,13 @@ class MTCLoss(nn.Module):
         clip: torch.Tensor,
         sentence_mask: torch.Tensor,
         generator: torch.Generator | None = None,
+        gather: bool | None = None,
     ) -> torch.Tensor:
-        """``sentence``, ``clip``: ``(B, M, D)`` L2-normalised; ``sentence_mask`` ``(B, M)`` real sentences."""
-        if self.gather:
+        """``sentence``, ``clip``: ``(B, M, D)`` L2-normalised; ``sentence_mask`` ``(B, M)`` real sentences.
+
+        ``gather`` overrides the constructor's choice for this call (evaluation scores local features).
+        """
+        if self.gather if gather is None else gather:
             sentence, clip = all_gather_with_grad(sentence), all_gather_with_grad(clip)
             sentence_mask = all_gather_with_grad(sentence_mask.long())
         draw = draw_mtc(

@@ -4,6 +4,17 @@ The metric functions take plain feature tensors, so they are checked on hand-mad
 :func:`evaluate` runs the model over the val shards on every rank, gathers the features
 (each sample once, deduplicated by key) and computes the metrics identically everywhere.
 
+Ranks may hold any share of the val data, none included: while the model runs over a rank's
+batches no collective is made (ranks with fewer batches would otherwise fall out of step: a
+size mismatch on gloo, a hang on NCCL); the one all-gather comes after. Every stage-1 figure,
+held-out losses included, is then a function of the set of val samples alone, equal to a
+single-process evaluation of the same data: the held-out contrastive losses are computed
+from the gathered features in key order, in chunks of ``loss_batch_size`` samples (the
+per-rank training batch size), never from whichever samples shared a rank's batch.
+Stage-2 figures (MLM / VTM losses and accuracies) pair each text with another sample's video
+within the loader's batch, as in training, so they are sums over the ranks' batches and
+depend on how samples fall into batches (``trainer.eval_max_batches`` also counts per rank).
+
 Ranks are 1-based; a tie with the true item counts against it, so a model that maps every
 input to the same feature scores chance level, never better.
 """
@@ -91,10 +102,13 @@ def _cpu(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None,
                      autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
-    """Run the model over this rank's val batches; return CPU features, held-out losses and keys."""
+    """Run the model over this rank's val batches; return CPU features, keys and, for a stage-2 task,
+    held-out loss sums and accuracy counts. Makes no cross-rank collective (any number of batches
+    per rank is fine)."""
     from lfvila.data.device import batch_to_device
 
     model = task.model
+    per_batch_losses = not hasattr(task, "feature_losses")  # stage 1 scores gathered features later
     rows: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": [], "keys": []}
     loss_sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -106,7 +120,7 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
         with autocast or contextlib.nullcontext():
             video = model.encode_video(batch["video"])
             text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
-            losses = task.losses(batch)
+            losses = task.losses(batch) if per_batch_losses else {}
             if "mlm_ids" in batch:
                 for name, count in stage2_counts(model, batch, video).items():
                     counts[name] = counts.get(name, 0) + count
@@ -144,13 +158,39 @@ def merge_rank_features(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+@torch.no_grad()
+def held_out_feature_losses(task: Any, merged: dict[str, Any], loss_batch_size: int) -> dict[str, float]:
+    """Mean of ``task.feature_losses`` over the samples sorted by key, ``loss_batch_size`` at a time.
+
+    Local computation on gathered CPU features (no collective); MTC draws come from a generator
+    seeded 0, so the result depends on the set of samples only.
+    """
+    if loss_batch_size < 1:
+        raise ValueError(f"loss_batch_size must be >= 1, got {loss_batch_size}")
+    order = sorted(range(len(merged["keys"])), key=merged["keys"].__getitem__)
+    generator = torch.Generator().manual_seed(0)
+    sums: dict[str, float] = {}
+    n_chunks = 0
+    for start in range(0, len(order), loss_batch_size):
+        rows = torch.tensor(order[start:start + loss_batch_size])
+        losses = task.feature_losses(merged["video"][rows], merged["paragraph"][rows], merged["sentence"][rows],
+                                     merged["clip"][rows], merged["mask"][rows], generator=generator, gather=False)
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        n_chunks += 1
+    return {f"val_{name}": total / n_chunks for name, total in sums.items()}
+
+
 def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None = None,
-             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+             autocast: contextlib.AbstractContextManager | None = None,
+             loss_batch_size: int = 8) -> dict[str, float]:
     """Every metric on the val batches, gathered over ranks; identical on every rank.
 
     Returns retrieval (``p2v_*``, ``v2p_*``), alignment (``sentence_to_clip_acc`` ...),
     held-out losses (``val_<name>``), any task accuracies and ``n_samples``, each recall and
-    accuracy next to its ``*_chance`` level.
+    accuracy next to its ``*_chance`` level. Any split of the data over ranks gives the same
+    stage-1 figures (see the module docstring); ``loss_batch_size`` is the number of samples
+    per held-out contrastive loss.
     """
     from lfvila.trainer.checkpoint import capture_rng_state, restore_rng_state
 
@@ -175,6 +215,8 @@ def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batche
         return metrics
     metrics.update(paragraph_video_retrieval(merged["paragraph"], merged["video"]))
     metrics.update(alignment_accuracy(merged["sentence"], merged["clip"], merged["mask"]))
+    if hasattr(task, "feature_losses"):
+        metrics.update(held_out_feature_losses(task, merged, loss_batch_size))
     n_batches = sum(p["n_batches"] for p in parts)
     names = sorted({name for p in parts for name in p["loss_sums"]})
     for name in names:
@@ -250,7 +292,8 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
     loader = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size, stage=cfg.task.stage,
                           epoch_mode=True)
-    metrics = evaluate(task, loader, ctx, max_batches=max_batches, autocast=autocast)
+    metrics = evaluate(task, loader, ctx, max_batches=max_batches, autocast=autocast,
+                       loss_batch_size=cfg.data.batch_size)
     metrics = {"step": meta["step"], **metrics}
     if not ctx.is_main:
         return metrics, None

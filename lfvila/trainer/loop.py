@@ -412,7 +412,7 @@ class Trainer:
         loader = build_loader(self.cfg.loader_data(), "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
                               stage=self.cfg.task.stage, epoch_mode=True)
         metrics = evaluate(self.task, loader, self.ctx, max_batches=self.cfg.trainer.eval_max_batches,
-                           autocast=self.autocast())
+                           autocast=self.autocast(), loss_batch_size=self.cfg.data.batch_size)
         if self.ctx.is_main:
             metrics = {"step": self.step, **metrics}
             write_eval_json(metrics, self.out / "eval" / f"step_{self.step:08d}.json")
