@@ -24,6 +24,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfvila", description="LF-VILA corpus builder and trainer.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"lfvila.commands.{name}")
@@ -41,7 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(args._run(args) or 0)
+    from lfvila.errors import UserError
+
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        # A mistake in what was asked for: the message says what to change, a traceback would hide it.
+        print(f"lfvila {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ into those dataclasses and back, so recipes stay YAML files and nothing is ``eva
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from lfvila.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -34,23 +37,23 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if dataclasses.is_dataclass(value):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
-            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))) if args else tuple(value)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_convert(args[0], v, f"{where}[{i}]") if args else v for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {k: _convert(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -59,9 +62,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{where}: expected float, got {value!r}") from None
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
 
@@ -71,9 +74,20 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where or cls.__name__}: unknown config key(s) {unknown}; known: {sorted(names)}")
+        hints_text = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            dotted = f"{where}.{key}" if where else str(key)
+            hints_text.append(f"{dotted!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown config key {', '.join(hints_text)}; known in "
+                          f"{where or cls.__name__}: {', '.join(sorted(names))}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a component's __post_init__ check: the value is the user's to fix
+        raise ConfigError(str(exc)) from exc
 
 
 def to_dict(cfg: Any) -> Any:
@@ -93,14 +107,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides to a nested dict; values are parsed as YAML scalars/lists."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.path=value")
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
         dotted, raw = item.split("=", 1)
         keys = dotted.strip().split(".")
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {k} is not a section")
+                raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = yaml.safe_load(raw)
     return data
 
@@ -109,10 +123,15 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     """Load ``cls`` from a YAML recipe (or its defaults when ``path`` is None), then apply overrides."""
     data: dict = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe must be a mapping at top level")
+            raise ConfigError(f"{path}: a recipe must be a mapping at top level")
     if overrides:
         # Overrides apply on top of the full default tree, so a key absent from the recipe can be set.
         base = to_dict(from_dict(cls, data))

@@ -14,9 +14,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="corpus directory")
     parser.add_argument("--source", action="append", default=[], metavar="FORMAT:PATH",
                         help="input source, repeatable; FORMAT is hdvila, activitynet, youcook2, howto100m or subtitles")
-    parser.add_argument("--config", default=None, help="corpus recipe (YAML), e.g. pipelines/lfvila8m.yaml")
+    parser.add_argument("--config", default=None,
+                        help="corpus recipe (YAML), e.g. pipelines/lfvila8m.yaml; --stage shards reads the recipe "
+                             "recorded in OUT/corpus.json and refuses a different one")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config value, e.g. --set manifest.min_clips=5")
+                        help="override a config value, e.g. --set manifest.min_clips=5; at --stage shards only "
+                             "runtime settings (video.timeout_s, video.timeout_per_video_s, video.decoder_threads)")
     parser.add_argument("--stage", choices=["manifest", "shards", "all"], default="all",
                         help="manifest: tables only; shards: video work from an existing manifest; all (default)")
     parser.add_argument("--videos", default=None, help="directory of source videos (needed for shards)")
@@ -32,11 +35,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from lfvila.build_config import BuildConfig
+    from lfvila.build_config import BuildConfig, corpus_config
     from lfvila.config import load_config
 
-    cfg = load_config(BuildConfig, args.config, args.overrides)
     out = Path(args.out)
+    # A manifest stage resolves the recipe and records it in corpus.json; --stage shards reads it back.
+    if args.stage == "shards":
+        cfg = corpus_config(out, args.config, args.overrides)
+    else:
+        cfg = load_config(BuildConfig, args.config, args.overrides)
     if args.stage in ("manifest", "all"):
         from lfvila.manifest.build import build_manifest
 

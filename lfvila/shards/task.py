@@ -17,6 +17,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Settings that change how a build runs, not what it writes (RUNTIME_KEYS): changing them (say, a
+# longer timeout before --retry-failed) must not make every complete shard stale.
+from lfvila.build_config import RUNTIME_KEYS
+
 log = logging.getLogger(__name__)
 
 
@@ -34,9 +38,6 @@ class ShardTask:
         return f"{self.split}-{self.index:06d}"
 
 
-# Settings that change how a build runs, not what it writes: changing them (say, a longer timeout
-# before --retry-failed) must not make every complete shard stale.
-RUNTIME_ONLY = ("decoder_threads", "timeout_s", "timeout_per_video_s")
 
 
 def task_fingerprint(rows: list[dict], cfg) -> str:
@@ -44,7 +45,7 @@ def task_fingerprint(rows: list[dict], cfg) -> str:
     import lfvila
     from lfvila.config import to_dict
 
-    video = {k: v for k, v in to_dict(cfg.video).items() if k not in RUNTIME_ONLY}
+    video = {k: v for k, v in to_dict(cfg.video).items() if f"video.{k}" not in RUNTIME_KEYS}
     blob = json.dumps({"rows": rows, "video": video, "shards": to_dict(cfg.shards),
                        "min_clips": cfg.manifest.min_clips, "version": lfvila.__version__},
                       sort_keys=True, default=str)

@@ -1,0 +1,125 @@
+"""``lfvila build`` through the console script, on real ActivityNet Captions annotations and a real video.
+
+The annotated videos are not available offline, so each annotation is rescaled in time onto the
+real camera clip ``pd-extendedview__diver.mov`` (14.04 s), linked under the video id: the content
+does not match, the mechanics (recipe, frame times, sentence drops) are the real ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIVER = "videos/natural/pd-extendedview__diver.mov"
+# v_frePM0YGtQE (8 sentences) is stretched to 70 s: only its first 3 sentences lie in the 14 s video,
+# so the default min_clips (4) rejects it and activitynet_paragraphs.yaml (min_clips 1) keeps it.
+# v_EwjDShmfFHM (7 sentences) is squeezed into 14 s: every sentence has frames.
+STRETCH = {"v_frePM0YGtQE": 70.0, "v_EwjDShmfFHM": 14.0}
+
+
+def lfvila(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "lfvila.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def anet(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+    """(annotation file, videos dir): two real val_1 entries rescaled onto the diver video."""
+    real = json.loads((shared_data / "annotations/activitynet_captions/val_1.json").read_text())
+    d = tmp_path_factory.mktemp("anet")
+    videos = d / "videos"
+    videos.mkdir()
+    picked = {}
+    for vid, duration in STRETCH.items():
+        entry = real[vid]
+        scale = duration / entry["duration"]
+        picked[vid] = {"duration": duration, "sentences": entry["sentences"],
+                       "timestamps": [[round(s * scale, 2), round(e * scale, 2)] for s, e in entry["timestamps"]]}
+        (videos / f"{vid}.mov").symlink_to(shared_data / DIVER)
+    ann = d / "val_small.json"
+    ann.write_text(json.dumps(picked))
+    return ann, videos
+
+
+def _samples(out: Path) -> dict[str, dict]:
+    from lfvila.shards.read import iter_samples
+
+    found = {}
+    for tar in sorted((out / "shards").glob("*.tar")):
+        for sample in iter_samples(tar):
+            found[sample["meta"]["video_id"]] = sample["meta"]
+    return found
+
+
+def test_shard_stage_uses_the_recipe_recorded_by_the_manifest_stage(tmp_path, anet):
+    ann, videos = anet
+    out = tmp_path / "corpus"
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", "--stage", "manifest",
+               "--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.fps=1")
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((out / "corpus.json").read_text())["config"]
+    assert recorded["manifest"]["min_clips"] == 1 and recorded["video"]["fps"] == 1.0
+
+    # no --config: the recorded recipe (min_clips 1, fps 1), not the defaults (min_clips 4, fps 3)
+    r = lfvila("build", "--out", str(out), "--stage", "shards", "--videos", str(videos), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    samples = _samples(out)
+    assert sorted(samples) == sorted(STRETCH), r.stdout  # the stretched one is kept with min_clips 1
+    for meta in samples.values():
+        assert meta["fps"] == 1.0
+        steps = {round(b - a, 6) for a, b in zip(meta["frame_times"], meta["frame_times"][1:])}
+        assert min(steps) >= 1.0, steps  # decoded at 1 fps: slots 1 s apart
+    stretched = samples["v_frePM0YGtQE"]
+    assert 1 <= len(stretched["sentences"]) < 4
+    assert json.loads((out / "corpus.json").read_text())["video"]["fps"] == 1.0
+
+
+def test_a_recipe_that_conflicts_with_the_recorded_one_is_refused(tmp_path, anet):
+    ann, videos = anet
+    out = tmp_path / "corpus"
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", "--stage", "manifest",
+               "--config", "pipelines/activitynet_paragraphs.yaml")
+    assert r.returncode == 0, r.stderr
+    before = (out / "corpus.json").read_bytes()
+
+    for extra in (["--set", "video.fps=1"], ["--config", "pipelines/lfvila8m.yaml"]):
+        r = lfvila("build", "--out", str(out), "--stage", "shards", "--videos", str(videos), *extra)
+        assert r.returncode == 2, (extra, r.stdout, r.stderr)
+        assert r.stderr.startswith("lfvila build: error: ") and "Traceback" not in r.stderr, r.stderr
+        assert "corpus.json records the recipe" in r.stderr and "--stage manifest" in r.stderr
+        assert not (out / "shards").exists() and (out / "corpus.json").read_bytes() == before
+    r = lfvila("build", "--out", str(out), "--stage", "shards", "--videos", str(videos), "--set", "video.fps=1")
+    assert "video.fps 3.0 -> 1.0" in r.stderr, r.stderr
+
+    # restating the recipe, or changing runtime settings only, is accepted
+    r = lfvila("build", "--out", str(out), "--stage", "shards", "--videos", str(videos), "--workers", "1",
+               "--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.timeout_s=120",
+               "--set", "video.decoder_threads=2")
+    assert r.returncode == 0, r.stderr
+    assert sorted(_samples(out)) == sorted(STRETCH)
+    assert json.loads((out / "corpus.json").read_text())["config"]["video"]["timeout_s"] == 60.0
+
+
+def test_config_mistakes_are_one_line_errors_with_exit_2(tmp_path, anet):
+    ann, _ = anet
+    cases = {
+        ("--set", "manifest.min_clip=2"): "did you mean 'min_clips'?",
+        ("--set", "video.fps=fast"): "video.fps: expected float, got 'fast'",
+        ("--set", "manifest.min_clips=0"): "manifest.min_clips must be >= 1",
+        ("--config", "pipelines/nope.yaml"): "config file pipelines/nope.yaml does not exist",
+    }
+    for extra, message in cases.items():
+        r = lfvila("build", "--out", str(tmp_path / "c"), "--source", f"activitynet:{ann}", "--stage", "manifest",
+                   *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert r.stderr.startswith("lfvila build: error: ") and message in r.stderr, (extra, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = lfvila("--debug", "build", "--out", str(tmp_path / "c"), "--source", f"activitynet:{ann}",
+               "--set", "manifest.min_clip=2")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
