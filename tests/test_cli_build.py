@@ -123,3 +123,57 @@ def test_config_mistakes_are_one_line_errors_with_exit_2(tmp_path, anet):
     r = lfvila("--debug", "build", "--out", str(tmp_path / "c"), "--source", f"activitynet:{ann}",
                "--set", "manifest.min_clip=2")
     assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def _shard_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "shards").glob("*.tar"))
+
+
+def test_other_inputs_into_an_existing_corpus_are_refused_unless_overwrite(tmp_path, anet):
+    ann, videos = anet
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({k: v for k, v in json.loads(ann.read_text()).items() if k == "v_EwjDShmfFHM"}))
+    out = tmp_path / "corpus"
+    common = ["--config", "pipelines/activitynet_paragraphs.yaml", "--set", "shards.samples_per_shard=1",
+              "--set", "video.fps=1", "--videos", str(videos), "--workers", "1"]
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", *common)
+    assert r.returncode == 0, r.stderr
+    assert _shard_names(out) == ["train-000000.tar", "train-000001.tar"]
+    stats = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.stats.json")}
+
+    # the same inputs again: resumes, nothing redone
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", *common)
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.stats.json")} == stats
+
+    before = (out / "corpus.json").read_bytes()
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{one}", *common)
+    assert r.returncode == 2 and r.stderr.startswith("lfvila build: error: "), r.stderr
+    assert "already holds a corpus built from" in r.stderr and "--overwrite" in r.stderr and "new --out" in r.stderr
+    assert (out / "corpus.json").read_bytes() == before and len(_shard_names(out)) == 2
+
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{one}", "--overwrite", *common)
+    assert r.returncode == 0, r.stderr
+    assert "--overwrite: replacing the corpus" in r.stdout
+    assert _shard_names(out) == ["train-000000.tar"]
+    corpus = json.loads((out / "corpus.json").read_text())
+    assert [i["source"] for i in corpus["inputs"]] == [f"activitynet:{one}"]
+    assert corpus["video"]["totals"]["samples_planned"] == corpus["counts"]["longform"]["train"]["videos"] == 1
+
+
+def test_a_new_recipe_for_the_same_inputs_removes_shards_the_plan_no_longer_has(tmp_path, anet):
+    ann, videos = anet
+    out = tmp_path / "corpus"
+    common = ["--source", f"activitynet:{ann}", "--config", "pipelines/activitynet_paragraphs.yaml",
+              "--set", "video.fps=1", "--videos", str(videos), "--workers", "1"]
+    r = lfvila("build", "--out", str(out), *common, "--set", "shards.samples_per_shard=1")
+    assert r.returncode == 0, r.stderr
+    assert len(_shard_names(out)) == 2
+    r = lfvila("build", "--out", str(out), *common, "--set", "shards.samples_per_shard=2")
+    assert r.returncode == 0, r.stderr
+    assert "another recipe" in r.stdout and "removed 3 shard file(s)" in r.stderr, (r.stdout, r.stderr)
+    assert _shard_names(out) == ["train-000000.tar"]
+    assert sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith("train-")) == [
+        "train-000000.stats.json", "train-000000.status.parquet", "train-000000.tar"]
+    video = json.loads((out / "corpus.json").read_text())["video"]
+    assert video["totals"]["shards"] == 1 and video["totals"]["samples_written"] == 2

@@ -28,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: build only part I of N (0-based)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a corpus of other inputs already in --out (its shards are removed)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo complete shards holding failed samples (missing video, timeout, error)")
 
@@ -49,6 +51,12 @@ def run(args) -> int:
 
         if not args.source:
             raise SystemExit("lfvila build: at least one --source FORMAT:PATH is needed for the manifest stage")
+        from lfvila.config import to_dict
+        from lfvila.corpus_dir import prepare_manifest_out
+
+        done = prepare_manifest_out(out, to_dict(cfg), args.source, overwrite=args.overwrite)
+        if done:
+            print(done)
         build_manifest(cfg, out, args.source)
     if args.stage in ("shards", "all"):
         from lfvila.shards.build import build_shards, format_summary

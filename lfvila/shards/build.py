@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
     tasks = plan_shard_tasks(cfg, out)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_shards(shard_dir, tasks)
+    if removed:
+        log.warning("removed %d shard file(s) that this corpus's plan does not have (left by an earlier manifest): "
+                    "%s", len(removed), ", ".join(p.name for p in removed[:6]))
     mine = tasks[part::total]
     todo = [t for t in mine if not is_complete(shard_dir, t, retry_failed)]
     log.info("%d shard tasks in the corpus, %d in this part, %d to do", len(tasks), len(mine), len(todo))
@@ -90,6 +95,24 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
     done = sum(is_complete(shard_dir, t) for t in tasks)
     log.info("%d of %d shards complete; indexes are written when all are", done, len(tasks))
     return {}
+
+
+_SHARD_FILE = re.compile(r"^(?P<name>[^.]+-\d{6})\.(?:tar|status\.parquet|stats\.json)$")
+
+
+def remove_stale_shards(shard_dir: Path, tasks: list[ShardTask]) -> list[Path]:
+    """Remove shard files (tar, status, stats) whose shard is not in ``tasks``; return them.
+
+    They are left by an earlier manifest of the same directory with more shards; kept, a brace
+    pattern or a directory listing would mix them into this corpus. Temporaries of running tasks
+    (``.NAME.*.tmp``) do not match.
+    """
+    planned = {t.name for t in tasks}
+    stale = sorted(p for p in shard_dir.iterdir()
+                   if (m := _SHARD_FILE.match(p.name)) and m.group("name") not in planned)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class _Progress:
