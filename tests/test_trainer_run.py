@@ -48,7 +48,7 @@ def colour_shards(tmp_path_factory) -> dict[str, list[str]]:
     }
 
 
-def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tmp_path, bert_dir):
+def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tmp_path, bert_dir, capsys):
     from lfvila.cli import main
 
     out = tmp_path / "run"
@@ -87,12 +87,15 @@ def test_short_run_learns_and_writes_checkpoints_logs_and_eval(colour_shards, tm
     # lfvila eval re-computes the same figures from the checkpoint alone
     main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "again.json")])
     again = json.loads((tmp_path / "again.json").read_text())
+    evaluated = {"checkpoint": str(final), "val_shards": colour_shards["val"], "max_batches": None}
+    assert {k: again.pop(k) for k in evaluated} == evaluated
     assert again == pytest.approx(metrics)
 
     # a fresh (not resumed) run into the same out_dir is refused instead of mixing two runs
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-        main(["train", "--config", str(REPO / "train" / "tiny.yaml"), "--set", f"trainer.out_dir={out}",
-              "--set", f"data.train_shards={json.dumps(colour_shards['train'])}"])
+    capsys.readouterr()
+    assert main(["train", "--config", str(REPO / "train" / "tiny.yaml"), "--set", f"trainer.out_dir={out}",
+                 "--set", f"data.train_shards={json.dumps(colour_shards['train'])}"]) == 2
+    assert "lfvila train: error: " in capsys.readouterr().err
 
 
 def test_stage2_starts_from_stage1_and_reports_accuracies(colour_shards, tmp_path, bert_dir):

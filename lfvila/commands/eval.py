@@ -1,42 +1,71 @@
 """lfvila eval: evaluate a checkpoint on held-out shards (one process or under torchrun).
 
-Prints and writes to CKPT/eval-<name>.json: paragraph-to-video and video-to-paragraph
-R@1/5/10 and median rank, within-video clip-to-sentence alignment accuracy and held-out
-losses (and stage-2 accuracies for a stage-2 checkpoint), each next to its chance level.
+Prints, as the demo does, a table of paragraph-to-video and video-to-paragraph R@1/5/10 and
+median rank, within-video clip-to-sentence alignment accuracy and held-out losses (and stage-2
+accuracies for a stage-2 checkpoint), each next to its chance level, rounded to 2 decimals.
+Writes them to CKPT/eval-<hash>.json with the checkpoint and the data evaluated (never over the
+training run's own CKPT/eval.json). --checkpoint may name a run directory: its newest checkpoint
+is evaluated. No readable shard is an error (exit 2), and so is evaluating 0 samples (exit 1).
 
 Example:
-  lfvila eval --checkpoint runs/tiny/checkpoints/step_00000200 --data 'corpus/shards/val-{000000..000001}.tar'
+  lfvila eval --checkpoint runs/tiny --data 'corpus/shards/val-{000000..000001}.tar'
+  lfvila eval --checkpoint runs/tiny/checkpoints/step_00000200
 """
 from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (step_NNNNNNNN)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint directory (step_NNNNNNNN), or a run directory: its newest checkpoint")
     parser.add_argument("--data", default=None, metavar="URLS",
                         help="val shard URLs (brace pattern or '::'-joined); default: the checkpoint's data.val_shards")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a value of the checkpoint's config, e.g. --set data.batch_size=8")
-    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches per rank")
-    parser.add_argument("--out", default=None, help="metrics JSON path (default CKPT/eval-<name>.json)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="stop after this many batches per rank (default: every sample)")
+    parser.add_argument("--out", default=None, help="metrics JSON path (default CKPT/eval-<hash>.json)")
 
 
 def run(args) -> int:
     import json
     from pathlib import Path
 
-    from lfvila.trainer.evaluate import evaluate_checkpoint
+    import yaml
+
+    from lfvila.commands import user_error
+    from lfvila.data.shardcheck import check_shards
+    from lfvila.trainer.checkpoint import resolve_checkpoint
+    from lfvila.trainer.evaluate import evaluate_checkpoint, metric_table
     from lfvila.trainer.parallel import teardown_distributed
 
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        with open(checkpoint / "config.yaml", encoding="utf-8") as f:
+            spec = args.data if args.data else (yaml.safe_load(f).get("data") or {}).get("val_shards")
+        if not spec:
+            return user_error("eval", f"{checkpoint}: no val shards in its config; pass --data URLS")
+        check = check_shards(spec, "val")
+    except (FileNotFoundError, ValueError) as exc:
+        return user_error("eval", str(exc))
+    if check.usable == 0:
+        return user_error("eval", f"no readable val shard in {spec!r}: {check.summary()}")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.val_shards={json.dumps(args.data)}")
     try:
-        metrics, path = evaluate_checkpoint(Path(args.checkpoint), overrides=overrides,
-                                            max_batches=args.max_batches,
+        metrics, path = evaluate_checkpoint(checkpoint, overrides=overrides, max_batches=args.max_batches,
                                             out=Path(args.out) if args.out else None)
+    except ValueError as exc:
+        return user_error("eval", str(exc))
     finally:
         teardown_distributed()
+    if metrics.get("n_samples", 0) == 0:
+        return user_error("eval", f"0 samples evaluated from {spec!r} ({check.summary()}): "
+                                  "every sample was skipped by the loader (see the warnings above)", status=1)
     if path is not None:
-        print(json.dumps(metrics, indent=2))
+        print(f"checkpoint {checkpoint} (step {metrics.get('step')}), {int(metrics['n_samples'])} samples "
+              f"from {spec}")
+        print("\n".join(metric_table([("value", metrics)])))
+        print("(recall and accuracy in %, median rank in positions; lower medr is better)")
         print(f"written to {path}")
     return 0

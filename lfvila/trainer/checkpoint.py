@@ -68,6 +68,23 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a complete checkpoint; else the newest one under ``path/checkpoints``
+    (a run directory) or under ``path`` (a checkpoints directory). ``FileNotFoundError`` saying what
+    was looked for when there is none."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    raise FileNotFoundError(f"{path} is not a checkpoint (no {META}) and holds no complete checkpoint "
+                            f"(step_NNNNNNNN/{META}) in itself or in {path / 'checkpoints'}")
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG the training step may draw from: Python, NumPy, torch CPU and CUDA."""
     state = {

@@ -90,6 +90,10 @@ class TrainerConfig:
     # Stop early (then checkpoint and evaluate as at the end) once this many minutes of training
     # have passed; a safety net for time-boxed runs such as the demo. None: no limit.
     time_limit_minutes: float | None = None
+    # Warn (once, at the first log step) when the measured step rate projects the whole run past
+    # this many minutes; training still runs to max_steps, so its figures do not depend on the
+    # machine's load (the demo sets it). None: no warning.
+    expected_minutes: float | None = None
     # DDP must be told when some trainable parameters get no gradient in a step.
     find_unused_parameters: bool = False
 
@@ -111,6 +115,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.cpu_threads must be >= 1 or null, got {self.cpu_threads}")
         if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
             raise ValueError(f"trainer.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}")
+        if self.expected_minutes is not None and not self.expected_minutes > 0:
+            raise ValueError(f"trainer.expected_minutes must be > 0 or null, got {self.expected_minutes}")
         if not self.out_dir:
             raise ValueError("trainer.out_dir must not be empty")
 

@@ -256,12 +256,42 @@ def stage2_counts(model: Any, batch: dict[str, Any], video: dict[str, torch.Tens
     }
 
 
+def chance_level(metrics: dict[str, Any], name: str) -> float | None:
+    """The chance level recorded for metric ``name`` (None for losses and MLM accuracy)."""
+    if f"{name}_chance" in metrics:
+        return metrics[f"{name}_chance"]
+    if name in ("sentence_to_clip_acc", "clip_to_sentence_acc"):
+        return metrics.get("alignment_chance")
+    return None
+
+
+def metric_table(columns: list[tuple[str, dict[str, Any]]], names: Iterable[str] | None = None) -> list[str]:
+    """Rows ``metric  <column>...  chance``, figures rounded to 2 decimals; chance from the last column.
+
+    ``names``: the metrics to show, in order (default: every figure of the last column except the
+    chance levels, ``n_samples`` and ``step``); a metric missing from the last column is left out.
+    """
+    last = columns[-1][1]
+    if names is None:
+        names = [k for k in last if not k.endswith("_chance") and k not in ("n_samples", "step")]
+    lines = [f"{'metric':<24}" + "".join(f"{title:>12}" for title, _ in columns) + f"{'chance':>12}"]
+    for name in names:
+        if name not in last:
+            continue
+        chance = chance_level(last, name)
+        lines.append(f"{name:<24}" + "".join(f"{m.get(name, float('nan')):>12.2f}" for _, m in columns)
+                     + (f"{chance:>12.2f}" if chance is not None else f"{'-':>12}"))
+    return lines
+
+
 def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
                         out: Path | None = None) -> tuple[dict[str, float], Path | None]:
-    """Evaluate checkpoint ``path`` with its own config (plus ``overrides``) on its val shards.
+    """Evaluate a checkpoint with its own config (plus ``overrides``) on its val shards.
 
-    Writes the metrics JSON on rank 0 to ``out`` or ``path/eval.json`` (``eval-<hash>.json``
-    when the val shards differ from the training run's) and returns ``(metrics, json_path)``.
+    ``path``: a checkpoint, or a run / checkpoints directory (its newest checkpoint is taken).
+    Writes the metrics JSON on rank 0 to ``out`` or ``CKPT/eval-<hash of the data>.json``, never
+    the training run's own ``CKPT/eval.json``; the JSON also records which checkpoint and data
+    (``val_shards``, ``max_batches``) were evaluated. Returns ``(metrics, json_path)``.
     """
     import hashlib
 
@@ -269,16 +299,15 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
 
     from lfvila.config import apply_overrides, from_dict
     from lfvila.data import build_loader
-    from lfvila.trainer.checkpoint import MODEL, read_meta
+    from lfvila.trainer.checkpoint import MODEL, read_meta, resolve_checkpoint
     from lfvila.trainer.config import TrainConfig
     from lfvila.trainer.loop import build_task, seed_everything, write_eval_json
     from lfvila.trainer.parallel import setup_distributed
 
-    path = Path(path)
+    path = resolve_checkpoint(path)
     meta = read_meta(path)
     with open(path / "config.yaml", encoding="utf-8") as f:
         saved = yaml.safe_load(f)
-    original_val = saved["data"].get("val_shards")
     cfg = from_dict(TrainConfig, apply_overrides(saved, list(overrides or [])))
     if not cfg.data.val_shards:
         raise ValueError(f"{path}: no val shards in its config; pass --data URLS")
@@ -297,11 +326,9 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     metrics = {"step": meta["step"], **metrics}
     if not ctx.is_main:
         return metrics, None
+    evaluated = {"checkpoint": str(path), "val_shards": cfg.data.val_shards, "max_batches": max_batches}
     if out is None:
-        if cfg.data.val_shards == original_val:
-            out = path / "eval.json"
-        else:
-            digest = hashlib.sha1(json.dumps(cfg.data.val_shards).encode()).hexdigest()[:8]
-            out = path / f"eval-{digest}.json"
-    write_eval_json(metrics, out)
+        digest = hashlib.sha1(json.dumps(evaluated, sort_keys=True).encode()).hexdigest()[:8]
+        out = path / f"eval-{digest}.json"
+    write_eval_json({**evaluated, **metrics}, out)
     return metrics, out

@@ -149,6 +149,7 @@ class Trainer:
             self._resume(resume)
         self.tb = None
         self.loss_log = None
+        self.last_losses: dict[str, float] = {}
 
     # ---- setup helpers -------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Trainer:
                 param.requires_grad_(False)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.model.parameters())
+        self.parameter_counts = {"all": n_all, "trained": n_train}
         if self.ctx.is_main:
             log.info("model: %.2fM parameters, %.2fM trained by stage %d", n_all / 1e6, n_train / 1e6,
                      self.cfg.task.stage)
@@ -259,6 +261,7 @@ class Trainer:
         last_saved = self.step if self.step else -1
         started = time.monotonic()
         out_of_time = False
+        first_step, first_done, warned_slow = self.step, started, tcfg.expected_minutes is None
         try:
             while self.step < tcfg.max_steps and not out_of_time:
                 lr = self.scheduler.get_last_lr()[0]
@@ -269,9 +272,13 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 out_of_time = self._out_of_time(started)
+                if self.step == first_step + 1:
+                    first_done = time.monotonic()  # the rate is measured past loader start-up
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps or out_of_time:
                     self._flush_log(window)
                     window = _Window()
+                    if not warned_slow and self.step > first_step + 1:
+                        warned_slow = self._warn_if_slow(first_done, self.step - first_step - 1)
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step != tcfg.max_steps:
                     metrics = self.run_eval()
                 if self.step % tcfg.ckpt_every == 0:
@@ -288,6 +295,20 @@ class Trainer:
             if self.loss_log is not None:
                 self.loss_log.close()
         return metrics
+
+    def _warn_if_slow(self, since: float, steps: int) -> bool:
+        """Warn when ``steps`` steps since ``since`` project the run past ``trainer.expected_minutes``.
+
+        Returns True once the projection has been checked (it is made once per run)."""
+        tcfg = self.cfg.trainer
+        per_step = (time.monotonic() - since) / steps
+        projected_min = per_step * (tcfg.max_steps - self.step) / 60 + (time.monotonic() - since) / 60
+        if self.ctx.is_main and projected_min > tcfg.expected_minutes:
+            log.warning("this machine is slower than expected for this step budget: %.2f s per step, so %d steps "
+                        "will take about %.3g minutes, more than the %.3g expected (trainer.expected_minutes); "
+                        "training still runs all %d steps (fewer steps finish sooner)", per_step,
+                        tcfg.max_steps, projected_min, tcfg.expected_minutes, tcfg.max_steps)
+        return True
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``trainer.time_limit_minutes`` has passed; rank 0 decides for every rank."""
@@ -333,6 +354,7 @@ class Trainer:
             self.loss_log.flush()
         # The line shows means over the window, the total included, so its parts add up.
         mean = {n: sum(v[i] for v in per_step) / len(per_step) for i, n in enumerate(names)}
+        self.last_losses = {"step": self.step, **mean}  # the end-of-run summary shows the last window
         samples_per_s = window.samples / max(elapsed, 1e-9)
         wait_frac = window.data_wait_s / max(elapsed, 1e-9)
         memory = self._memory_gb()
@@ -438,11 +460,13 @@ def write_eval_json(metrics: dict[str, Any], path: Path) -> None:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A compact one-line summary: each figure with its chance level in brackets."""
+    from lfvila.trainer.evaluate import chance_level
+
     parts = []
     for name, value in metrics.items():
         if name.endswith("_chance") or name == "step":
             continue
-        chance = metrics.get(f"{name}_chance", metrics.get("alignment_chance") if name.endswith("_acc") else None)
+        chance = chance_level(metrics, name)
         parts.append(f"{name} {value:.4g}" + (f" (chance {chance:.3g})" if chance is not None else ""))
     return ", ".join(parts)
 

@@ -1,0 +1,104 @@
+"""What a shard spec names, checked before a run builds its model: found / missing shards and samples.
+
+A spec is a brace pattern (``train-{000000..000009}.tar``, several joined by ``::``) or a list of
+URLs, expanded as the loader expands it. Shell globs (``*``, ``?``, ``[...]``) are not expanded by
+the loader, so a spec holding one is refused with the brace pattern to use instead. Local shards
+are opened and their samples counted from the tar headers (one ``KEY.json`` per sample, no member
+data read); ``pipe:`` and URL shards (``scheme://``) are listed as ``remote``, not checked.
+
+Each shard gets a status from a fixed vocabulary: ``found``, ``missing``, ``unreadable`` (not a
+tar), ``remote``.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lfvila.data.reader import expand_shards
+
+STATUSES = ("found", "missing", "unreadable", "remote")
+_GLOB = re.compile(r"[*?\[]")
+
+
+@dataclass
+class ShardCheck:
+    """One split's shards: each URL's status and sample count (None where not counted)."""
+
+    split: str
+    spec: str | list[str]
+    urls: list[str]
+    status: list[str]
+    samples: list[int | None]
+    reasons: dict[str, str]  # url -> why it is unreadable
+
+    def count(self, status: str) -> int:
+        return sum(s == status for s in self.status)
+
+    @property
+    def usable(self) -> int:
+        """Shards the loader can read: found locally (with samples) or remote (unchecked)."""
+        return sum(s == "remote" or (s == "found" and (n or 0) > 0) for s, n in zip(self.status, self.samples))
+
+    @property
+    def n_samples(self) -> int:
+        return sum(n or 0 for n in self.samples)
+
+    def summary(self) -> str:
+        """One line, e.g. ``train: 4 of 5 shards found, 1 missing (corpus/train-000004.tar); 32 samples``."""
+        parts = [f"{self.count('found')} of {len(self.urls)} shards found"]
+        for status in ("missing", "unreadable"):
+            names = [u for u, s in zip(self.urls, self.status) if s == status]
+            if names:
+                shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
+                parts.append(f"{len(names)} {status} ({shown})")
+        if self.count("remote"):
+            parts.append(f"{self.count('remote')} remote (not checked)")
+        empty = sum(s == "found" and n == 0 for s, n in zip(self.status, self.samples))
+        if empty:
+            parts.append(f"{empty} empty")
+        return f"{self.split}: " + ", ".join(parts) + f"; {self.n_samples} samples"
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or ("://" in url and not url.startswith("file://"))
+
+
+def count_tar_samples(path: Path) -> int:
+    """Samples in a shard: members named ``KEY.json`` (headers only; member data is skipped)."""
+    with tarfile.open(path, "r:") as tar:
+        return sum(1 for member in tar if member.isfile() and member.name.endswith(".json"))
+
+
+def check_shards(spec: str | list[str], split: str) -> ShardCheck:
+    """Expand ``spec`` and check every shard it names; ``ValueError`` for a spec with a shell glob."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    for one in specs:
+        for part in str(one).split("::"):
+            if _GLOB.search(part) and not _is_remote(part):
+                raise ValueError(
+                    f"data.{split}_shards: {part!r} is a shell glob; globs are not supported. Name the shards "
+                    "with a brace pattern, e.g. 'corpus/shards/train-{000000..000009}.tar', or a list")
+    urls = expand_shards(spec) if spec else []
+    status: list[str] = []
+    samples: list[int | None] = []
+    reasons: dict[str, str] = {}
+    for url in urls:
+        if _is_remote(url):
+            status.append("remote")
+            samples.append(None)
+            continue
+        path = Path(url[len("file://"):] if url.startswith("file://") else url)
+        if not path.is_file():
+            status.append("missing")
+            samples.append(None)
+            continue
+        try:
+            samples.append(count_tar_samples(path))
+            status.append("found")
+        except (tarfile.TarError, OSError) as exc:
+            status.append("unreadable")
+            samples.append(None)
+            reasons[url] = str(exc)
+    return ShardCheck(split=split, spec=spec, urls=urls, status=status, samples=samples, reasons=reasons)
