@@ -28,40 +28,38 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import sys
     from pathlib import Path
 
     import yaml
 
-    from lfvila.commands import user_error
     from lfvila.data.shardcheck import check_shards
+    from lfvila.errors import ConfigError, InputError
     from lfvila.trainer.checkpoint import resolve_checkpoint
     from lfvila.trainer.evaluate import evaluate_checkpoint, metric_table
     from lfvila.trainer.parallel import teardown_distributed
 
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        with open(checkpoint / "config.yaml", encoding="utf-8") as f:
-            spec = args.data if args.data else (yaml.safe_load(f).get("data") or {}).get("val_shards")
-        if not spec:
-            return user_error("eval", f"{checkpoint}: no val shards in its config; pass --data URLS")
-        check = check_shards(spec, "val")
-    except (FileNotFoundError, ValueError) as exc:
-        return user_error("eval", str(exc))
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    with open(checkpoint / "config.yaml", encoding="utf-8") as f:
+        spec = args.data if args.data else (yaml.safe_load(f).get("data") or {}).get("val_shards")
+    if not spec:
+        raise ConfigError(f"{checkpoint}: no val shards in its config; pass --data URLS")
+    check = check_shards(spec, "val")
     if check.usable == 0:
-        return user_error("eval", f"no readable val shard in {spec!r}: {check.summary()}")
+        raise InputError(f"no readable val shard in {spec!r}: {check.summary()}")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.val_shards={json.dumps(args.data)}")
     try:
         metrics, path = evaluate_checkpoint(checkpoint, overrides=overrides, max_batches=args.max_batches,
                                             out=Path(args.out) if args.out else None)
-    except ValueError as exc:
-        return user_error("eval", str(exc))
     finally:
         teardown_distributed()
     if metrics.get("n_samples", 0) == 0:
-        return user_error("eval", f"0 samples evaluated from {spec!r} ({check.summary()}): "
-                                  "every sample was skipped by the loader (see the warnings above)", status=1)
+        # not a usage error (exit 2): the data was there, but nothing in it could be evaluated
+        print(f"lfvila eval: error: 0 samples evaluated from {spec!r} ({check.summary()}): every sample was "
+              "skipped by the loader (see the warnings above)", file=sys.stderr)
+        return 1
     if path is not None:
         print(f"checkpoint {checkpoint} (step {metrics.get('step')}), {int(metrics['n_samples'])} samples "
               f"from {spec}")

@@ -54,36 +54,31 @@ def run(args) -> int:
     import os
     import sys
 
-    from lfvila.commands import user_error
     from lfvila.config import load_config
     from lfvila.data.shardcheck import check_shards
+    from lfvila.errors import ConfigError, InputError
     from lfvila.trainer.checkpoint import latest_checkpoint
     from lfvila.trainer.config import TrainConfig
     from lfvila.trainer.loop import Trainer
     from lfvila.trainer.parallel import teardown_distributed
     from lfvila.trainer.summary import LOG_NAME, end_lines, start_lines
 
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-        checks = [check_shards(cfg.data.train_shards, "train")]
-        if cfg.data.val_shards:
-            checks.append(check_shards(cfg.data.val_shards, "val"))
-    except (ValueError, FileNotFoundError) as exc:
-        return user_error("train", str(exc))
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    checks = [check_shards(cfg.data.train_shards, "train")]
+    if cfg.data.val_shards:
+        checks.append(check_shards(cfg.data.val_shards, "val"))
     for check in checks:
         if not check.urls:
-            return user_error("train", f"data.{check.split}_shards is empty: name the shards with --set "
-                                       f"data.{check.split}_shards=PATTERN")
+            raise ConfigError(f"data.{check.split}_shards is empty: name the shards with --set "
+                              f"data.{check.split}_shards=PATTERN")
         if check.usable == 0:
-            return user_error("train", f"no readable {check.split} shard in data.{check.split}_shards="
-                                       f"{check.spec!r}: {check.summary()}")
+            raise InputError(f"no readable {check.split} shard in data.{check.split}_shards="
+                             f"{check.spec!r}: {check.summary()}")
     is_main = int(os.environ.get("RANK", 0)) == 0
     handler = None
     try:
         try:
             trainer = Trainer(cfg, resume=args.resume)
-        except ValueError as exc:
-            return user_error("train", str(exc))
         except KeyboardInterrupt:
             print("lfvila train: interrupted while building the model and loader; nothing was trained",
                   file=sys.stderr)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfvila.data.reader import expand_shards
+from lfvila.errors import ConfigError
 
 STATUSES = ("found", "missing", "unreadable", "remote")
 _GLOB = re.compile(r"[*?\[]")
@@ -72,12 +73,12 @@ def count_tar_samples(path: Path) -> int:
 
 
 def check_shards(spec: str | list[str], split: str) -> ShardCheck:
-    """Expand ``spec`` and check every shard it names; ``ValueError`` for a spec with a shell glob."""
+    """Expand ``spec`` and check every shard it names; ``ConfigError`` for a spec with a shell glob."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     for one in specs:
         for part in str(one).split("::"):
             if _GLOB.search(part) and not _is_remote(part):
-                raise ValueError(
+                raise ConfigError(
                     f"data.{split}_shards: {part!r} is a shell glob; globs are not supported. Name the shards "
                     "with a brace pattern, e.g. 'corpus/shards/train-{000000..000009}.tar', or a list")
     urls = expand_shards(spec) if spec else []

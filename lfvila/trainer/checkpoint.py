@@ -70,8 +70,10 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """``path`` itself when it is a complete checkpoint; else the newest one under ``path/checkpoints``
-    (a run directory) or under ``path`` (a checkpoints directory). ``FileNotFoundError`` saying what
-    was looked for when there is none."""
+    (a run directory) or under ``path`` (a checkpoints directory). ``InputError`` (a
+    ``FileNotFoundError``) saying what was looked for when there is none."""
+    from lfvila.errors import InputError
+
     path = Path(path)
     if (path / META).is_file():
         return path
@@ -80,8 +82,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if found is not None:
             return found
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    raise FileNotFoundError(f"{path} is not a checkpoint (no {META}) and holds no complete checkpoint "
+        raise InputError(f"{path} does not exist")
+    raise InputError(f"{path} is not a checkpoint (no {META}) and holds no complete checkpoint "
                             f"(step_NNNNNNNN/{META}) in itself or in {path / 'checkpoints'}")
 
 

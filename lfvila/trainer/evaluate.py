@@ -310,7 +310,9 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
         saved = yaml.safe_load(f)
     cfg = from_dict(TrainConfig, apply_overrides(saved, list(overrides or [])))
     if not cfg.data.val_shards:
-        raise ValueError(f"{path}: no val shards in its config; pass --data URLS")
+        from lfvila.errors import ConfigError
+
+        raise ConfigError(f"{path}: no val shards in its config; pass --data URLS")
     ctx = setup_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     task = build_task(cfg)

@@ -112,7 +112,9 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
             # A fresh run would interleave its checkpoints and loss log with the old run's.
-            raise ValueError(f"trainer.out_dir {self.out} already holds checkpoints: continue it with "
+            from lfvila.errors import ConfigError
+
+            raise ConfigError(f"trainer.out_dir {self.out} already holds checkpoints: continue it with "
                              "--resume auto, or choose another out_dir")
         self.step = 0
         tcfg = cfg.trainer
