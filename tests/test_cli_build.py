@@ -1,4 +1,5 @@
-"""``lfvila build`` through the console script, on real ActivityNet Captions annotations and a real video.
+"""The ``lfvila`` console script end to end (recipe, rebuilds, exit codes, one-line errors), on real
+ActivityNet Captions / YouCook2 annotations and a real video.
 
 The annotated videos are not available offline, so each annotation is rescaled in time onto the
 real camera clip ``pd-extendedview__diver.mov`` (14.04 s), linked under the video id: the content
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +21,7 @@ DIVER = "videos/natural/pd-extendedview__diver.mov"
 # v_frePM0YGtQE (8 sentences) is stretched to 70 s: only its first 3 sentences lie in the 14 s video,
 # so the default min_clips (4) rejects it and activitynet_paragraphs.yaml (min_clips 1) keeps it.
 # v_EwjDShmfFHM (7 sentences) is squeezed into 14 s: every sentence has frames.
+ANET_RECIPE = ["--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.fps=1"]
 STRETCH = {"v_frePM0YGtQE": 70.0, "v_EwjDShmfFHM": 14.0}
 
 
@@ -177,3 +180,107 @@ def test_a_new_recipe_for_the_same_inputs_removes_shards_the_plan_no_longer_has(
         "train-000000.stats.json", "train-000000.status.parquet", "train-000000.tar"]
     video = json.loads((out / "corpus.json").read_text())["video"]
     assert video["totals"]["shards"] == 1 and video["totals"]["samples_written"] == 2
+
+
+# Honest exit codes and one-line errors.
+
+
+def _one_line_error(r, command: str, message: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lfvila {command}: error: ") and message in last, r.stderr
+
+
+def test_inputs_that_give_nothing_exit_2_with_the_reason(tmp_path, shared_data):
+    youcook2 = shared_data / "annotations/youcook2/youcookii_annotations_trainval.json"
+    r = lfvila("build", "--out", str(tmp_path / "a"), "--source", f"activitynet:{youcook2}", "--stage", "manifest")
+    _one_line_error(r, "build", "every record of source")
+    assert "malformed_record" in r.stderr and "activitynet format" in r.stderr
+
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    r = lfvila("build", "--out", str(tmp_path / "b"), "--source", f"activitynet:{empty}", "--stage", "manifest")
+    _one_line_error(r, "build", "yielded no records")
+
+    # checked before any work: nothing is written
+    for extra, message in ((["--source", f"youcook2:{tmp_path / 'nope.json'}"], "nope.json does not exist"),
+                           (["--source", f"webvid:{youcook2}"], "unknown format 'webvid'"),
+                           (["--source", f"youcook2:{youcook2}", "--videos", str(tmp_path / "novideos")],
+                            "videos directory")):
+        r = lfvila("build", "--out", str(tmp_path / "c"), *extra)
+        _one_line_error(r, "build", message)
+        assert not (tmp_path / "c").exists()
+
+
+def test_format_names_in_any_case_and_shards_skipped_is_said(tmp_path, anet):
+    ann, _ = anet
+    r = lfvila("build", "--out", str(tmp_path / "c"), "--source", f"ActivityNet:{ann}", *ANET_RECIPE)
+    assert r.returncode == 0, r.stderr
+    assert "shards skipped: no --videos given" in r.stdout
+    assert pq.read_table(tmp_path / "c" / "longform.parquet").num_rows == 2
+
+
+def test_no_video_matched_exits_2(tmp_path, anet):
+    ann, _ = anet
+    empty_videos = tmp_path / "videos"
+    empty_videos.mkdir()
+    r = lfvila("build", "--out", str(tmp_path / "c"), "--source", f"activitynet:{ann}", *ANET_RECIPE,
+               "--videos", str(empty_videos), "--workers", "1")
+    _one_line_error(r, "build", f"no video matched in {empty_videos}: 2 of 2 samples video_not_found")
+
+
+def test_commands_on_a_path_that_is_not_a_corpus(tmp_path):
+    nope = tmp_path / "nope"
+    for command in ("report", "preview", "inspect"):
+        r = lfvila(command, str(nope))
+        _one_line_error(r, command, "is not a corpus directory")
+        assert not nope.exists()
+    (tmp_path / "empty").mkdir()
+    _one_line_error(lfvila("report", str(tmp_path / "empty")), "report", "no corpus.json")
+
+
+def test_preview_says_why_a_sample_was_rejected_and_lists_keys(tmp_path, anet):
+    ann, videos = anet
+    out = tmp_path / "c"
+    # min_clips 4: the stretched video keeps only 3 sentences with frames and is rejected
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", *ANET_RECIPE,
+               "--set", "manifest.min_clips=4", "--videos", str(videos), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    keys = dict(row.split("\t")[:2] for row in lfvila("inspect", str(out), "--keys").stdout.splitlines())
+    written = [k for k in keys if "v_EwjDShmfFHM" in k]
+    assert len(keys) == 1 and written and keys[written[0]] == "train"
+    rejected = next(k for k in pq.read_table(out / "longform.parquet")["key"].to_pylist() if "v_frePM0YGtQE" in k)
+
+    r = lfvila("preview", str(out), "--key", rejected, "-o", str(tmp_path / "s.png"))
+    _one_line_error(r, "preview", f"{rejected} was rejected by the shard stage in train-000000: too_little_left")
+    assert "4 needed" in r.stderr
+    _one_line_error(lfvila("preview", str(out), "--key", "activitynet~nope~000000", "-o", str(tmp_path / "s.png")),
+                    "preview", "is not a key of")
+
+    r = lfvila("preview", str(out), "-o", str(tmp_path / "s.png"))
+    assert r.returncode == 0, r.stderr
+    assert "no --key: drawing the first of 1 samples" in r.stdout and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_failed_samples_hint_at_retry_failed(tmp_path, anet):
+    ann, videos = anet
+    some = tmp_path / "some_videos"
+    some.mkdir()
+    (some / "v_EwjDShmfFHM.mov").symlink_to((videos / "v_EwjDShmfFHM.mov").resolve())
+    r = lfvila("build", "--out", str(tmp_path / "c"), "--source", f"activitynet:{ann}", *ANET_RECIPE,
+               "--videos", str(some), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "1 sample(s) failed" in r.stdout and "--retry-failed" in r.stdout
+    corpus = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert corpus["video"]["totals"]["samples_failed"] == 1
+
+
+def test_version_and_defaults_in_help():
+    from lfvila import __version__
+
+    r = lfvila("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"lfvila {__version__}"
+    r = lfvila("build", "--help")
+    assert "(default: local)" in r.stdout and "(default: all)" not in r.stdout.replace("all (default)", "")
+    assert "lfvila build --out corpus --source activitynet:train.json --stage manifest\n" in r.stdout

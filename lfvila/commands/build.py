@@ -38,37 +38,55 @@ def run(args) -> int:
     from pathlib import Path
 
     from lfvila.build_config import BuildConfig, corpus_config
-    from lfvila.config import load_config
+    from lfvila.config import load_config, to_dict
+    from lfvila.corpus_dir import check_sources, empty_manifest_reason, prepare_manifest_out
+    from lfvila.errors import InputError, UserError
 
     out = Path(args.out)
+    manifest_stage, shard_stage = args.stage in ("manifest", "all"), args.stage in ("shards", "all")
+    # Everything the user gave is checked before any heavy work.
+    if manifest_stage:
+        check_sources(args.source)
+    if args.stage == "shards" and args.videos is None:
+        raise UserError("--videos DIR is needed for the shard stage")
+    if shard_stage and args.videos is not None and not Path(args.videos).is_dir():
+        raise InputError(f"videos directory {args.videos} does not exist")
     # A manifest stage resolves the recipe and records it in corpus.json; --stage shards reads it back.
     if args.stage == "shards":
         cfg = corpus_config(out, args.config, args.overrides)
     else:
         cfg = load_config(BuildConfig, args.config, args.overrides)
-    if args.stage in ("manifest", "all"):
-        from lfvila.manifest.build import build_manifest
 
-        if not args.source:
-            raise SystemExit("lfvila build: at least one --source FORMAT:PATH is needed for the manifest stage")
-        from lfvila.config import to_dict
-        from lfvila.corpus_dir import prepare_manifest_out
+    if manifest_stage:
+        from lfvila.manifest.build import build_manifest
 
         done = prepare_manifest_out(out, to_dict(cfg), args.source, overwrite=args.overwrite)
         if done:
             print(done)
-        build_manifest(cfg, out, args.source)
-    if args.stage in ("shards", "all"):
-        from lfvila.shards.build import build_shards, format_summary
+        reason = empty_manifest_reason(build_manifest(cfg, out, args.source))
+        if reason:
+            raise UserError(reason)
+    if not shard_stage:
+        return 0
+    if args.videos is None:
+        print(f"shards skipped: no --videos given; build them with: lfvila build --out {out} --stage shards "
+              f"--videos DIR")
+        return 0
 
-        if args.videos is None:
-            if args.stage == "shards":
-                raise SystemExit("lfvila build: --videos DIR is needed for the shard stage")
-            return 0
-        summary = build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
-                               ray_address=args.ray_address, shard_range=args.shard_range,
-                               retry_failed=args.retry_failed)
-        if summary:
-            print(format_summary(summary))
-            print(f"shards: {out / 'shards'}  index: {out / 'shards' / 'index.parquet'}")
+    from lfvila.shards.build import build_shards, empty_build_reason, format_summary
+
+    summary = build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
+                           ray_address=args.ray_address, shard_range=args.shard_range,
+                           retry_failed=args.retry_failed)
+    if not summary:
+        return 0
+    print(format_summary(summary))
+    print(f"shards: {out / 'shards'}  index: {out / 'shards' / 'index.parquet'}")
+    reason = empty_build_reason(summary, Path(args.videos))
+    if reason:
+        raise UserError(reason)
+    failed = summary["totals"]["samples_failed"]
+    if failed and not args.retry_failed:
+        print(f"{failed} sample(s) failed (missing video, timeout or error) and stay failed on a rerun; once "
+              f"their cause is fixed, rerun with --retry-failed to redo their shards")
     return 0

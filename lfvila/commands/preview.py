@@ -21,19 +21,22 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from lfvila.viz.corpus import CorpusPaths, read_table
+    from lfvila.corpus_dir import missing_sample_reason, require_corpus, written_keys
+    from lfvila.errors import UserError
     from lfvila.viz.preview import preview_sample
 
+    out = require_corpus(args.out)
     key = args.key
     if key is None:
-        index = read_table(CorpusPaths(Path(args.out)).index, ["key"])
-        if index is None or index.num_rows == 0:
-            raise SystemExit(f"lfvila preview: {args.out} has no shards/index.parquet; pass --key")
-        key = index.column("key")[0].as_py()
+        keys = [k for k, _, _ in written_keys(out)]
+        if not keys:
+            raise UserError(f"{out} has no written samples yet (no shards/index.parquet); build its shards first")
+        key = keys[0]
+        print(f"no --key: drawing the first of {len(keys)} samples; others: {', '.join(keys[1:6])}"
+              f"{' ...' if len(keys) > 6 else ''} (lfvila inspect {out} --keys lists all)")
     try:
-        path = preview_sample(Path(args.out), key, Path(args.output), max_frames=args.max_frames,
-                              columns=args.columns)
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"lfvila preview: {e.args[0] if e.args else e}") from None
+        path = preview_sample(out, key, Path(args.output), max_frames=args.max_frames, columns=args.columns)
+    except KeyError:
+        raise UserError(missing_sample_reason(out, key)) from None
     print(f"{key}: {path}")
     return 0

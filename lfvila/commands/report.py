@@ -16,11 +16,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from lfvila.corpus_dir import require_corpus
     from lfvila.viz.report import write_report
 
-    try:
-        path = write_report(Path(args.out), Path(args.output) if args.output else None)
-    except FileNotFoundError as e:
-        raise SystemExit(f"lfvila report: {e}") from None
+    path = write_report(require_corpus(args.out), Path(args.output) if args.output else None)
     print(f"report: {path}")
     return 0

@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from lfvila.errors import InputError
 from lfvila.shards.task import ShardTask, is_complete, paths, read_stats, run_shard_task, task_fingerprint
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,9 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
     """
     out, videos_dir = Path(out), Path(videos_dir)
     if not (out / "longform.parquet").exists():
-        raise FileNotFoundError(f"{out / 'longform.parquet'} is missing: run the manifest stage first")
+        raise InputError(f"{out / 'longform.parquet'} is missing: run the manifest stage first (--stage manifest)")
     if not videos_dir.is_dir():
-        raise FileNotFoundError(f"videos directory {videos_dir} does not exist")
+        raise InputError(f"videos directory {videos_dir} does not exist")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     part, total = parse_shard_range(shard_range)
@@ -261,6 +262,22 @@ def _sum_stats(stats: list[dict]) -> dict:
     for k in ("rejected_by_reason", "clips_rejected_by_reason"):
         total[k] = dict(sorted(total[k].items()))
     return total
+
+
+def empty_build_reason(summary: dict, videos_dir: Path) -> str | None:
+    """Why a finished shard stage wrote no sample (one line naming the reasons), or None when it wrote some."""
+    totals = summary.get("totals")
+    if not totals or totals["samples_written"] > 0:
+        return None
+    planned = totals["samples_planned"]
+    reasons = totals.get("rejected_by_reason", {})
+    if planned and reasons.get("video_not_found") == planned:
+        return (f"no video matched in {videos_dir}: {planned} of {planned} samples video_not_found (videos are "
+                f"looked up as {videos_dir}/<video_id>.<ext> or {videos_dir}/<video_id>/<clip_id>)")
+    shown = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"no sample written: {planned} planned, {totals['samples_rejected']} rejected"
+            + (f" ({shown})" if shown else "") + f", {totals['samples_failed']} failed; shards/status.parquet "
+            f"has each sample's reason")
 
 
 def format_summary(summary: dict) -> str:

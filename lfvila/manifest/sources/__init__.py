@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
+from lfvila.errors import ConfigError
+
 FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "subtitles")
 
 
@@ -27,18 +29,19 @@ class SourceSpec(NamedTuple):
 
 
 def parse_source_spec(spec: str) -> SourceSpec:
-    """Parse ``FORMAT:PATH[?key=value&...]``; ValueError naming the problem."""
+    """Parse ``FORMAT:PATH[?key=value&...]`` (FORMAT in any case); ConfigError naming the problem."""
     fmt, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise ValueError(f"source {spec!r} is not of the form FORMAT:PATH")
+        raise ConfigError(f"source {spec!r} is not of the form FORMAT:PATH")
+    fmt = fmt.lower()
     if fmt not in FORMATS:
-        raise ValueError(f"source {spec!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise ConfigError(f"source {spec!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     path, _, query = rest.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
     adapter = get_adapter(fmt)
     unknown = sorted(set(options) - set(getattr(adapter, "OPTIONS", ())))
     if unknown:
-        raise ValueError(f"source {spec!r}: unknown option(s) {unknown}")
+        raise ConfigError(f"source {spec!r}: unknown option(s) {unknown}")
     return SourceSpec(fmt, Path(path), options, spec)
 
 
