@@ -23,12 +23,15 @@ from tqdm import tqdm
 import lfvila
 from lfvila.build_config import BuildConfig
 from lfvila.config import to_dict
+from lfvila.errors import ConfigError
 from lfvila.manifest.asr import build_sentences
 from lfvila.manifest.fastpath import check_batch
-from lfvila.manifest.merge import longform_key, merge_video, run_too_short_detail, split_of
+from lfvila.manifest.merge import longform_key, merge_video, pieces_of, run_too_short_detail, split_of
 from lfvila.manifest.records import (
-    MERGE_REJECT_REASONS, REJECT_REASONS, RUN_TOO_SHORT, Clip, RawVideo, Reject, has_invalid_utf8,
+    MERGE_REJECT_REASONS, NOT_IN_RUNS, PIECE_TOO_SHORT, REJECT_REASONS, RUN_CLIP_REASONS, RUN_TOO_SHORT, Clip, RawVideo, Reject,
+    has_invalid_utf8,
 )
+from lfvila.manifest.runs_file import RunProblem, RunsIndex, place_runs
 from lfvila.manifest.sources import SourceSpec, get_adapter, parse_source_spec
 from lfvila.manifest.sources.hdvila import items_of_line
 from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, LongformSink, TableSink
@@ -60,6 +63,8 @@ class SourceCounts:
     clips_in_longform: int = 0
     merge_rejected: int = 0  # kept clips in no long-form video, one merge reject each
     merge_rejects_by_reason: Counter = field(default_factory=Counter)
+    runs_rejected: int = 0  # with manifest.runs_file: listed clip ids in no long-form video (stage "runs")
+    runs_rejects_by_reason: Counter = field(default_factory=Counter)
 
     def as_dict(self, is_asr: bool, adapter_stats: dict) -> dict:
         d = {
@@ -72,6 +77,10 @@ class SourceCounts:
             "merge_rejects_by_reason": {r: self.merge_rejects_by_reason[r] for r in MERGE_REJECT_REASONS
                                         if self.merge_rejects_by_reason[r]},
         }
+        if self.runs_rejected:
+            d.update(runs_rejected=self.runs_rejected,
+                     runs_rejects_by_reason={r: self.runs_rejects_by_reason[r] for r in RUN_CLIP_REASONS
+                                             if self.runs_rejects_by_reason[r]})
         if is_asr:
             d.update(asr_fragments_used=self.accepted_records, asr_sentences=self.kept_clips,
                      asr_raw_words=self.asr_raw_words, asr_kept_words=self.asr_kept_words,
@@ -210,8 +219,10 @@ def _time_order(clips: list[Clip]) -> list[Clip]:
 class _SourceBuild:
     """Reads one source into the writers, counting everything (one instance per source)."""
 
-    def __init__(self, spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen: set, longform_counts: dict):
+    def __init__(self, spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen: set, longform_counts: dict,
+                 runs: RunsIndex | None = None):
         self.adapter = get_adapter(spec.format)
+        self.runs = runs if spec.format == "hdvila" else None  # the released runs replace derived ones
         self.spec, self.mcfg, self.writers, self.seen, self.longform_counts = spec, cfg.manifest, writers, seen, longform_counts
         self.source, self.is_asr, self.by_number = spec.format, self.adapter.IS_ASR, spec.format == "hdvila"
         self.counts = SourceCounts()
@@ -256,6 +267,8 @@ class _SourceBuild:
         counts.clamped += video.clamped
         counts.float_noise_snapped += video.snapped
         if not video.clips:
+            if self.runs is not None:  # its listed runs: clips rejected (none for a repeated video)
+                self.merge_released(item.video_id, None, [], {c.clip_id for c in item.clips}, item.file)
             return
         if self.is_asr:
             result = build_sentences(video, mcfg.asr)
@@ -272,6 +285,9 @@ class _SourceBuild:
         counts.kept_clips += len(clips)
         counts.videos_with_clips += 1
         self.writers.add_clips(self.source, video.video_id, video.duration, clips)
+        if self.runs is not None:
+            self.merge_released(video.video_id, video.duration, clips, {c.clip_id for c in item.clips}, item.file)
+            return
         self.merge(video.video_id, video.duration, clips, item.file)
 
     def merge(self, video_id: str, duration: float | None, clips: list[Clip], file: str) -> None:
@@ -285,6 +301,51 @@ class _SourceBuild:
         for group in left_out:
             self.merge_reject(video_id, [c.clip_id for c in group.clips], [c.line for c in group.clips], group.reason,
                               group.detail, file)
+
+    def merge_released(self, video_id: str, duration: float | None, clips: list[Clip], raw_ids: set[str] | None,
+                       file: str) -> None:
+        """Write a video's long-form videos as the runs file lists them (manifest.runs_file).
+
+        Each listed run keeps its kept clips in clip-number order (cut by max_clips / max_duration_s as
+        derived runs are); one left with fewer than min_clips is a merge reject, and so is every kept
+        clip that no run names (``not_in_runs``). Clip ids a run names but that are not kept are runs
+        rejects (``run_clip_*``), and so are clips of other videos and repeats.
+        """
+        by_id = {c.clip_id: c for c in clips}
+        placed, problems = place_runs(video_id, self.runs.take(video_id), {c.clip_id: c.clip_index for c in clips},
+                                      raw_ids)
+        for problem in problems:
+            self.runs_reject(problem)
+        split = self.mcfg.force_split or split_of(video_id, self.mcfg.val_fraction)
+        min_clips, in_runs = self.mcfg.min_clips, set()
+        for run in placed:
+            members = [by_id[clip_id] for clip_id in run.clip_ids]
+            in_runs.update(run.clip_ids)
+            if len(members) < min_clips:
+                self.merge_reject(video_id, run.clip_ids, [c.line for c in members], RUN_TOO_SHORT,
+                                  f"released run on runs file line {run.line}: {len(members)} of its {run.listed} "
+                                  f"clips kept, min_clips {min_clips}", file)
+                continue
+            for piece in pieces_of(members, self.mcfg):
+                if len(piece) < min_clips:
+                    self.merge_reject(video_id, [c.clip_id for c in piece], [c.line for c in piece], PIECE_TOO_SHORT,
+                                      f"piece of {len(piece)} clips left by cutting the released run on runs file "
+                                      f"line {run.line} (max_clips {self.mcfg.max_clips}, max_duration_s "
+                                      f"{self.mcfg.max_duration_s}), min_clips {min_clips}", file)
+                    continue
+                self.writers.add_longform(longform_key(self.source, video_id, piece[0].clip_index), split,
+                                          self.source, video_id, duration, piece)
+                self.count_longform(split, len(piece), max(c.end for c in piece) - piece[0].start)
+        left = [c for c in clips if c.clip_id not in in_runs]
+        if left:
+            self.merge_reject(video_id, [c.clip_id for c in left], [c.line for c in left], NOT_IN_RUNS,
+                              f"{len(left)} kept clips of the video are in no run of the runs file", file)
+
+    def runs_reject(self, problem: RunProblem) -> None:
+        self.writers.add_reject(Reject(self.source, problem.video_id, problem.clip_id, "runs", problem.reason,
+                                       problem.detail, problem.clip_id, str(self.runs.path), problem.line))
+        self.counts.runs_rejected += 1
+        self.counts.runs_rejects_by_reason[problem.reason] += 1
 
     def count_longform(self, split: str, n_clips: int, seconds: float) -> None:
         totals = self.longform_counts[split]
@@ -327,11 +388,14 @@ class _SourceBuild:
             counts.kept_clips += b - a
             counts.videos_with_clips += 1
             writers.add_clip_slices(clip_columns, a, b)
-            if not whole_runs:  # runs may be cut into pieces: the per-record merge
+            if self.runs is not None or not whole_runs:  # released runs, or runs cut into pieces: per record
                 clips = [Clip(*values, False, line_no) for values in zip(
                     clip_ids[a:b], c.numbers[a:b].to_pylist(), c.starts[a:b].to_pylist(), c.ends[a:b].to_pylist(),
                     batch.texts[a:b])]
-                self.merge(video_id, None, clips, file)
+                if self.runs is not None:
+                    self.merge_released(video_id, None, clips, None, file)
+                else:
+                    self.merge(video_id, None, clips, file)
                 continue
             split = mcfg.force_split or split_of(video_id, mcfg.val_fraction)
             for r in range(c.first_run[v], c.first_run[v + 1]):
@@ -347,8 +411,22 @@ class _SourceBuild:
 
 
 def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen: set, progress,
-                    longform_counts: dict) -> dict:
-    return _SourceBuild(spec, cfg, writers, seen, longform_counts).run(progress)
+                    longform_counts: dict, runs: RunsIndex | None) -> dict:
+    return _SourceBuild(spec, cfg, writers, seen, longform_counts, runs).run(progress)
+
+
+def _finish_runs(runs: RunsIndex, writers: _Writers, per_source: dict) -> dict:
+    """Write the runs file's malformed lines and the runs of videos the metadata never had; its totals."""
+    by_reason: Counter = Counter()
+    for problem in [*runs.problems, *runs.never_seen()]:
+        writers.add_reject(Reject("hdvila", problem.video_id, problem.clip_id, "runs", problem.reason, problem.detail,
+                                  problem.clip_id, str(runs.path), problem.line))
+        by_reason[problem.reason] += 1
+    for c in per_source.values():
+        by_reason.update(c.get("runs_rejects_by_reason", {}))
+    return {"path": str(runs.path), "size": runs.path.stat().st_size, "sha256": _sha256_file(runs.path),
+            "runs_listed": runs.lines, "rejected": sum(by_reason.values()),
+            "rejects_by_reason": {r: by_reason[r] for r in RUN_CLIP_REASONS if by_reason[r]}}
 
 
 @contextlib.contextmanager
@@ -394,6 +472,11 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     seen_by_format: dict[str, set] = {}
     longform_counts = {s: {"videos": 0, "clips": 0, "seconds": 0.0} for s in ("train", "val")}
     per_source: dict[str, dict] = {}
+    runs_file = cfg.manifest.runs_file
+    if runs_file and not any(spec.format == "hdvila" for spec in specs):
+        raise ConfigError("manifest.runs_file lists HD-VILA clip ids: it needs an hdvila: source")
+    runs = RunsIndex(Path(runs_file)) if runs_file else None
+    runs_counts = None
     try:
         with _rare_gc(), tqdm(total=total_bytes, unit="B", unit_scale=True, desc="manifest", disable=None,
                               mininterval=1.0) as bar:
@@ -401,13 +484,18 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
                 log.info("manifest: reading %s", spec.spec)
                 name = spec.spec if spec.spec not in per_source else f"{spec.spec} #{len(per_source) + 1}"
                 per_source[name] = _process_source(spec, cfg, writers, seen_by_format.setdefault(spec.format, set()),
-                                                        bar.update, longform_counts)
+                                                        bar.update, longform_counts, runs)
+        if runs is not None:
+            runs_counts = _finish_runs(runs, writers, per_source)
         for sink in writers.all:
             sink.commit()
     except BaseException:
         for sink in writers.all:
             sink.abort()
         raise
+    finally:
+        if runs is not None:
+            runs.close()
     def total(name: str) -> int:
         return sum(c[name] for c in per_source.values())
 
@@ -427,9 +515,12 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         "longform": {split: {"videos": c["videos"], "clips": c["clips"], "hours": round(c["seconds"] / 3600.0, 6)}
                      for split, c in longform_counts.items()},
     }
+    if runs_counts is not None:
+        counts["runs_file"] = runs_counts
     counts["invariants"] = invariants(counts)
+    runs_rejected = runs_counts["rejected"] if runs_counts else 0
     if (counts["kept_clips"] != total("kept_clips") or not all(counts["invariants"].values())
-            or writers.rejects.rows != counts["rejected"] + counts["merge_rejected"]):
+            or writers.rejects.rows != counts["rejected"] + counts["merge_rejected"] + runs_rejected):
         raise RuntimeError(f"accounting broken: {writers.clips.rows} clip rows, {writers.rejects.rows} reject rows "
                            f"for {total('kept_clips')} kept clips, {counts['rejected']} rejected, "
                            f"{counts['merge_rejected']} merge rejects")

@@ -63,6 +63,9 @@ class ManifestConfig:
     # "train" or "val" puts every long-form video in that split (e.g. building ActivityNet val_1 as an
     # evaluation corpus); None splits by a hash of the video id with val_fraction.
     force_split: str | None = None
+    # The released LF-VILA-8M runs (lfvila8m_clipid.jsonl, one long-form video per line): hdvila
+    # sources make exactly those long-form videos instead of deriving runs (lfvila/manifest/runs_file.py).
+    runs_file: str | None = None
     asr: AsrConfig = field(default_factory=AsrConfig)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,15 @@ REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGA
 # long-form video; one row per clip, so kept_clips == clips_in_longform + merge rejects.
 RUN_TOO_SHORT = "run_too_short"  # its run of consecutive clips has fewer than min_clips clips
 PIECE_TOO_SHORT = "piece_too_short"  # a run cut by max_clips / max_duration_s left a piece below min_clips
-MERGE_REJECT_REASONS = (RUN_TOO_SHORT, PIECE_TOO_SHORT)
+NOT_IN_RUNS = "not_in_runs"  # with manifest.runs_file: a kept clip that no listed run names
+MERGE_REJECT_REASONS = (RUN_TOO_SHORT, PIECE_TOO_SHORT, NOT_IN_RUNS)
+# Runs-file rejects (stage "runs", with manifest.runs_file): clip ids a listed run names that are not
+# in its long-form video. They are references, not input clips (see lfvila/manifest/runs_file.py).
+RUN_CLIP_MISSING = "run_clip_missing"  # not in the metadata (or its video is not)
+RUN_CLIP_REJECTED = "run_clip_rejected"  # in the metadata but rejected by validation
+RUN_CLIP_OTHER_VIDEO = "run_clip_other_video"  # a clip of another video than the run's first clip
+RUN_CLIP_DUPLICATE = "run_clip_duplicate"  # already in an earlier run of the file
+RUN_CLIP_REASONS = (MALFORMED_RECORD, RUN_CLIP_MISSING, RUN_CLIP_REJECTED, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_DUPLICATE)
 
 # Float noise in released annotations (e.g. 66.22000000001 for 66.22): an end past the duration by
 # less than this is the same time, snapped to the duration and counted separately from "clamped".
