@@ -40,17 +40,19 @@ def sentences_every(start: float, end: float, step: float, video_id: str, text: 
 
 
 def make_colour_video(path: Path, seconds: int, fps: int = 25, size: str = "160x120",
-                      codec: list[str] | None = None) -> Path:
+                      codec: list[str] | None = None, noise: int = 0) -> Path:
     """A video whose second k is one flat colour, PALETTE[k % 8]: frame content tells its time.
 
     Frames are made at 25 fps and resampled to ``fps`` (at 1 fps: one frame per second, at t = k).
+    ``noise`` > 0 adds that much temporal noise (mean colour kept within a few levels) so the file
+    has realistic size per second, e.g. to measure how many bytes a partial download fetches.
     """
     n = seconds
     inputs = []
     for k in range(n):
         r, g, b = PALETTE[k % len(PALETTE)]
         inputs += ["-f", "lavfi", "-i", f"color=c=0x{r:02x}{g:02x}{b:02x}:s={size}:r=25:d=1"]
-    graph = "".join(f"[{k}:v]" for k in range(n)) + f"concat=n={n}:v=1:a=0,fps={fps}[v]"
+    graph = "".join(f"[{k}:v]" for k in range(n)) + f"concat=n={n}:v=1:a=0,fps={fps}" + (f",noise=alls={noise}:allf=t" if noise else "") + "[v]"
     codec = codec or ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
     _ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", *codec, str(path)])
     return Path(path)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 from lfvila.shards.tar import DeterministicTarWriter
 from lfvila.video.decode import SegmentDecoder, SegmentResult, slot_at_or_after, slot_time
-from lfvila.video.source import find_source
+from lfvila.video.source import VideoSource, find_source
 
 # Sample reasons whose cause may be outside the data (missing download, overloaded machine): the
 # sample is "failed" rather than "rejected", and --retry-failed redoes its shard.
-RETRYABLE_REASONS = {"video_not_found", "decode_timeout", "internal_error"}
+RETRYABLE_REASONS = {"video_not_found", "span_not_downloaded", "decode_timeout", "internal_error"}
 
 
 @dataclass
@@ -78,14 +78,11 @@ def _wanted_slots(sentences: list[dict], grid_start: float, fps: float) -> list[
     return sorted(wanted)
 
 
-def _plan_segments(row: dict, videos_dir: Path, wanted: list[int], fps: float) -> tuple[list[_Segment], list[int]] | None:
+def _plan_segments(row: dict, source: VideoSource, wanted: list[int], fps: float) -> tuple[list[_Segment], list[int]]:
     """Segments to decode and, per sentence, the index of the segment that serves it."""
     sentences = row["sentences"]
-    source = find_source(videos_dir, row["video_id"], [s["clip_id"] for s in sentences])
-    if source is None:
-        return None
     if source.full is not None:
-        seg = _Segment(source.full, 0.0, wanted[0], wanted[-1] - wanted[0] + 1) if wanted else None
+        seg = _Segment(source.full, source.offset, wanted[0], wanted[-1] - wanted[0] + 1) if wanted else None
         return ([seg] if seg else []), [0] * len(sentences)
     segments: list[_Segment] = []
     owner: list[int] = []
@@ -130,12 +127,20 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
     outcome = SampleOutcome(key=key, status="rejected", n_clips=len(sentences))
     grid_start = row["start"]
     wanted = _wanted_slots(sentences, grid_start, fps)
-    plan = _plan_segments(row, videos_dir, wanted, fps)
-    if plan is None:
+    found = find_source(videos_dir, row["video_id"], [s["clip_id"] for s in sentences])
+    if found is None:
         outcome.status, outcome.reason = "failed", "video_not_found"
         outcome.detail = f"no {row['video_id']}.<ext> or {row['video_id']}/<clip_id> under {videos_dir}"
         return outcome
-    segments, owner = plan
+    span_start, span_end = row["start"], row["end"]
+    source = found.for_span(span_start, span_end)
+    if source is None:
+        outcome.status, outcome.reason = "failed", "span_not_downloaded"
+        outcome.detail = (f"{span_start:.3f}-{span_end:.3f}s not inside one section of "
+                          f"{row['video_id']}/sections.json: " + ", ".join(
+                              f"{s.path.name} {s.offset:.3f}-{s.end:.3f}s" for s in found.sections))[:500]
+        return outcome
+    segments, owner = _plan_segments(row, source, wanted, fps)
     wanted_set = set(wanted)
     digits = max(4, len(str(max(len(wanted) - 1, 0))))
     deadline = time.monotonic() + vcfg.timeout_s + vcfg.timeout_per_video_s * (row["end"] - row["start"])
