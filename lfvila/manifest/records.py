@@ -21,8 +21,9 @@ END_NOT_AFTER_START = "end_not_after_start"  # zero-length or inverted span
 BEYOND_DURATION = "beyond_duration"  # ends past the known video duration by more than the tolerance
 EMPTY_TEXT = "empty_text"  # no text after normalisation (or no text for the clip in a text file)
 DUPLICATE_CLIP = "duplicate_clip"  # same clip id, same (start, end, text), or a video seen before
+NO_SUBTITLES = "no_subtitles"  # hdvila ?subtitles=DIR: no caption file for the clip's video (and no other text)
 REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGATIVE_TIME,
-                  END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP)
+                  END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP, NO_SUBTITLES)
 # Merge rejects (stage "merge"): valid, kept clips (they stay in clips.parquet) that end up in no
 # long-form video; one row per clip, so kept_clips == clips_in_longform + merge rejects.
 RUN_TOO_SHORT = "run_too_short"  # its run of consecutive clips has fewer than min_clips clips

@@ -5,9 +5,20 @@ The sentence may sit on each clip entry (``text``) or in a separate file given a
 ``hdvila:META?text=TEXTS`` mapping clip_id to text: JSON lines ``{"clip_id", "text"}`` or TSV
 ``clip_id<TAB>text``. The text file is indexed in a temporary SQLite database (on disk, so memory
 stays bounded for 100M clips) and joined per video; a clip's own ``text`` wins over the file.
+
+The public release has spans but no text: ``hdvila:META?subtitles=DIR`` takes each clip's text from
+the video's caption track ``DIR/<video_id>.<lang>.vtt`` (yt-dlp's naming; the first of the
+``lang`` option's comma-separated languages that exists, default ``en,en-US,en-GB``, then
+``DIR/<video_id>.vtt``). The track is parsed, de-duplicated and word-timed exactly as the
+``subtitles`` source does (``subtitles.parse_cues``, ``asr.dedupe_words``: per-word timing tags
+where present, else interpolation by character position), and each word goes to the one clip
+whose span holds its start time (see ``assign_words``). A clip's own text or ``?text`` wins; a clip
+of a video without a caption file is a ``no_subtitles`` reject, one whose span holds no word an
+``empty_text`` reject (at validation). One video's track is in memory at a time.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import tempfile
@@ -17,18 +28,28 @@ from typing import NamedTuple
 
 import orjson
 
-from lfvila.manifest.records import INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, RawClip, RawVideo, Reject, has_invalid_utf8
-from lfvila.manifest.sources._io import iter_lines
+from lfvila.manifest.asr import dedupe_words
+from lfvila.manifest.config import AsrConfig, ManifestConfig
+from lfvila.manifest.records import (
+    INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, NO_SUBTITLES, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time,
+)
+from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, read_text
+from lfvila.manifest.sources.subtitles import parse_cues
+from lfvila.manifest.validate import validate_video
 
 IS_ASR = False
-OPTIONS = ("text",)
+OPTIONS = ("text", "subtitles", "lang")
+DEFAULT_LANGS = ("en", "en-US", "en-GB")
 SOURCE = "hdvila"
 _BATCH = 50_000
 _new_tuple = tuple.__new__  # builds a RawClip without its Python-level __new__ (hot loop)
 
 
 def input_files(path: Path, options: dict) -> list[Path]:
-    return [path] + ([Path(options["text"])] if options.get("text") else [])
+    files = [path] + ([Path(options["text"])] if options.get("text") else [])
+    if options.get("subtitles"):
+        files += files_with_suffixes(Path(options["subtitles"]), (".vtt",))
+    return files
 
 
 def _reject(video_id, clip_id, stage, reason, detail, value, file, line) -> Reject:
@@ -37,6 +58,13 @@ def _reject(video_id, clip_id, stage, reason, detail, value, file, line) -> Reje
 
 def read(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict) -> Iterator[RawVideo | Reject]:
     """Yield one RawVideo per metadata line; malformed lines and clip entries become Rejects."""
+    if options.get("subtitles"):
+        yield from _with_subtitle_text(_read(path, options, progress, stats), options, progress, stats)
+    else:
+        yield from _read(path, options, progress, stats)
+
+
+def _read(path: Path, options: dict, progress, stats: dict) -> Iterator[RawVideo | Reject]:
     file = str(path)
     if options.get("text"):
         with tempfile.TemporaryDirectory(prefix="lfvila-hdvila-text-") as tmp:
@@ -130,9 +158,9 @@ def read_batches(path: Path, options: dict, progress: Callable[[int], None] | No
 
     Lines are decoded with orjson from bytes; a line that orjson refuses (invalid UTF-8, NaN, ...) or
     that is not plain is yielded as ``read`` would (RawVideo / Rejects) after the lines before it.
-    With a separate text file every line goes through ``read``.
+    With a separate text file or caption tracks every line goes through ``read``.
     """
-    if options.get("text"):
+    if options.get("text") or options.get("subtitles"):
         yield from read(path, options, progress, stats)
         return
     file = str(path)
@@ -186,6 +214,84 @@ def read_batches(path: Path, options: dict, progress: Callable[[int], None] | No
                 n_clips = 0
     if n_clips:
         yield batch
+
+
+def caption_track(folder: Path, video_id: str, langs: tuple[str, ...]) -> Path | None:
+    """The video's caption file: ``<video_id>.<lang>.vtt`` for the first language that exists, else ``<video_id>.vtt``."""
+    for name in [f"{video_id}.{lang}.vtt" for lang in langs] + [f"{video_id}.vtt"]:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def assign_words(starts: list[float], spans: list[tuple[float, float] | None]) -> list[list[int]]:
+    """Word indices per clip: a word goes to the latest-starting clip with ``start <= t <= end``.
+
+    ``starts`` are the words' start times (non-decreasing); ``spans`` the clips' (start, end) in
+    seconds, None where the span does not parse (that clip gets no words). Each word lands in at
+    most one clip, so no word is ever duplicated; where clips overlap the later one wins, and a
+    word exactly on a shared boundary goes to the clip that starts there.
+    """
+    order = sorted((s[0], k) for k, s in enumerate(spans) if s is not None)
+    clip_starts = [t for t, _ in order]
+    words: list[list[int]] = [[] for _ in spans]
+    for i, t in enumerate(starts):
+        j = bisect.bisect_right(clip_starts, t) - 1
+        if j >= 0:
+            k = order[j][1]
+            if t <= spans[k][1]:
+                words[k].append(i)
+    return words
+
+
+def _span_seconds(clip: RawClip) -> tuple[float, float] | None:
+    try:
+        return parse_time(clip.start), parse_time(clip.end)
+    except ValueError:
+        return None  # validation rejects the clip as bad_timestamp
+
+
+_CUE_CHECKS = ManifestConfig()  # caption cues are validated with the defaults (ids, times, text)
+
+
+def _with_subtitle_text(items: Iterator[RawVideo | Reject], options: dict, progress, stats: dict) -> Iterator[RawVideo | Reject]:
+    """Fill the text of clips that have none from the video's caption track (module doc)."""
+    folder = Path(options["subtitles"])
+    langs = tuple(x.strip() for x in options.get("lang", "").split(",") if x.strip()) or DEFAULT_LANGS
+    asr_cfg = AsrConfig()
+    for key in ("subtitle_tracks", "subtitle_cues", "subtitle_cues_rejected", "subtitle_words", "subtitle_words_in_clips"):
+        stats.setdefault(key, 0)
+    for item in items:
+        if isinstance(item, Reject) or all(c.text is not None for c in item.clips):
+            yield item
+            continue
+        track = caption_track(folder, item.video_id, langs)
+        if track is None:
+            kept = []
+            for c in item.clips:
+                if c.text is None:
+                    yield _reject(item.video_id, c.clip_id, "text", NO_SUBTITLES,
+                                  f"no caption file for video {item.video_id!r} in {folder} (languages {', '.join(langs)})",
+                                  None, item.file, c.line)
+                else:
+                    kept.append(c)
+            yield item._replace(clips=kept)
+            continue
+        cues = parse_cues(read_text(track, progress), item.video_id)
+        fragments = validate_video(RawVideo(item.video_id, None, cues, str(track)), "subtitles", _CUE_CHECKS, set())
+        timed = dedupe_words(fragments, asr_cfg)
+        missing = [k for k, c in enumerate(item.clips) if c.text is None]
+        per_clip = assign_words(timed.starts, [_span_seconds(item.clips[k]) for k in missing])
+        clips = list(item.clips)
+        for k, indices in zip(missing, per_clip):
+            clips[k] = clips[k]._replace(text=" ".join(timed.words[i] for i in indices))
+        stats["subtitle_tracks"] += 1
+        stats["subtitle_cues"] += len(cues)
+        stats["subtitle_cues_rejected"] += len(fragments.rejects)
+        stats["subtitle_words"] += len(timed.words)
+        stats["subtitle_words_in_clips"] += sum(map(len, per_clip))
+        yield item._replace(clips=clips)
 
 
 def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
