@@ -22,9 +22,11 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-def _build(tmp_path: Path, meta: Path, option: str) -> tuple[list, list, dict]:
-    out = tmp_path / "corpus"
-    assert main(["build", "--out", str(out), "--source", f"hdvila:{meta}?{option}", "--stage", "manifest"]) == 0
+def _build(tmp_path: Path, meta: Path, option: str, exit_code: int = 0, name: str = "corpus") -> tuple[list, list, dict]:
+    out = tmp_path / name
+    # min_clips 1: these few clips are about text, not about runs (the CLI exits 2 without a long-form video).
+    assert main(["build", "--out", str(out), "--source", f"hdvila:{meta}?{option}", "--stage", "manifest",
+                 "--set", "manifest.min_clips=1"]) == exit_code
     return (pq.read_table(out / "clips.parquet").to_pylist(), pq.read_table(out / "rejects.parquet").to_pylist(),
             json.loads((out / "corpus.json").read_text())["counts"])
 
@@ -93,9 +95,9 @@ def test_language_preference_and_no_track_for_other_language(tmp_path):
     meta = tmp_path / "meta.jsonl"
     meta.write_text(json.dumps({"video_id": "v1", "clip": [
         {"clip_id": "v1.1.mp4", "span": ["00:04:46.000", "00:05:10.000"]}]}) + "\n")
-    _, rejects, _ = _build(tmp_path, meta, f"subtitles={subs}")
+    _, rejects, _ = _build(tmp_path, meta, f"subtitles={subs}", exit_code=2)  # every record rejected
     assert [r["reason"] for r in rejects if r["stage"] != "merge"] == ["no_subtitles"]
-    clips, rejects, _ = _build(tmp_path, meta, f"subtitles={subs}&lang=de")
+    clips, rejects, _ = _build(tmp_path, meta, f"subtitles={subs}&lang=de", name="corpus_de")
     assert clips[0]["text"].split()[0] == "yeah" and not [r for r in rejects if r["stage"] != "merge"]
 
 
