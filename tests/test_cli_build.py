@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,54 @@ def test_version_and_defaults_in_help():
     r = lfvila("build", "--help")
     assert "(default: local)" in r.stdout and "(default: all)" not in r.stdout.replace("all (default)", "")
     assert "lfvila build --out corpus --source activitynet:train.json --stage manifest\n" in r.stdout
+
+
+# One vocabulary, complete reports.
+
+def test_youcook2_merge_losses_are_named_at_the_end_and_in_inspect_and_report(tmp_path, shared_data):
+    youcook2 = shared_data / "annotations/youcook2/youcookii_annotations_trainval.json"
+    out = tmp_path / "yc"
+    r = lfvila("build", "--out", str(out), "--source", f"youcook2:{youcook2}")
+    assert r.returncode == 0, r.stderr
+    counts = json.loads((out / "corpus.json").read_text())["counts"]
+    lost, kept = counts["merge_rejects_by_reason"]["run_too_short"], counts["kept_clips"]
+    assert lost / kept > 0.5
+    note = next(line for line in r.stdout.splitlines() if line.startswith("note: "))
+    assert f"{lost} of {kept} kept clips ({100 * lost / kept:.0f} %) left out as run_too_short" in note
+    assert "manifest.min_clips (now 4)" in note and "manifest.max_gap_s (now 3.0)" in note
+    assert r.stdout.splitlines()[-1].startswith("shards skipped")
+
+    text = lfvila("inspect", str(out)).stdout
+    assert re.search(rf"^  merge: clips rejected +run_too_short +{lost}$", text, re.M), text
+    assert "rejected: the data itself is unusable" in text and "failed: the cause may lie outside" in text
+    r = lfvila("report", str(out))
+    assert r.returncode == 0, r.stderr
+    md = (out / "report" / "report.md").read_text()
+    assert "No rejects." not in md and f"| merge: clips rejected | run_too_short | {lost} |" in md
+
+
+def test_rejected_failed_and_dropped_clips_are_told_apart(tmp_path, anet):
+    ann, videos = anet
+    some = tmp_path / "some_videos"
+    some.mkdir()
+    (some / "v_frePM0YGtQE.mov").symlink_to((videos / "v_frePM0YGtQE.mov").resolve())
+    out = tmp_path / "c"
+    # v_frePM0YGtQE is written with its first sentences and the rest dropped; v_EwjDShmfFHM has no video: failed
+    r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", *ANET_RECIPE, "--videos", str(some),
+               "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "failed samples, video_not_found: 1" in r.stdout
+    status = {row["key"].split("~")[1]: row for row in pq.read_table(out / "shards" / "status.parquet").to_pylist()}
+    dropped = json.loads(status["v_frePM0YGtQE"]["clip_rejects"])
+    assert status["v_frePM0YGtQE"]["status"] == "written" and sum(dropped.values()) >= 4
+
+    summary = json.loads(lfvila("inspect", str(out), "--json").stdout)["splits"]["train"]
+    assert summary["failed"] == {"video_not_found": 1} and summary["rejected"] == {}
+    assert summary["clips_dropped"] == dropped
+    text = lfvila("inspect", str(out)).stdout
+    for reason, n in dropped.items():
+        assert re.search(rf"^  video \(train\): clips dropped +{reason} +{n}$", text, re.M), text
+    assert lfvila("report", str(out)).returncode == 0
+    md = (out / "report" / "report.md").read_text()
+    assert "| video (train): samples failed | video_not_found | 1 |" in md
+    assert all(f"| video (train): clips dropped | {reason} | {n} |" in md for reason, n in dropped.items())

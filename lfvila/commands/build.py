@@ -37,12 +37,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from lfvila.build_advice import manifest_advice, shard_advice
     from lfvila.build_config import BuildConfig, corpus_config
     from lfvila.config import load_config, to_dict
     from lfvila.corpus_dir import check_sources, empty_manifest_reason, prepare_manifest_out
     from lfvila.errors import InputError, UserError
 
     out = Path(args.out)
+    advice: list[str] = []  # printed last, where a user reads
     manifest_stage, shard_stage = args.stage in ("manifest", "all"), args.stage in ("shards", "all")
     # Everything the user gave is checked before any heavy work.
     if manifest_stage:
@@ -63,14 +65,17 @@ def run(args) -> int:
         done = prepare_manifest_out(out, to_dict(cfg), args.source, overwrite=args.overwrite)
         if done:
             print(done)
-        reason = empty_manifest_reason(build_manifest(cfg, out, args.source))
+        counts = build_manifest(cfg, out, args.source)
+        advice += manifest_advice(counts, cfg)
+        reason = empty_manifest_reason(counts)
         if reason:
+            _print_advice(advice)
             raise UserError(reason)
-    if not shard_stage:
-        return 0
-    if args.videos is None:
-        print(f"shards skipped: no --videos given; build them with: lfvila build --out {out} --stage shards "
-              f"--videos DIR")
+    if not shard_stage or args.videos is None:
+        _print_advice(advice)
+        if shard_stage:
+            print(f"shards skipped: no --videos given; build them with: lfvila build --out {out} --stage shards "
+                  f"--videos DIR")
         return 0
 
     from lfvila.shards.build import build_shards, empty_build_reason, format_summary
@@ -79,9 +84,11 @@ def run(args) -> int:
                            ray_address=args.ray_address, shard_range=args.shard_range,
                            retry_failed=args.retry_failed)
     if not summary:
+        _print_advice(advice)
         return 0
     print(format_summary(summary))
     print(f"shards: {out / 'shards'}  index: {out / 'shards' / 'index.parquet'}")
+    _print_advice(advice + shard_advice(summary, cfg))
     reason = empty_build_reason(summary, Path(args.videos))
     if reason:
         raise UserError(reason)
@@ -90,3 +97,8 @@ def run(args) -> int:
         print(f"{failed} sample(s) failed (missing video, timeout or error) and stay failed on a rerun; once "
               f"their cause is fixed, rerun with --retry-failed to redo their shards")
     return 0
+
+
+def _print_advice(lines: list[str]) -> None:
+    for line in lines:
+        print(f"note: {line}")

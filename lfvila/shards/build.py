@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from lfvila.errors import InputError
+from lfvila.shards.sample import RETRYABLE_REASONS
 from lfvila.shards.task import ShardTask, is_complete, paths, read_stats, run_shard_task, task_fingerprint
 
 log = logging.getLogger(__name__)
@@ -124,16 +125,18 @@ class _Progress:
 
         self.bar = tqdm(total=total, unit="shard", desc="shards", dynamic_ncols=True)
         self.start = time.monotonic()
-        self.samples = self.failures = 0
+        self.samples = self.rejected = self.failed = 0
         self.seconds = 0.0
         self.errors: list[str] = []
 
     def update(self, stats: dict) -> None:
         self.samples += stats["samples_written"]
-        self.failures += stats["samples_rejected"] + stats["samples_failed"]
+        self.rejected += stats["samples_rejected"]
+        self.failed += stats["samples_failed"]
         self.seconds += stats["video_seconds"]
         rate = self.samples / max(time.monotonic() - self.start, 1e-9)
-        self.bar.set_postfix(samples_s=f"{rate:.2f}", video_h=f"{self.seconds / 3600:.2f}", rejected=self.failures)
+        self.bar.set_postfix(samples_s=f"{rate:.2f}", video_h=f"{self.seconds / 3600:.2f}", rejected=self.rejected,
+                             failed=self.failed)
         self.bar.update(1)
 
     def error(self, task: ShardTask, exc: BaseException) -> None:
@@ -290,8 +293,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{name:<8}{s['shards']:>8}{s['samples_written']:>9}{s['samples_rejected']:>9}"
                      f"{s['samples_failed']:>8}{s['video_hours']:>9.3f}{s['frames']:>10}{s['bytes'] / 1e6:>10.1f}")
     totals = summary.get("totals") or {}
+    # rejected_by_reason counts every sample not written; the retryable reasons are the failed ones.
     for reason, n in totals.get("rejected_by_reason", {}).items():
-        lines.append(f"  rejected samples, {reason}: {n}")
+        lines.append(f"  {'failed' if reason in RETRYABLE_REASONS else 'rejected'} samples, {reason}: {n}")
     if "clips_check" in summary:
         lines.append(("OK: " if summary["clips_check_ok"] else "MISMATCH: ") + summary["clips_check"])
     return "\n".join(lines)

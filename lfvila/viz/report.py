@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lfvila.viz.corpus import CorpusPaths, read_table
-from lfvila.viz.summary import CorpusSummary, SplitSummary, summarize
+from lfvila.viz.summary import VOCABULARY, CorpusSummary, SplitSummary, loss_rows, summarize
 
 PLOTS = {
     "durations": ("long-form video duration (s)", "durations.png"),
@@ -110,19 +110,17 @@ def plot_histogram(values_by_split: dict[str, list[float]], xlabel: str, path: P
 
 def plot_rejects(summary: CorpusSummary, path: Path) -> Path:
     """Horizontal bars: manifest rejects (records) and video-stage rejects (samples) by reason."""
-    bars = [(f"manifest: {reason}", n) for reason, n in summary.manifest_rejects.items()]
-    for s in summary.splits.values():
-        bars += [(f"video ({s.split}): {reason}", n) for reason, n in s.failed.items()]
+    bars = [(f"{stage.split(':')[0]}: {reason}", n) for stage, reason, n in loss_rows(summary)]
     fig, ax = _figure()
     if bars:
         labels, counts = zip(*bars)
         y = np.arange(len(bars))
-        ax.barh(y, counts, height=min(0.8, 0.25 * len(bars)), color=["tab:blue" if label.startswith("manifest") else "tab:red" for label in labels])
+        ax.barh(y, counts, height=min(0.8, 0.25 * len(bars)), color=[_STAGE_COLOURS.get(label.split(":")[0].split(" ")[0], "tab:red") for label in labels])
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         for yi, n in zip(y, counts):
             ax.text(n, yi, f" {n}", va="center", fontsize=8)
-        ax.set_xlabel("count (manifest: input records; video: long-form samples)")
+        ax.set_xlabel("count (manifest: input records; merge: clips; video: samples or clips)")
         ax.xaxis.get_major_locator().set_params(integer=True)
     else:
         ax.text(0.5, 0.5, "no rejects", ha="center", va="center", transform=ax.transAxes)
@@ -132,13 +130,17 @@ def plot_rejects(summary: CorpusSummary, path: Path) -> Path:
     return _save(fig, path)
 
 
+_STAGE_COLOURS = {"manifest": "tab:blue", "merge": "tab:orange", "video": "tab:red"}
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def _split_row(s: SplitSummary) -> list[str]:
     return [s.split, str(s.longform_videos), f"{s.longform_hours:.2f}", str(s.samples), f"{s.hours:.2f}",
-            str(s.frames), str(s.sentences), str(s.shards), str(s.bytes), str(sum(s.failed.values()))]
+            str(s.frames), str(s.sentences), str(s.shards), str(s.bytes), str(sum(s.rejected.values())),
+            str(sum(s.failed.values()))]
 
 
 def write_report(root: Path, out_dir: Path | None = None) -> Path:
@@ -160,9 +162,9 @@ def write_report(root: Path, out_dir: Path | None = None) -> Path:
         lines += [f"lfvila {summary.lfvila_version}", ""]
     lines += ["## Splits", ""]
     lines += _markdown_table(["split", "planned videos", "planned hours", "samples", "hours", "frames", "sentences",
-                              "shards", "bytes", "failed"], [_split_row(s) for s in summary.splits.values()])
-    lines += ["", "planned: long-form videos in the manifest; samples: written to shards; "
-              "failed: long-form videos the video stage rejected.", ""]
+                              "shards", "bytes", "rejected", "failed"], [_split_row(s) for s in summary.splits.values()])
+    lines += ["", "planned: long-form videos in the manifest; samples: written to shards; rejected / failed: "
+              "samples the video stage did not write (see Rejects).", ""]
     lines += ["## Distributions", "",
               f"Of the {'written samples' if dist.of_written_samples else 'manifest long-form videos (no shards yet)'}.",
               ""]
@@ -176,10 +178,9 @@ def write_report(root: Path, out_dir: Path | None = None) -> Path:
     lines += _markdown_table(["quantity", "split", "n", "mean", "p10", "median", "p90", "max"], rows)
     lines += [""] + [f"![{xlabel}]({filename})" for xlabel, filename in PLOTS.values()]
     lines += ["", "## Rejects", ""]
-    reject_rows = [["manifest", reason, str(n)] for reason, n in summary.manifest_rejects.items()]
-    for s in summary.splits.values():
-        reject_rows += [[f"video ({s.split})", reason, str(n)] for reason, n in s.failed.items()]
+    reject_rows = [[stage, reason, str(n)] for stage, reason, n in loss_rows(summary)]
     lines += _markdown_table(["stage", "reason", "count"], reject_rows) if reject_rows else ["No rejects."]
+    lines += [""] + [f"- **{word}**: {meaning}" for word, meaning in VOCABULARY.items()]
     lines += ["", "![rejects by reason](rejects.png)", ""]
     report = out_dir / "report.md"
     tmp = report.with_name(f".{report.name}.tmp{os.getpid()}")

@@ -6,6 +6,7 @@ per-shard status files, ``rejects.parquet`` and the tars on disk), not from a ca
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,16 @@ from lfvila.viz.corpus import (
 
 OK_STATUSES = ("ok", "success", "written")
 
+# The words every summary uses (build summary, progress bar, inspect, report), defined here once.
+VOCABULARY = {
+    "rejected": "the data itself is unusable (a malformed record, a run of too few clips, a broken or too "
+                "short video); a rerun gives the same result unless the recipe changes",
+    "failed": "the cause may lie outside the data (video not downloaded, decode timeout, internal error); "
+              "lfvila build --retry-failed redoes these once the cause is fixed",
+    "dropped": "clips left out of a sample that was written (no frame in the clip's span, past the end of "
+               "the video); the sample keeps its other clips",
+}
+
 
 @dataclass
 class SplitSummary:
@@ -37,7 +48,9 @@ class SplitSummary:
     sentences: int = 0
     shards: int = 0  # complete .tar files
     bytes: int = 0
-    failed: dict[str, int] = field(default_factory=dict)  # samples rejected by the video stage, by reason
+    rejected: dict[str, int] = field(default_factory=dict)  # samples the video stage rejected, by reason
+    failed: dict[str, int] = field(default_factory=dict)  # samples the video stage failed on, by reason
+    clips_dropped: dict[str, int] = field(default_factory=dict)  # clips left out of written samples, by reason
 
 
 @dataclass
@@ -107,14 +120,20 @@ def summarize(root: Path) -> CorpusSummary:
     status = shard_status(paths)
     if status:
         splits_of = key_splits(paths)
-        failed: dict[str, list[str]] = {}
+        by_split: dict[str, dict[str, list[str]]] = {}
         for row in status:
-            if str(row.get("status")) in OK_STATUSES:
-                continue
             name = row.get("split") or splits_of.get(row["key"]) or split_of_shard(Path(str(row["shard"])))
-            failed.setdefault(name, []).append(str(row.get("reason") or row.get("status")))
-        for name, reasons in failed.items():
-            split(name).failed = _count_by(reasons)
+            kinds = by_split.setdefault(name, {"rejected": [], "failed": [], "clips_dropped": []})
+            if str(row.get("status")) in OK_STATUSES:
+                drops = json.loads(row["clip_rejects"]) if row.get("clip_rejects") else {}
+                for reason, n in drops.items():
+                    kinds["clips_dropped"] += [reason] * int(n)
+                continue
+            kind = "rejected" if row.get("status") == "rejected" else "failed"
+            kinds[kind].append(str(row.get("reason") or row.get("status")))
+        for name, kinds in by_split.items():
+            for kind, reasons in kinds.items():
+                setattr(split(name), kind, _count_by(reasons))
 
     rejects = read_table(paths.rejects, ["reason", "stage"])
     manifest_rejects, merge_rejects = {}, {}
@@ -154,6 +173,19 @@ def summarize(root: Path) -> CorpusSummary:
     )
 
 
+def loss_rows(summary: CorpusSummary) -> list[tuple[str, str, int]]:
+    """(stage, reason, count) of everything left out of the corpus, in pipeline order: input records
+    the manifest rejected, kept clips in no long-form video (merge), then per split the samples the
+    video stage rejected or failed on and the clips dropped from written samples."""
+    rows = [("manifest: records rejected", r, n) for r, n in summary.manifest_rejects.items()]
+    rows += [("merge: clips rejected", r, n) for r, n in summary.merge_rejects.items()]
+    for s in summary.splits.values():
+        rows += [(f"video ({s.split}): samples rejected", r, n) for r, n in s.rejected.items()]
+        rows += [(f"video ({s.split}): samples failed", r, n) for r, n in s.failed.items()]
+        rows += [(f"video ({s.split}): clips dropped", r, n) for r, n in s.clips_dropped.items()]
+    return rows
+
+
 def _bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -173,22 +205,26 @@ def format_summary(summary: CorpusSummary) -> str:
         in_longform = sum(s.longform_clips for s in summary.splits.values())
         lines.append(f"clips in long-form videos: {in_longform}  kept clips in no long-form video "
                      f"(runs shorter than the minimum): {summary.kept_clips - in_longform}")
-    header = ("split", "planned", "planned_h", "samples", "hours", "frames", "sentences", "shards", "bytes", "failed")
+    header = ("split", "planned", "planned_h", "samples", "hours", "frames", "sentences", "shards", "bytes",
+              "rejected", "failed")
     rows = [header]
     totals = SplitSummary("total")
     for s in summary.splits.values():
         rows.append((s.split, str(s.longform_videos), f"{s.longform_hours:.2f}", str(s.samples), f"{s.hours:.2f}",
-                     str(s.frames), str(s.sentences), str(s.shards), _bytes(s.bytes), str(sum(s.failed.values()))))
+                     str(s.frames), str(s.sentences), str(s.shards), _bytes(s.bytes), str(sum(s.rejected.values())),
+                     str(sum(s.failed.values()))))
         for name in ("longform_videos", "longform_hours", "samples", "hours", "frames", "sentences", "shards", "bytes"):
             setattr(totals, name, getattr(totals, name) + getattr(s, name))
+        totals.rejected = dict(Counter(totals.rejected) + Counter(s.rejected))
         totals.failed = dict(Counter(totals.failed) + Counter(s.failed))
     if len(summary.splits) > 1:
         rows.append(("total", str(totals.longform_videos), f"{totals.longform_hours:.2f}", str(totals.samples),
                      f"{totals.hours:.2f}", str(totals.frames), str(totals.sentences), str(totals.shards),
-                     _bytes(totals.bytes), str(sum(totals.failed.values()))))
+                     _bytes(totals.bytes), str(sum(totals.rejected.values())), str(sum(totals.failed.values()))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines.append("")
-    lines.append("planned: long-form videos in the manifest; samples: written to shards; failed: rejected by the video stage")
+    lines.append("planned: long-form videos in the manifest; samples: written to shards; rejected / failed: "
+                 "samples the video stage did not write (see below)")
     for r in rows:
         lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))))
     if not summary.has_manifest:
@@ -200,17 +236,12 @@ def format_summary(summary: CorpusSummary) -> str:
     if summary.disagreements:
         lines.append("corpus.json disagrees with the files (a build still running, or files changed since):")
         lines += [f"  {d}" for d in summary.disagreements]
-    if summary.manifest_rejects:
+    rows = loss_rows(summary)
+    if rows:
         lines.append("")
-        lines.append("manifest rejects (records) by reason:")
-        lines += [f"  {reason:<24} {n}" for reason, n in summary.manifest_rejects.items()]
-    if summary.merge_rejects:
+        lines.append("what was left out, by stage and reason:")
+        width = max(len(r[0]) for r in rows)
+        lines += [f"  {stage:<{width}}  {reason:<24} {n}" for stage, reason, n in rows]
         lines.append("")
-        lines.append("kept clips left out of every long-form video (rejects.parquet, stage merge) by reason:")
-        lines += [f"  {reason:<24} {n}" for reason, n in summary.merge_rejects.items()]
-    for s in summary.splits.values():
-        if s.failed:
-            lines.append("")
-            lines.append(f"{s.split}: samples rejected by the video stage, by reason:")
-            lines += [f"  {reason:<24} {n}" for reason, n in s.failed.items()]
+        lines += [f"{word}: {meaning}" for word, meaning in VOCABULARY.items()]
     return "\n".join(lines)
