@@ -6,6 +6,11 @@ words, ~3 % of clip numbers missing so runs break, a few malformed lines and bad
 clips per second per core (clips / CPU seconds of the child) and the child's peak RSS.
 
     .venv/bin/python bench/manifest_throughput.py --sizes 1000000 10000000 --workdir /tmp/lfvila-bench
+
+``--subtitle-videos 1000 10000`` instead measures ``hdvila:META?subtitles=DIR``: metadata without
+text (30 contiguous clips of 8-20 s per video) and one YouTube-auto-style caption track per video
+(``<video_id>.en.vtt``: per-word ``<HH:MM:SS.mmm><c>`` tags, every line shown twice as captions
+roll, ~2.5 words/s), so the clip text is rebuilt from the tracks.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -82,14 +88,50 @@ def generate(path: Path, n_clips: int, seed: int = 0, block_clips: int = 500_000
     return written
 
 
-def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None) -> dict:
+def _vtt_time(t: float) -> str:
+    return _hms(t)
+
+
+def write_subtitle_corpus(workdir: Path, n_videos: int, seed: int = 0) -> tuple[Path, Path, int]:
+    """Metadata without text plus one rolling auto-caption track per video; returns (meta, dir, clips)."""
+    rng = random.Random(seed)
+    subs = workdir / f"subs_{n_videos}"
+    subs.mkdir(parents=True, exist_ok=True)
+    meta = workdir / f"hdvila_subs_{n_videos}.jsonl"
+    n_clips = 0
+    with open(meta, "w") as f:
+        for v in range(n_videos):
+            video_id = f"sub{v:08d}"
+            clips, t = [], rng.uniform(0, 5)
+            for number in range(1, 31):
+                dur = rng.uniform(8, 20)
+                clips.append({"clip_id": f"{video_id}.{number}.mp4", "span": [_hms(t), _hms(t + dur)]})
+                t += dur
+            f.write(json.dumps({"video_id": video_id, "clip": clips}) + "\n")
+            n_clips += len(clips)
+            cues, previous, w = ["WEBVTT\nKind: captions\nLanguage: en\n"], " ", 0.0  # YouTube: a lone " " line
+            while w < t:
+                line_words = [rng.choice(WORDS) for _ in range(rng.randint(5, 9))]
+                times = [w + 0.4 * i for i in range(len(line_words))]
+                end = times[-1] + 0.4
+                tagged = line_words[0] + "".join(f"<{_vtt_time(x)}><c> {word}</c>" for x, word in
+                                                 zip(times[1:], line_words[1:]))
+                cues.append(f"{_vtt_time(w)} --> {_vtt_time(end)} align:start position:0%\n{previous}\n{tagged}\n")
+                previous = " ".join(line_words)
+                cues.append(f"{_vtt_time(end)} --> {_vtt_time(end + 0.01)} align:start position:0%\n{previous}\n \n")
+                w = end + 0.01
+            (subs / f"{video_id}.en.vtt").write_text("\n".join(cues))
+    return meta, subs, n_clips
+
+
+def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None, options: str = "") -> dict:
     """Run the manifest stage in a child process; wall, CPU and peak RSS of that child alone.
 
     ``lfvila_dir``: a directory holding another ``lfvila`` package (e.g. an older commit from
     ``git archive COMMIT lfvila | tar -x -C DIR``), put first on the child's PYTHONPATH.
     """
     code = ("import sys; from lfvila.cli import main; "
-            f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta)!r}, '--stage', 'manifest']))")
+            f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta) + options!r}, '--stage', 'manifest']))")
     env = dict(os.environ)
     if lfvila_dir is not None:
         paths = [str(lfvila_dir.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -128,8 +170,13 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="directory with another lfvila package to run first on the same input (side by side); "
                              "its tables are compared byte for byte with the current ones")
+    parser.add_argument("--subtitle-videos", type=int, nargs="+", default=None,
+                        help="measure hdvila ?subtitles= on this many synthetic videos (30 clips and one track each)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.subtitle_videos:
+        subtitle_runs(args)
+        return
     print(f"reference loop sum(range(1e7)): {reference_loop_cpu_s():.3f} CPU s; load average {os.getloadavg()}\n")
     print(f"| clips | input MB | wall s | CPU s | clips/s (wall) | clips/s/core (CPU) | peak RSS MB | long-form videos |")
     print("|---|---|---|---|---|---|---|---|")
@@ -159,6 +206,28 @@ def main() -> None:
             for p in out.iterdir():
                 p.unlink()
             out.rmdir()
+    print(f"\nmachine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; "
+          f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {os.getloadavg()}; "
+          f"reference loop sum(range(1e7)) {reference_loop_cpu_s():.3f} CPU s")
+
+
+def subtitle_runs(args) -> None:
+    print(f"reference loop sum(range(1e7)): {reference_loop_cpu_s():.3f} CPU s; load average {os.getloadavg()}\n")
+    print("| videos (tracks) | clips | tracks MB | wall s | CPU s | clips/s/core (CPU) | CPU ms per track | peak RSS MB | words in clips |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n_videos in args.subtitle_videos:
+        meta, subs, n = write_subtitle_corpus(args.workdir, n_videos)
+        out = args.workdir / f"out_subs_{n_videos}"
+        r = run_stage(meta, out, options=f"?subtitles={subs}")
+        counts = json.loads((out / "corpus.json").read_text())["counts"]
+        src = next(iter(counts["sources"].values()))
+        mb = sum(p.stat().st_size for p in subs.iterdir()) / 1e6
+        print(f"| {n_videos:,} | {n:,} | {mb:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {n / r['cpu_s']:,.0f} | "
+              f"{1000 * r['cpu_s'] / n_videos:.1f} | {r['peak_rss_mb']:.0f} | {src['subtitle_words_in_clips']:,} |", flush=True)
+        if not args.keep:
+            shutil.rmtree(out)
+            shutil.rmtree(subs)
+            meta.unlink()
     print(f"\nmachine: {os.cpu_count()} CPU cores, python {sys.version.split()[0]}; "
           f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {os.getloadavg()}; "
           f"reference loop sum(range(1e7)) {reference_loop_cpu_s():.3f} CPU s")

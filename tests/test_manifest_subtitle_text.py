@@ -101,6 +101,18 @@ def test_language_preference_and_no_track_for_other_language(tmp_path):
     assert clips[0]["text"].split()[0] == "yeah" and not [r for r in rejects if r["stage"] != "merge"]
 
 
+def test_unsafe_video_id_is_never_a_path(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (tmp_path / "escape.en.vtt").write_bytes(PLAIN.read_bytes())  # would be found through "../escape"
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text(json.dumps({"video_id": "../escape", "clip": [
+        {"clip_id": "../escape.1.mp4", "span": ["00:04:46.000", "00:05:10.000"]}]}) + "\n")
+    _, rejects, counts = _build(tmp_path, meta, f"subtitles={subs}", exit_code=2)
+    assert [r["reason"] for r in rejects] == ["unsafe_id"]
+    assert next(iter(counts["sources"].values()))["subtitle_tracks"] == 0  # the file outside DIR was not read
+
+
 def test_assign_words_each_word_in_at_most_one_clip():
     # Shared boundary -> the clip starting there; overlap -> the later clip; gap -> no clip; bad span -> none.
     spans = [(0.0, 2.0), (2.0, 4.0), (3.5, 6.0), None, (8.0, 9.0)]

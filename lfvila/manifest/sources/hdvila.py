@@ -32,6 +32,7 @@ from lfvila.manifest.asr import dedupe_words
 from lfvila.manifest.config import AsrConfig, ManifestConfig
 from lfvila.manifest.records import (
     INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, NO_SUBTITLES, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time,
+    unsafe_id_reason,
 )
 from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, read_text
 from lfvila.manifest.sources.subtitles import parse_cues
@@ -263,8 +264,9 @@ def _with_subtitle_text(items: Iterator[RawVideo | Reject], options: dict, progr
     for key in ("subtitle_tracks", "subtitle_cues", "subtitle_cues_rejected", "subtitle_words", "subtitle_words_in_clips"):
         stats.setdefault(key, 0)
     for item in items:
-        if isinstance(item, Reject) or all(c.text is not None for c in item.clips):
-            yield item
+        if (isinstance(item, Reject) or all(c.text is not None for c in item.clips) or has_invalid_utf8(item.video_id)
+                or unsafe_id_reason(item.video_id, _CUE_CHECKS.max_id_length) is not None):
+            yield item  # an unsafe video id never becomes a path: validation rejects it as unsafe_id
             continue
         track = caption_track(folder, item.video_id, langs)
         if track is None:
