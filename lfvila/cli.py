@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                            formatter_class=_HelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _interrupted=getattr(module, "interrupted", None))
     return parser
 
 
@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         # A mistake in what was asked for: the message says what to change, a traceback would hide it.
         print(f"lfvila {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug or args._interrupted is None:
+            raise
+        # Ctrl-C is not a bug: say what is complete and how to go on, not where Python was.
+        print(f"\nlfvila {args.command}: interrupted. {args._interrupted(args)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -336,3 +336,19 @@ def test_rejected_failed_and_dropped_clips_are_told_apart(tmp_path, anet):
     md = (out / "report" / "report.md").read_text()
     assert "| video (train): samples failed | video_not_found | 1 |" in md
     assert all(f"| video (train): clips dropped | {reason} | {n} |" in md for reason, n in dropped.items())
+
+
+def test_ctrl_c_in_build_says_what_is_complete_without_a_traceback(shared_data, tmp_path):
+    import signal
+    import time
+    train = shared_data / "annotations/activitynet_captions/train.json"
+    proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", "build", "--out", str(tmp_path / "c"),
+                             "--source", f"activitynet:{train}", "--source", f"activitynet:{train}",
+                             "--source", f"activitynet:{train}", "--stage", "manifest"],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # past the imports, inside the manifest stage (reading ~110k records takes longer)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "lfvila build: interrupted." in stderr and "Run the same command again" in stderr
+    assert "Traceback" not in stderr

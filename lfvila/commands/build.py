@@ -8,6 +8,7 @@ Examples:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def add_arguments(parser) -> None:
@@ -35,7 +36,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     from lfvila.build_advice import manifest_advice, shard_advice
     from lfvila.build_config import BuildConfig, corpus_config
@@ -97,6 +97,16 @@ def run(args) -> int:
         print(f"{failed} sample(s) failed (missing video, timeout or error) and stay failed on a rerun; once "
               f"their cause is fixed, rerun with --retry-failed to redo their shards")
     return 0
+
+
+def interrupted(args) -> str:
+    """What a Ctrl-C left complete, and the command that continues (printed by the CLI)."""
+    out = Path(args.out)
+    tables = [name for name in ("clips.parquet", "rejects.parquet", "longform.parquet") if (out / name).exists()]
+    shards = len(list((out / "shards").glob("*.stats.json"))) if (out / "shards").is_dir() else 0
+    done = (f"manifest tables complete ({', '.join(tables)})" if len(tables) == 3 else "manifest tables not complete")
+    return (f"{done}; {shards} shard(s) complete in {out / 'shards'} (a shard is complete once its .stats.json "
+            "exists; partial files are temporary and removed or redone). Run the same command again to continue.")
 
 
 def _print_advice(lines: list[str]) -> None:
