@@ -1,4 +1,4 @@
-"""Root config of ``lfvila build``: manifest, video and shard sections.
+"""Root config of ``lfvila build`` and ``lfvila download``: manifest, video, shard and download sections.
 
 A corpus recipe (``pipelines/*.yaml``) is a YAML file of this tree; the resolved tree is
 written to ``OUT/corpus.json`` next to every corpus, and later stages of that corpus read it
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lfvila.config import apply_overrides, from_dict, load_config, to_dict
 from lfvila.errors import ConfigError, UserError
+from lfvila.download.config import DownloadConfig
 from lfvila.manifest.config import ManifestConfig
 from lfvila.shards.config import ShardConfig, VideoConfig
 
@@ -23,6 +24,7 @@ class BuildConfig:
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
 
 
 # Settings that change how a build runs, not what it writes (the shard stage's fingerprint leaves

@@ -11,6 +11,7 @@ import logging
 import sys
 
 COMMANDS = {
+    "download": "download the videos (and captions) of sources, every one accounted for",
     "build": "build the corpus: sources -> manifests -> WebDataset shards",
     "inspect": "summarise a built corpus",
     "preview": "draw a contact sheet of one sample's frames and sentences",

@@ -1,0 +1,308 @@
+"""A whole ``lfvila download`` run: select the videos, skip what is done, fetch the rest, account.
+
+Layout of ``VIDEOS`` (the folder ``build --videos`` reads):
+
+- ``<video_id>.<ext>``: a complete, probed video (renamed into place last);
+- ``<video_id>.<lang>.vtt``: its caption tracks;
+- ``<video_id>.part/``: a download in progress (removed when it ends; a kill leaves only this folder,
+  which the shard stage never reads and the next run deletes);
+- ``download.parquet`` (one row per requested video) and ``download.json`` (totals), written at the
+  end under temporary names; ``download.journal.jsonl`` holds rows of finished videos while a run is
+  going, so a killed run resumes where it stopped. With ``--shard-range I/N`` these are
+  ``download.I-of-N.*`` so array jobs never write the same file; every run reads them all to resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from urllib.parse import quote
+
+from lfvila.download.config import DownloadConfig
+from lfvila.download.fetch import (
+    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, UNSAFE_ID, WRITE_ERROR, FetchError, choose_backend,
+    fetch_http, fetch_ytdlp, host_of, probe_video,
+)
+from lfvila.download.sources import Unreadable, VideoRequest, apply_template, read_requests
+from lfvila.manifest.records import unsafe_id_reason
+
+log = logging.getLogger(__name__)
+MAX_ID_LENGTH = 255  # a file name component; the manifest's default max_id_length is smaller
+COLUMNS = ("video_id", "source", "url", "status", "reason", "detail", "bytes", "duration", "format", "attempts",
+           "file", "subtitles", "seconds")
+
+
+class HostPacer:
+    """Per-host pacing shared by all threads: a minimum interval between request starts, and a hold
+    (after a 429's Retry-After) that makes every thread wait before its next request to that host."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, host: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next.get(host, now))
+            self._next[host] = start + self.interval_s
+        if start > now:
+            time.sleep(start - now)
+
+    def hold(self, host: str, seconds: float) -> None:
+        with self._lock:
+            self._next[host] = max(self._next.get(host, 0.0), time.monotonic() + seconds)
+
+
+def in_shard_range(video_id: str, part: int, total: int) -> bool:
+    """Stable partition by a hash of the id: independent of source order and of other videos."""
+    if total == 1:
+        return True
+    return int.from_bytes(hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).digest()[:8], "big") % total == part
+
+
+def manifest_video_ids(corpus: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    path = corpus / "longform.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"--manifest {corpus}: {path} does not exist (run build --stage manifest first)")
+    return set(pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+
+
+def select_requests(cfg: DownloadConfig, sources: list[str], shard_range: tuple[int, int] = (0, 1),
+                    only_ids: set[str] | None = None) -> tuple[list[VideoRequest], dict]:
+    """The videos of this run in source order (first occurrence of an id wins) and selection counts."""
+    seen: set[str] = set()
+    requests: list[VideoRequest] = []
+    counts = Counter()
+    unreadable: list[dict] = []
+    for spec in sources:
+        for item in read_requests(spec):
+            if isinstance(item, Unreadable):
+                counts["unreadable_records"] += 1
+                if len(unreadable) < 100:
+                    unreadable.append(item._asdict())
+                continue
+            if item.video_id in seen:
+                counts["duplicate_ids"] += 1
+                continue
+            seen.add(item.video_id)
+            if only_ids is not None and item.video_id not in only_ids:
+                counts["not_in_manifest"] += 1
+                continue
+            if not in_shard_range(item.video_id, *shard_range):
+                counts["other_shard_range"] += 1
+                continue
+            requests.append(apply_template(item, cfg.url_template))
+    if only_ids is not None:
+        counts["manifest_videos_without_source"] = len(only_ids - seen)
+    return requests, {**counts, "unreadable_examples": unreadable}
+
+
+def _accounting_stem(shard_range: tuple[int, int]) -> str:
+    part, total = shard_range
+    return "download" if total == 1 else f"download.{part}-of-{total}"
+
+
+def load_previous(out: Path) -> dict[str, dict]:
+    """Rows of earlier runs (all shard ranges): tables first, then journals of unfinished runs."""
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict] = {}
+    for path in sorted(out.glob("download*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            rows[row["video_id"]] = row
+    for path in sorted(out.glob("download*.journal.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # the last line of a killed run may be cut short
+                if isinstance(row, dict) and "video_id" in row:
+                    rows[row["video_id"]] = row
+    return rows
+
+
+def _is_done(prev: dict | None, out: Path, retry_failed: bool) -> bool:
+    if prev is None:
+        return False
+    if prev["status"] == "ok":
+        return bool(prev.get("file")) and (out / prev["file"]).is_file()
+    return prev["reason"] in PERMANENT and not retry_failed
+
+
+def _row(req: VideoRequest, status: str, reason: str | None, detail: str, attempts: int, started: float, **kw) -> dict:
+    row = {"video_id": req.video_id, "source": req.source, "url": req.url, "status": status, "reason": reason,
+           "detail": detail, "bytes": 0, "duration": None, "format": None, "attempts": attempts, "file": None,
+           "subtitles": [], "seconds": round(time.monotonic() - started, 3)}
+    row.update(kw)
+    return row
+
+
+def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostPacer, on_bytes=None) -> dict:
+    """Fetch one video into ``out``; always returns its accounting row (never raises FetchError)."""
+    started = time.monotonic()
+    if (why := unsafe_id_reason(req.video_id, MAX_ID_LENGTH)) is not None:
+        return _row(req, "failed", UNSAFE_ID, why, 0, started)
+    if not req.url:
+        return _row(req, "failed", NO_URL, "no url in the source", 0, started)
+    backend = choose_backend(req.url, cfg.backend)
+    host = host_of(req.url)
+    work = out / f"{req.video_id}.part"
+    subtitle_urls = {}
+    if cfg.subtitle_url_template is not None:
+        subtitle_urls = {lang: cfg.subtitle_url_template.replace("{video_id}", quote(req.video_id, safe=""))
+                         .replace("{lang}", lang) for lang in cfg.subtitles}
+    attempts = 0
+    try:
+        while True:
+            attempts += 1
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                work.mkdir(parents=True)
+            except OSError as e:
+                return _row(req, "failed", WRITE_ERROR, str(e), attempts, started)
+            pacer.wait(host)
+            try:
+                if backend == "http":
+                    got = fetch_http(req.url, work, req.video_id, cfg, subtitle_urls, on_bytes)
+                else:
+                    got = fetch_ytdlp(req.url, work, req.video_id, cfg, on_bytes)
+                duration, desc = probe_video(got.path)
+                # Captions first, the video last: a video file in place means the whole download is.
+                subtitles = []
+                for lang, path in sorted(got.subtitles.items()):
+                    os.replace(path, out / f"{req.video_id}.{lang}.vtt")
+                    subtitles.append(lang)
+                final = out / f"{req.video_id}{got.path.suffix.lower()}"
+                os.replace(got.path, final)
+                return _row(req, "ok", None, "", attempts, started, bytes=got.bytes, duration=duration,
+                            format=f"{desc} ({got.format})", file=final.name, subtitles=subtitles)
+            except FetchError as e:
+                if e.reason not in RETRY_IN_RUN or attempts >= cfg.max_attempts:
+                    return _row(req, "failed", e.reason, e.detail, attempts, started)
+                delay = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempts - 1))
+                if e.retry_after is not None:
+                    delay = min(cfg.max_backoff_s, max(delay, e.retry_after))
+                if e.reason == RATE_LIMITED:
+                    pacer.hold(host, delay)  # every thread backs off this host, not only this one
+                log.debug("%s: %s (%s), retry %d in %.1f s", req.video_id, e.reason, e.detail, attempts, delay)
+                time.sleep(delay)
+            except OSError as e:
+                return _row(req, "failed", WRITE_ERROR, str(e), attempts, started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _table(rows: list[dict]):
+    import pyarrow as pa
+
+    schema = pa.schema([("video_id", pa.string()), ("source", pa.string()), ("url", pa.string()),
+                        ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+                        ("bytes", pa.int64()), ("duration", pa.float64()), ("format", pa.string()),
+                        ("attempts", pa.int32()), ("file", pa.string()), ("subtitles", pa.list_(pa.string())),
+                        ("seconds", pa.float64())])
+    return pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=schema)
+
+
+def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers: int = 8,
+                    shard_range: tuple[int, int] = (0, 1), retry_failed: bool = False,
+                    manifest: Path | None = None, progress: bool = True) -> dict:
+    """Run a download; returns the totals also written to ``download.json``."""
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    import lfvila
+    from lfvila.config import to_dict
+
+    t0 = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    only = manifest_video_ids(manifest) if manifest is not None else None
+    requests, selection = select_requests(cfg, sources, shard_range, only)
+    previous = load_previous(out)
+    rows: dict[str, dict] = {}
+    todo = []
+    for req in requests:
+        prev = previous.get(req.video_id)
+        if _is_done(prev, out, retry_failed):
+            rows[req.video_id] = prev
+        else:
+            todo.append((req, prev))
+    skipped = Counter(rows[r]["status"] for r in rows)
+    stem = _accounting_stem(shard_range)
+    journal_path = out / f"{stem}.journal.jsonl"
+    lock = threading.Lock()
+    done_bytes = [0]
+    bar = tqdm(total=len(todo), unit="video", desc="download", disable=not progress, dynamic_ncols=True)
+
+    def on_bytes(n: int) -> None:
+        with lock:
+            done_bytes[0] += n
+
+    pacer = HostPacer(cfg.host_interval_s)
+    with open(journal_path, "a", encoding="utf-8") as journal, ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(download_one, req, out, cfg, pacer, on_bytes): (req, prev) for req, prev in todo}
+        for future in as_completed(futures):
+            req, prev = futures[future]
+            row = future.result()
+            if prev is not None:
+                row["attempts"] += int(prev.get("attempts") or 0)  # attempts over all runs
+            rows[req.video_id] = row
+            journal.write(json.dumps(row) + "\n")
+            journal.flush()
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix_str(f"{done_bytes[0] / 1e6 / elapsed:.1f} MB/s", refresh=False)
+            bar.update(1)
+    bar.close()
+    ordered = [rows[req.video_id] for req in requests]
+    statuses = Counter(r["status"] for r in ordered)
+    failed_by = Counter(r["reason"] for r in ordered if r["status"] == "failed")
+    ok_rows = [r for r in ordered if r["status"] == "ok"]
+    totals = {
+        "requested": len(ordered), "ok": statuses["ok"], "failed": statuses["failed"],
+        "failed_by_reason": dict(sorted(failed_by.items())),
+        "permanent_failures": sum(n for reason, n in failed_by.items() if reason in PERMANENT),
+        "attempted_this_run": len(todo), "skipped_ok": skipped["ok"], "skipped_failed": skipped["failed"],
+        "bytes": sum(int(r["bytes"] or 0) for r in ok_rows),
+        "video_hours": round(sum(float(r["duration"] or 0) for r in ok_rows) / 3600, 6),
+        "bytes_this_run": done_bytes[0], "seconds": round(time.monotonic() - t0, 3),
+        "selection": selection, "sources": list(sources), "shard_range": f"{shard_range[0]}/{shard_range[1]}",
+        "manifest": str(manifest) if manifest is not None else None, "retry_failed": retry_failed,
+        "config": to_dict(cfg), "lfvila_version": lfvila.__version__,
+        "reasons": {k: REASONS[k] for k in sorted(failed_by)},
+    }
+    totals["check"] = f"requested {totals['requested']} == ok {totals['ok']} + failed {totals['failed']}"
+    totals["check_ok"] = totals["requested"] == totals["ok"] + totals["failed"]
+    _write_atomic(out / f"{stem}.parquet", lambda p: pq.write_table(_table(ordered), p))
+    _write_atomic(out / f"{stem}.json", lambda p: p.write_text(json.dumps(totals, indent=2) + "\n"))
+    journal_path.unlink(missing_ok=True)  # its rows are in the table now
+    return totals
+
+
+def format_summary(totals: dict) -> str:
+    """The table printed at the end of ``lfvila download`` (like ``build``'s)."""
+    header = f"{'status':<10}{'videos':>8}{'MB':>10}{'hours':>9}"
+    lines = [header, "-" * len(header),
+             f"{'ok':<10}{totals['ok']:>8}{totals['bytes'] / 1e6:>10.1f}{totals['video_hours']:>9.3f}",
+             f"{'failed':<10}{totals['failed']:>8}"]
+    for reason, n in totals["failed_by_reason"].items():
+        lines.append(f"  failed, {reason}{' (permanent)' if reason in PERMANENT else ''}: {n}")
+    lines.append(f"{'requested':<10}{totals['requested']:>8}   (skipped as done: {totals['skipped_ok']} ok, "
+                 f"{totals['skipped_failed']} failed; attempted now: {totals['attempted_this_run']})")
+    lines.append(("OK: " if totals["check_ok"] else "MISMATCH: ") + totals["check"])
+    return "\n".join(lines)
