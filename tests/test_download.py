@@ -235,3 +235,41 @@ def test_ytdlp_backend_downloads_a_direct_file_on_loopback(tmp_path, server):
     rows = _rows(tmp_path / "v")
     assert totals["ok"] == 1 and rows["y_nf"]["reason"] == "not_found"
     assert (tmp_path / "v" / "y_ok.mp4").read_bytes() == (VIDEOS / REAL["cockatoo.mp4"]).read_bytes()
+
+
+def test_sections_runs_then_build_matches_the_full_video(tmp_path):
+    """download.sections: runs with --manifest: only the runs' ranges, read by the shard stage in source seconds."""
+    from lfvila.cli import main
+    from lfvila.shards.fixtures import make_colour_video, sentences_every, write_longform
+    from lfvila.shards.read import iter_samples
+
+    clock = make_colour_video(tmp_path / "clock.mp4", 40, fps=25, size="160x120",
+                              codec=["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+                                     "-movflags", "+faststart"])
+    rows = [{"key": "k000", "video_id": "clockA", "sentences": sentences_every(21.0, 27.0, 2.0, "clockA")},
+            {"key": "k001", "video_id": "clockA", "sentences": sentences_every(30.5, 34.5, 2.0, "clockA")}]
+    for corpus in ("by_sections", "by_full"):
+        write_longform(tmp_path / corpus / "longform.parquet", rows)
+    with LoopbackServer({"clock.mp4": clock.read_bytes()}) as srv:
+        source = _url_list(tmp_path / "l.csv", [("clockA", srv.url("ok", "clock.mp4")), ("other", srv.url("ok", "x"))])
+        videos = tmp_path / "videos"
+        assert main(["download", "--source", source, "--out", str(videos), "--manifest", str(tmp_path / "by_sections"),
+                     "--set", "download.sections=runs", "--set", "download.section_margin_s=1", "--no-progress"]) == 0
+    row = _rows(videos)["clockA"]
+    assert row["status"] == "ok" and row["file"] == "clockA/sections.json" and row["format"] == "1 sections"
+    assert 0 < row["bytes"] < clock.stat().st_size / 2  # ranges 20-35.5 s of 40 s, merged (gap 3.5 s < 10 s)
+    assert set(_rows(videos)) == {"clockA"}  # "other" has no run
+    full = tmp_path / "full"
+    full.mkdir()
+    shutil.copy(clock, full / "clockA.mp4")
+    for corpus, folder in (("by_sections", videos), ("by_full", full)):
+        assert main(["build", "--out", str(tmp_path / corpus), "--stage", "shards", "--videos", str(folder),
+                     "--workers", "1", "--set", "video.fps=1"]) == 0
+    got = {}
+    for corpus in ("by_sections", "by_full"):
+        tars = sorted((tmp_path / corpus / "shards").glob("*.tar"))
+        got[corpus] = {s["key"]: s["meta"] for t in tars for s in iter_samples(t)}
+    assert sorted(got["by_sections"]) == sorted(got["by_full"]) == ["k000", "k001"]
+    for key, meta in got["by_full"].items():
+        mine = got["by_sections"][key]
+        assert mine["frame_times"] == meta["frame_times"] and mine["sentences"] == meta["sentences"]

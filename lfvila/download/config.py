@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BACKENDS = ("auto", "http", "ytdlp")
+SECTION_MODES = ("full", "runs")
 
 
 @dataclass
@@ -26,6 +27,12 @@ class DownloadConfig:
     max_backoff_s: float = 300.0  # also caps a server's Retry-After
     host_interval_s: float = 0.0  # minimum seconds between two request starts to the same host
     chunk_bytes: int = 1 << 20
+    # full: whole videos. runs: only the time ranges of the long-form runs of --manifest CORPUS (each
+    # widened by section_margin_s, ranges at most section_merge_gap_s apart merged), cut by ffmpeg
+    # with HTTP range requests into the sections layout VIDEOS/<video_id>/ (direct video URLs only).
+    sections: str = "full"
+    section_margin_s: float = 2.0
+    section_merge_gap_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -46,6 +53,10 @@ class DownloadConfig:
         for name in ("backoff_s", "max_backoff_s", "host_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"download.{name} must be >= 0")
+        if self.sections not in SECTION_MODES:
+            raise ValueError(f"download.sections must be one of {SECTION_MODES}, got {self.sections!r}")
+        if self.section_margin_s < 0 or self.section_merge_gap_s < 0:
+            raise ValueError("download.section_margin_s and section_merge_gap_s must be >= 0")
         if self.chunk_bytes <= 0:
             raise ValueError("download.chunk_bytes must be positive")
         for lang in self.subtitles:

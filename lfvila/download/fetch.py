@@ -26,6 +26,7 @@ NOT_FOUND, FORBIDDEN, UNAVAILABLE, PRIVATE, REMOVED, GEO_BLOCKED = (
 RATE_LIMITED, TIMEOUT, STALLED, TRUNCATED, TOO_LARGE = "rate_limited", "timeout", "stalled", "truncated", "too_large"
 NO_VIDEO_STREAM, HTTP_ERROR, EXTRACTOR_ERROR = "no_video_stream", "http_error", "extractor_error"
 UNSAFE_ID, NO_URL, CONNECTION_ERROR, WRITE_ERROR = "unsafe_id", "no_url", "connection_error", "write_error"
+CUT_FAILED, OFFSET_UNMEASURED, SECTIONS_UNSUPPORTED = "cut_failed", "offset_unmeasured", "sections_unsupported"
 REASONS = {
     NOT_FOUND: "HTTP 404 / the site says the video does not exist",
     FORBIDDEN: "HTTP 403",
@@ -45,9 +46,12 @@ REASONS = {
     NO_URL: "the source gives no URL for the video and no download.url_template is set",
     CONNECTION_ERROR: "connection refused / reset / DNS failure",
     WRITE_ERROR: "the file could not be written (disk full, permissions)",
+    CUT_FAILED: "download.sections: runs: ffmpeg could not cut a section from the URL",
+    OFFSET_UNMEASURED: "download.sections: runs: a section's start could not be located in the source",
+    SECTIONS_UNSUPPORTED: "download.sections: runs needs a direct video URL (plain-HTTP backend)",
 }
 PERMANENT = frozenset({NOT_FOUND, FORBIDDEN, UNAVAILABLE, PRIVATE, REMOVED, GEO_BLOCKED, TOO_LARGE,
-                       NO_VIDEO_STREAM, UNSAFE_ID, NO_URL})
+                       NO_VIDEO_STREAM, UNSAFE_ID, NO_URL, SECTIONS_UNSUPPORTED})
 # Retried inside one run, after a backoff; the others end the video's attempts at once.
 RETRY_IN_RUN = frozenset({RATE_LIMITED, TIMEOUT, STALLED, TRUNCATED, HTTP_ERROR, CONNECTION_ERROR})
 
@@ -176,6 +180,10 @@ def fetch_http(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, subtitl
     size, ctype = http_download(url, path, cfg, on_bytes)
     if suffix not in VIDEO_SUFFIXES and ctype in _CONTENT_TYPES and _CONTENT_TYPES[ctype] != path.suffix:
         path = path.rename(path.with_suffix(_CONTENT_TYPES[ctype]))
+    return Fetched(path, size, ctype or "application/octet-stream", fetch_subtitles(subtitle_urls, work_dir, stem, cfg))
+
+
+def fetch_subtitles(subtitle_urls: dict[str, str], work_dir: Path, stem: str, cfg: DownloadConfig) -> dict[str, Path]:
     subtitles = {}
     for lang, sub_url in subtitle_urls.items():
         sub_path = work_dir / f"{stem}.{lang}.vtt"
@@ -185,7 +193,31 @@ def fetch_http(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, subtitl
             sub_path.unlink(missing_ok=True)  # a video without captions is still a downloaded video
             continue
         subtitles[lang] = sub_path
-    return Fetched(path, size, ctype or "application/octet-stream", subtitles)
+    return subtitles
+
+
+def fetch_sections(url: str, section_dir: Path, video_id: str, spans: list[tuple[float, float]],
+                   cfg: DownloadConfig) -> tuple[int, float]:
+    """Cut ``spans`` of ``url`` into ``section_dir`` (NNN.<ext> + sections.json); (bytes, seconds covered)."""
+    from lfvila.download.sections import SectionError, cut_section, write_sections_json
+
+    # One GET for the status (404, 429 + Retry-After, ...) before ffmpeg reads the file by ranges.
+    with _open(url, cfg) as response:
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > cfg.max_bytes:
+            raise FetchError(TOO_LARGE, f"Content-Length {length} > max_bytes {cfg.max_bytes}")
+    suffix = Path(urlsplit(url).path).suffix.lower()
+    suffix = suffix if suffix in (".mp4", ".mkv", ".webm", ".mov") else ".mkv"
+    entries = []
+    for i, (lo, hi) in enumerate(spans):
+        try:
+            entries.append(cut_section(url, lo, hi, section_dir, f"{i:03d}{suffix}", timeout_s=cfg.timeout_s))
+        except SectionError as e:
+            reason = {"cut_failed": CUT_FAILED, "offset_unmeasured": OFFSET_UNMEASURED}.get(e.reason, NO_VIDEO_STREAM)
+            raise FetchError(reason, f"section {lo:.3f}-{hi:.3f} s: {e.detail}") from None
+    write_sections_json(section_dir, video_id, entries)
+    size = sum((section_dir / e["file"]).stat().st_size for e in entries)
+    return size, sum(e["end"] - e["start"] for e in entries)
 
 
 def fetch_ytdlp(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, on_bytes=None) -> Fetched:

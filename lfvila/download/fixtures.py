@@ -3,6 +3,7 @@
 ``LoopbackServer(files)`` serves ``files`` (name -> bytes) at ``/ok/<name>`` and the same names under
 paths that fail in one way each:
 
+- ``/ok/<name>`` answers ``Range: bytes=a-b`` requests with 206 (ffmpeg seeks over HTTP this way);
 - ``/404/<name>``, ``/403/<name>``, ``/410/<name>``, ``/500/<name>``: that status;
 - ``/429/<n>/<name>``: 429 with ``Retry-After: 1`` for the first ``n`` requests of the path, then the file;
 - ``/short/<name>``: ``Content-Length`` of the whole file, half the body, then the connection closes;
@@ -14,6 +15,7 @@ paths that fail in one way each:
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -76,7 +78,7 @@ class LoopbackServer:
         if mode == "429" and count <= int(parts[1]):
             return self._send(h, 429, b"slow down\n", extra={"Retry-After": str(RETRY_AFTER_S)})
         if mode in ("ok", "429"):
-            return self._send(h, 200, body)
+            return self._send_range(h, body)
         if mode == "huge":
             h.send_response(200)
             h.send_header("Content-Length", str(10**12))
@@ -104,11 +106,24 @@ class LoopbackServer:
             return
         self._send(h, 400, b"unknown mode\n")
 
+    @classmethod
+    def _send_range(cls, h, body: bytes) -> None:
+        """200 with the file, or 206 with ``Range: bytes=a-b`` (ffmpeg's seeks over HTTP)."""
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
+        if match is None:
+            return cls._send(h, 200, body)
+        lo = int(match.group(1))
+        hi = min(int(match.group(2)) if match.group(2) else len(body) - 1, len(body) - 1)
+        if lo >= len(body):
+            return cls._send(h, 416, b"", extra={"Content-Range": f"bytes */{len(body)}"})
+        cls._send(h, 206, body[lo:hi + 1], extra={"Content-Range": f"bytes {lo}-{hi}/{len(body)}",
+                                                  "Accept-Ranges": "bytes"})
+
     @staticmethod
     def _send(h, code: int, body: bytes, extra: dict | None = None, close: bool = False) -> None:
         h.send_response(code)
         h.send_header("Content-Length", str(len(body)))
-        h.send_header("Content-Type", "video/mp4" if code == 200 else "text/plain")
+        h.send_header("Content-Type", "video/mp4" if code in (200, 206) else "text/plain")
         for k, v in (extra or {}).items():
             h.send_header(k, v)
         h.end_headers()

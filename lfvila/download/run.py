@@ -4,6 +4,7 @@ Layout of ``VIDEOS`` (the folder ``build --videos`` reads):
 
 - ``<video_id>.<ext>``: a complete, probed video (renamed into place last);
 - ``<video_id>.<lang>.vtt``: its caption tracks;
+- ``<video_id>/sections.json`` + section files, with ``download.sections: runs`` (lfvila/download/sections.py);
 - ``<video_id>.part/``: a download in progress (removed when it ends; a kill leaves only this folder,
   which the shard stage never reads and the next run deletes);
 - ``download.parquet`` (one row per requested video) and ``download.json`` (totals), written at the
@@ -27,8 +28,8 @@ from urllib.parse import quote
 
 from lfvila.download.config import DownloadConfig
 from lfvila.download.fetch import (
-    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, UNSAFE_ID, WRITE_ERROR, FetchError, choose_backend,
-    fetch_http, fetch_ytdlp, host_of, probe_video,
+    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, SECTIONS_UNSUPPORTED, UNSAFE_ID, WRITE_ERROR, FetchError,
+    choose_backend, fetch_http, fetch_sections, fetch_subtitles, fetch_ytdlp, host_of, probe_video,
 )
 from lfvila.download.sources import Unreadable, VideoRequest, apply_template, read_requests
 from lfvila.manifest.records import unsafe_id_reason
@@ -68,13 +69,17 @@ def in_shard_range(video_id: str, part: int, total: int) -> bool:
     return int.from_bytes(hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).digest()[:8], "big") % total == part
 
 
-def manifest_video_ids(corpus: Path) -> set[str]:
+def manifest_runs(corpus: Path) -> dict[str, list[dict]]:
+    """video_id -> its long-form runs ({start, end} in source seconds) in ``CORPUS/longform.parquet``."""
     import pyarrow.parquet as pq
 
     path = corpus / "longform.parquet"
     if not path.exists():
         raise FileNotFoundError(f"--manifest {corpus}: {path} does not exist (run build --stage manifest first)")
-    return set(pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+    runs: dict[str, list[dict]] = {}
+    for row in pq.read_table(path, columns=["video_id", "start", "end"]).to_pylist():
+        runs.setdefault(row["video_id"], []).append(row)
+    return runs
 
 
 def select_requests(cfg: DownloadConfig, sources: list[str], shard_range: tuple[int, int] = (0, 1),
@@ -148,14 +153,20 @@ def _row(req: VideoRequest, status: str, reason: str | None, detail: str, attemp
     return row
 
 
-def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostPacer, on_bytes=None) -> dict:
-    """Fetch one video into ``out``; always returns its accounting row (never raises FetchError)."""
+def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostPacer, on_bytes=None,
+                 runs: list[dict] | None = None) -> dict:
+    """Fetch one video into ``out``; always returns its accounting row (never raises FetchError).
+
+    With ``download.sections: runs``, ``runs`` are the video's long-form runs and only their time
+    ranges are fetched, into ``out/<video_id>/`` (the sections layout)."""
     started = time.monotonic()
     if (why := unsafe_id_reason(req.video_id, MAX_ID_LENGTH)) is not None:
         return _row(req, "failed", UNSAFE_ID, why, 0, started)
     if not req.url:
         return _row(req, "failed", NO_URL, "no url in the source", 0, started)
     backend = choose_backend(req.url, cfg.backend)
+    if cfg.sections == "runs" and backend != "http":
+        return _row(req, "failed", SECTIONS_UNSUPPORTED, f"{backend} URL", 0, started)
     host = host_of(req.url)
     work = out / f"{req.video_id}.part"
     subtitle_urls = {}
@@ -173,6 +184,8 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
                 return _row(req, "failed", WRITE_ERROR, str(e), attempts, started)
             pacer.wait(host)
             try:
+                if cfg.sections == "runs":
+                    return _sections_row(req, out, work, cfg, runs or [], subtitle_urls, attempts, started)
                 if backend == "http":
                     got = fetch_http(req.url, work, req.video_id, cfg, subtitle_urls, on_bytes)
                 else:
@@ -201,6 +214,25 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
                 return _row(req, "failed", WRITE_ERROR, str(e), attempts, started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sections_row(req: VideoRequest, out: Path, work: Path, cfg: DownloadConfig, runs: list[dict],
+                  subtitle_urls: dict[str, str], attempts: int, started: float) -> dict:
+    from lfvila.download.sections import runs_to_sections
+    from lfvila.video.source import SECTIONS_FILE
+
+    spans = runs_to_sections(runs, cfg.section_margin_s, cfg.section_merge_gap_s)
+    section_dir = work / req.video_id
+    size, seconds = fetch_sections(req.url, section_dir, req.video_id, spans, cfg)
+    subtitles = []
+    for lang, path in sorted(fetch_subtitles(subtitle_urls, work, req.video_id, cfg).items()):
+        os.replace(path, out / f"{req.video_id}.{lang}.vtt")
+        subtitles.append(lang)
+    final = out / req.video_id
+    shutil.rmtree(final, ignore_errors=True)  # an earlier, smaller set of sections
+    os.replace(section_dir, final)  # the folder appears complete, sections.json included
+    return _row(req, "ok", None, "", attempts, started, bytes=size, duration=seconds,
+                format=f"{len(spans)} sections", file=f"{req.video_id}/{SECTIONS_FILE}", subtitles=subtitles)
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -232,8 +264,10 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
 
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    only = manifest_video_ids(manifest) if manifest is not None else None
-    requests, selection = select_requests(cfg, sources, shard_range, only)
+    if cfg.sections == "runs" and manifest is None:
+        raise ValueError("download.sections: runs needs --manifest CORPUS (the runs whose time ranges to fetch)")
+    runs = manifest_runs(manifest) if manifest is not None else None
+    requests, selection = select_requests(cfg, sources, shard_range, set(runs) if runs is not None else None)
     previous = load_previous(out)
     rows: dict[str, dict] = {}
     todo = []
@@ -256,7 +290,8 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
 
     pacer = HostPacer(cfg.host_interval_s)
     with open(journal_path, "a", encoding="utf-8") as journal, ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {pool.submit(download_one, req, out, cfg, pacer, on_bytes): (req, prev) for req, prev in todo}
+        futures = {pool.submit(download_one, req, out, cfg, pacer, on_bytes, (runs or {}).get(req.video_id)): (req, prev)
+                   for req, prev in todo}
         for future in as_completed(futures):
             req, prev = futures[future]
             row = future.result()
