@@ -11,6 +11,10 @@ clips per second per core (clips / CPU seconds of the child) and the child's pea
 text (30 contiguous clips of 8-20 s per video) and one YouTube-auto-style caption track per video
 (``<video_id>.en.vtt``: per-word ``<HH:MM:SS.mmm><c>`` tags, every line shown twice as captions
 roll, ~2.5 words/s), so the clip text is rebuilt from the tracks.
+
+``--runs-file`` also writes the derived long-form videos as a released-style runs file (one JSON
+list of clip ids per line) and rebuilds with ``--set manifest.runs_file=...``: the cost of the
+released runs path, and whether its long-form table is byte-identical to the derived one.
 """
 from __future__ import annotations
 
@@ -124,14 +128,15 @@ def write_subtitle_corpus(workdir: Path, n_videos: int, seed: int = 0) -> tuple[
     return meta, subs, n_clips
 
 
-def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None, options: str = "") -> dict:
+def run_stage(meta: Path, out: Path, lfvila_dir: Path | None = None, options: str = "",
+              extra_args: tuple = ()) -> dict:
     """Run the manifest stage in a child process; wall, CPU and peak RSS of that child alone.
 
     ``lfvila_dir``: a directory holding another ``lfvila`` package (e.g. an older commit from
     ``git archive COMMIT lfvila | tar -x -C DIR``), put first on the child's PYTHONPATH.
     """
     code = ("import sys; from lfvila.cli import main; "
-            f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta) + options!r}, '--stage', 'manifest']))")
+            f"sys.exit(main(['build', '--out', {str(out)!r}, '--source', 'hdvila:' + {str(meta) + options!r}, '--stage', 'manifest', *{list(extra_args)!r}]))")
     env = dict(os.environ)
     if lfvila_dir is not None:
         paths = [str(lfvila_dir.resolve())] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -155,6 +160,18 @@ def _tables_identical(a: Path, b: Path) -> bool:
                for name in ("clips.parquet", "rejects.parquet", "longform.parquet"))
 
 
+def write_runs_file(longform: Path, path: Path) -> int:
+    """The long-form videos of ``longform`` as released-style runs (a JSON list of clip ids per line)."""
+    import pyarrow.parquet as pq
+    lines = 0
+    with open(path, "w") as f:
+        for batch in pq.ParquetFile(longform).iter_batches(columns=["sentences"]):
+            for sentences in batch.column(0).to_pylist():
+                f.write(json.dumps([s["clip_id"] for s in sentences]) + "\n")
+                lines += 1
+    return lines
+
+
 def reference_loop_cpu_s() -> float:
     """CPU seconds of a fixed pure-Python loop: shows how fast this machine ran Python at the time."""
     t0 = time.process_time()
@@ -172,6 +189,8 @@ def main() -> None:
                              "its tables are compared byte for byte with the current ones")
     parser.add_argument("--subtitle-videos", type=int, nargs="+", default=None,
                         help="measure hdvila ?subtitles= on this many synthetic videos (30 clips and one track each)")
+    parser.add_argument("--runs-file", action="store_true",
+                        help="also rebuild from the derived runs written as a runs file (manifest.runs_file)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.subtitle_videos:
@@ -201,6 +220,26 @@ def main() -> None:
                 for p in base_out.iterdir():
                     p.unlink()
                 base_out.rmdir()
+        if args.runs_file:
+            runs = args.workdir / f"runs_{size}.jsonl"
+            # In a child: the table read would grow this process, and a child's peak RSS counts the
+            # parent's memory at fork time (measured: 1,042 MB instead of ~320 MB at 1M clips).
+            n_runs = int(subprocess.run(
+                [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import manifest_throughput as m; "
+                 "print(m.write_runs_file(*map(m.Path, sys.argv[2:])))", str(Path(__file__).resolve().parent),
+                 str(out / "longform.parquet"), str(runs)], check=True, capture_output=True, text=True).stdout)
+            listed_out = args.workdir / f"listed_{size}"
+            lr = run_stage(meta, listed_out, extra_args=("--set", f"manifest.runs_file={runs}"))
+            same = (out / "longform.parquet").read_bytes() == (listed_out / "longform.parquet").read_bytes()
+            print(f"| {n:,} (runs_file, {n_runs:,} lines, {runs.stat().st_size / 1e6:.0f} MB) | "
+                  f"{meta.stat().st_size / 1e6:.0f} | {lr['wall_s']:.1f} | {lr['cpu_s']:.1f} | {n / lr['wall_s']:,.0f} | "
+                  f"{n / lr['cpu_s']:,.0f} | {lr['peak_rss_mb']:.0f} | longform.parquet byte-identical: {same} |",
+                  flush=True)
+            if not args.keep:
+                runs.unlink()
+                for p in listed_out.iterdir():
+                    p.unlink()
+                listed_out.rmdir()
         if not args.keep:
             meta.unlink()
             for p in out.iterdir():

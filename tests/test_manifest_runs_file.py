@@ -179,3 +179,64 @@ def test_cli_set_runs_file_and_released_recipe(tmp_path):
     assert corpus["config"]["manifest"]["runs_file"] == str(runs)
     assert corpus["counts"]["runs_file"]["sha256"] and corpus["counts"]["runs_file"]["runs_listed"] == 1
     assert [r["key"] for r in pq.read_table(out / "longform.parquet").to_pylist()] == ["hdvila~vidA~000002"]
+
+
+def test_a_missing_runs_file_leaves_nothing_in_out(tmp_path):
+    meta = _write_metadata(tmp_path / "meta.jsonl", {"vidA": [1, 2, 3, 4]})
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="runs_file"):
+        build_manifest(_cfg(tmp_path / "nope.jsonl"), out, [f"hdvila:{meta}"])
+    assert list(out.iterdir()) == []  # no half-written .tmp tables
+
+
+def _hms(t: float) -> str:
+    ms = round(t * 1000)
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def test_real_captions_listed_derived_runs_in_all_three_spellings(shared_data, tmp_path):
+    """HD-VILA-shaped metadata from real ActivityNet captions (text, times): every third video loses
+    clip 3, so it has two runs or short ones; the derived runs, written back in the three spellings
+    with their ids reversed, rebuild the same tables, and every listed id is placed."""
+    ann = json.loads((shared_data / "annotations/activitynet_captions/train.json").read_text())
+    meta = tmp_path / "hdvila.jsonl"
+    with open(meta, "w") as f:
+        for v, (video_id, a) in enumerate(list(ann.items())[:300]):
+            clips = [{"clip_id": f"{video_id}.{n}.mp4", "span": [_hms(s), _hms(e)], "text": text.strip()}
+                     for n, ((s, e), text) in enumerate(zip(a["timestamps"], a["sentences"]), 1)
+                     if not (v % 3 == 0 and n == 3)]
+            f.write(json.dumps({"video_id": video_id, "url": f"https://www.youtube.com/watch?v={video_id[2:]}",
+                                "clip": clips}) + "\n")
+    derived = build_manifest(_cfg(), tmp_path / "derived", [f"hdvila:{meta}"])
+    rows = pq.read_table(tmp_path / "derived/longform.parquet").to_pylist()
+    assert len(rows) > 50 and derived["merge_rejects_by_reason"]["run_too_short"] > 0
+    runs = tmp_path / "runs.jsonl"
+    with open(runs, "w") as f:
+        for i, row in enumerate(rows):
+            ids = [s["clip_id"] for s in row["sentences"]][::-1]
+            f.write([json.dumps(ids), json.dumps([{"clip_id": c} for c in ids]), ", ".join(ids)][i % 3] + "\n")
+    released = build_manifest(_cfg(runs), tmp_path / "released", [f"hdvila:{meta}"])
+    for table in ("clips.parquet", "longform.parquet"):
+        assert (tmp_path / "derived" / table).read_bytes() == (tmp_path / "released" / table).read_bytes(), table
+    assert released["merge_rejects_by_reason"] == {"not_in_runs": derived["merge_rejects_by_reason"]["run_too_short"]}
+    rf = released["runs_file"]
+    assert rf["runs_listed"] == len(rows) and rf["rejected"] == 0
+    assert rf["clip_ids_listed"] == rf["clip_ids_placed"] == released["clips_in_longform"]
+    assert released["invariants"]["runs_file: clip_ids_listed == clip_ids_placed + rejected clip ids"]
+
+
+def test_listed_clip_ids_identity_with_rejects(tmp_path):
+    meta = _write_metadata(tmp_path / "meta.jsonl", {"vidA": [1, 2, 3, 4, 5], "vidB": [1, 2, 3, 4]},
+                           bad={"vidB": {2}})
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('["vidA.1.mp4", "vidA.2.mp4", "vidA.3.mp4", "vidA.4.mp4", "vidA.9.mp4", "vidB.1.mp4"]\n'
+                    "vidB.1.mp4 vidB.2.mp4 vidB.3.mp4 vidB.4.mp4 vidB.3.mp4\n"
+                    "[oops\n"
+                    '["vidZ.1.mp4", "vidZ.2.mp4"]\n')
+    counts = build_manifest(_cfg(runs), tmp_path / "out", [f"hdvila:{meta}"])
+    rf = counts["runs_file"]
+    assert rf["clip_ids_listed"] == 6 + 5 + 2 and rf["clip_ids_placed"] == 4 + 3
+    assert rf["rejects_by_reason"] == {"malformed_record": 1, "run_clip_missing": 1 + 2, "run_clip_rejected": 1,
+                                       "run_clip_other_video": 1, "run_clip_duplicate": 1}
+    assert rf["clip_ids_listed"] == rf["clip_ids_placed"] + rf["rejected"] - 1
+    assert all(counts["invariants"].values()) and len(counts["invariants"]) == 3

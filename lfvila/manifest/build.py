@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import operator
@@ -28,7 +29,7 @@ from lfvila.manifest.asr import build_sentences
 from lfvila.manifest.fastpath import check_batch
 from lfvila.manifest.merge import longform_key, merge_video, pieces_of, run_too_short_detail, split_of
 from lfvila.manifest.records import (
-    MERGE_REJECT_REASONS, NOT_IN_RUNS, PIECE_TOO_SHORT, REJECT_REASONS, RUN_CLIP_REASONS, RUN_TOO_SHORT, Clip, RawVideo, Reject,
+    MALFORMED_RECORD, MERGE_REJECT_REASONS, NOT_IN_RUNS, PIECE_TOO_SHORT, REJECT_REASONS, RUN_CLIP_REASONS, RUN_TOO_SHORT, Clip, RawVideo, Reject,
     has_invalid_utf8,
 )
 from lfvila.manifest.runs_file import RunProblem, RunsIndex, place_runs
@@ -321,6 +322,7 @@ class _SourceBuild:
         for run in placed:
             members = [by_id[clip_id] for clip_id in run.clip_ids]
             in_runs.update(run.clip_ids)
+            self.runs.placed += len(members)
             if len(members) < min_clips:
                 self.merge_reject(video_id, run.clip_ids, [c.line for c in members], RUN_TOO_SHORT,
                                   f"released run on runs file line {run.line}: {len(members)} of its {run.listed} "
@@ -418,15 +420,27 @@ def _process_source(spec: SourceSpec, cfg: BuildConfig, writers: _Writers, seen:
 def _finish_runs(runs: RunsIndex, writers: _Writers, per_source: dict) -> dict:
     """Write the runs file's malformed lines and the runs of videos the metadata never had; its totals."""
     by_reason: Counter = Counter()
-    for problem in [*runs.problems, *runs.never_seen()]:
+    # Chained, not listed: building from one metadata part leaves most of the release's ~100M ids unseen.
+    for problem in itertools.chain(runs.problems, runs.never_seen()):
         writers.add_reject(Reject("hdvila", problem.video_id, problem.clip_id, "runs", problem.reason, problem.detail,
                                   problem.clip_id, str(runs.path), problem.line))
         by_reason[problem.reason] += 1
     for c in per_source.values():
         by_reason.update(c.get("runs_rejects_by_reason", {}))
     return {"path": str(runs.path), "size": runs.path.stat().st_size, "sha256": _sha256_file(runs.path),
-            "runs_listed": runs.lines, "rejected": sum(by_reason.values()),
+            "runs_listed": runs.lines, "clip_ids_listed": runs.clip_ids, "clip_ids_placed": runs.placed,
+            "rejected": sum(by_reason.values()),
             "rejects_by_reason": {r: by_reason[r] for r in RUN_CLIP_REASONS if by_reason[r]}}
+
+
+RUNS_INVARIANT = "runs_file: clip_ids_listed == clip_ids_placed + rejected clip ids"
+
+
+def runs_invariant(runs_counts: dict) -> bool:
+    """Every clip id of a well-formed runs-file line is placed in its run or is one runs reject
+    (malformed lines are one reject each and list no clip ids)."""
+    clip_rejects = runs_counts["rejected"] - runs_counts["rejects_by_reason"].get(MALFORMED_RECORD, 0)
+    return runs_counts["clip_ids_listed"] == runs_counts["clip_ids_placed"] + clip_rejects
 
 
 @contextlib.contextmanager
@@ -465,17 +479,24 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     specs = [parse_source_spec(s) for s in sources]
     if not specs:
         raise ValueError("build_manifest: no sources given")
-    out.mkdir(parents=True, exist_ok=True)
-    inputs = [describe_input(spec) for spec in specs]
-    total_bytes = sum(i["size"] for i in inputs)
-    writers = _Writers(out)
-    seen_by_format: dict[str, set] = {}
-    longform_counts = {s: {"videos": 0, "clips": 0, "seconds": 0.0} for s in ("train", "val")}
-    per_source: dict[str, dict] = {}
     runs_file = cfg.manifest.runs_file
     if runs_file and not any(spec.format == "hdvila" for spec in specs):
         raise ConfigError("manifest.runs_file lists HD-VILA clip ids: it needs an hdvila: source")
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = [describe_input(spec) for spec in specs]
+    total_bytes = sum(i["size"] for i in inputs)
+    # Indexed before the table writers open their temporary files: a missing or unreadable runs
+    # file leaves nothing behind in OUT.
     runs = RunsIndex(Path(runs_file)) if runs_file else None
+    try:
+        writers = _Writers(out)
+    except BaseException:
+        if runs is not None:
+            runs.close()
+        raise
+    seen_by_format: dict[str, set] = {}
+    longform_counts = {s: {"videos": 0, "clips": 0, "seconds": 0.0} for s in ("train", "val")}
+    per_source: dict[str, dict] = {}
     runs_counts = None
     try:
         with _rare_gc(), tqdm(total=total_bytes, unit="B", unit_scale=True, desc="manifest", disable=None,
@@ -518,6 +539,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     if runs_counts is not None:
         counts["runs_file"] = runs_counts
     counts["invariants"] = invariants(counts)
+    if runs_counts is not None:
+        counts["invariants"][RUNS_INVARIANT] = runs_invariant(runs_counts)
     runs_rejected = runs_counts["rejected"] if runs_counts else 0
     if (counts["kept_clips"] != total("kept_clips") or not all(counts["invariants"].values())
             or writers.rejects.rows != counts["rejected"] + counts["merge_rejected"] + runs_rejected):

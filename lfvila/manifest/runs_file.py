@@ -90,8 +90,14 @@ class RunsIndex:
         self._tmp = tempfile.TemporaryDirectory(prefix="lfvila-runs-")
         self._conn = sqlite3.connect(Path(self._tmp.name) / "runs.sqlite")
         self.lines = 0  # runs read (non-empty, well-formed lines)
+        self.clip_ids = 0  # clip ids on those lines
+        self.placed = 0  # of those, placed in their run (kept clips of the run's video; counted by the build)
         self.problems: list[RunProblem] = []  # malformed lines (few; the rest go through take())
-        self._load()
+        try:
+            self._load()
+        except BaseException:  # e.g. interrupted while indexing: no temporary database left behind
+            self.close()
+            raise
 
     def _load(self) -> None:
         conn = self._conn
@@ -112,6 +118,7 @@ class RunsIndex:
                 continue
             batch.append((video_id, line_no, "\n".join(clip_ids)))
             self.lines += 1
+            self.clip_ids += len(clip_ids)
             if len(batch) >= _BATCH:
                 conn.executemany("INSERT INTO runs VALUES (?, ?, ?)", batch)
                 batch.clear()
