@@ -273,3 +273,20 @@ def test_sections_runs_then_build_matches_the_full_video(tmp_path):
     for key, meta in got["by_full"].items():
         mine = got["by_sections"][key]
         assert mine["frame_times"] == meta["frame_times"] and mine["sentences"] == meta["sentences"]
+
+
+def test_ctrl_c_in_download_says_how_to_continue_without_a_traceback(tmp_path, server):
+    urls = _url_list(tmp_path / "a.csv", [("c1", server.url("stall", "cockatoo.mp4"))])
+    out = tmp_path / "v"
+    proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", "download", "--source", urls, "--out", str(out),
+                             "--workers", "1", "--no-progress", "--set", "download.stall_timeout_s=2"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (out / "c1.part").exists():  # inside the download
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "lfvila download: interrupted." in stderr and "Run the same command again" in stderr
+    assert "Traceback" not in stderr and not (out / "c1.mp4").exists()

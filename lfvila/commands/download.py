@@ -30,6 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def interrupted(args) -> str:
+    """What a Ctrl-C left complete, and the command that continues (printed by the CLI)."""
+    return (f"Videos finished so far are in {args.out} and in its journal; partial downloads (<video_id>.part/) "
+            "never look complete and are redone. Run the same command again to continue.")
+
+
 def run(args) -> int:
     from pathlib import Path
 
