@@ -346,9 +346,14 @@ def test_ctrl_c_in_build_says_what_is_complete_without_a_traceback(shared_data, 
                              "--source", f"activitynet:{train}", "--source", f"activitynet:{train}",
                              "--source", f"activitynet:{train}", "--stage", "manifest"],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)  # past the imports, inside the manifest stage (reading ~110k records takes longer)
+    # Interrupt inside the manifest stage: its tables are open (as .tmp) while ~110k records are read.
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "c" / "clips.parquet.tmp").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "lfvila build: interrupted." in stderr and "Run the same command again" in stderr
     assert "Traceback" not in stderr
+    assert "manifest tables not complete" in stderr and not (tmp_path / "c" / "clips.parquet.tmp").exists()

@@ -142,10 +142,21 @@ class _Writers:
     """The three table sinks of one build."""
 
     def __init__(self, out: Path):
-        self.clips = TableSink(out / "clips.parquet", CLIPS_SCHEMA)
-        self.rejects = TableSink(out / "rejects.parquet", REJECTS_SCHEMA, batch_rows=1 << 14)
-        self.longform = LongformSink(out / "longform.parquet")
-        self.all = (self.clips, self.rejects, self.longform)
+        self.all: tuple = ()
+        try:  # each sink opens its .tmp file: one opened before a failure (or Ctrl-C) is removed
+            self.clips = TableSink(out / "clips.parquet", CLIPS_SCHEMA)
+            self.all = (self.clips,)
+            self.rejects = TableSink(out / "rejects.parquet", REJECTS_SCHEMA, batch_rows=1 << 14)
+            self.all = (self.clips, self.rejects)
+            self.longform = LongformSink(out / "longform.parquet")
+            self.all = (self.clips, self.rejects, self.longform)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        for sink in self.all:
+            sink.abort()
 
     def add_reject(self, r: Reject) -> None:
         cols = self.rejects.columns
@@ -488,17 +499,13 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     # Indexed before the table writers open their temporary files: a missing or unreadable runs
     # file leaves nothing behind in OUT.
     runs = RunsIndex(Path(runs_file)) if runs_file else None
-    try:
-        writers = _Writers(out)
-    except BaseException:
-        if runs is not None:
-            runs.close()
-        raise
     seen_by_format: dict[str, set] = {}
     longform_counts = {s: {"videos": 0, "clips": 0, "seconds": 0.0} for s in ("train", "val")}
     per_source: dict[str, dict] = {}
     runs_counts = None
+    writers = None
     try:
+        writers = _Writers(out)
         with _rare_gc(), tqdm(total=total_bytes, unit="B", unit_scale=True, desc="manifest", disable=None,
                               mininterval=1.0) as bar:
             for spec in specs:
@@ -511,8 +518,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         for sink in writers.all:
             sink.commit()
     except BaseException:
-        for sink in writers.all:
-            sink.abort()
+        if writers is not None:
+            writers.abort()
         raise
     finally:
         if runs is not None:

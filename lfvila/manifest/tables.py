@@ -146,7 +146,11 @@ class TableSink:
         self.batch_rows = batch_rows
         self.columns = ColumnGroup(schema if buffered is None else buffered)
         self.rows = 0
-        self._writer = pq.ParquetWriter(self.tmp, schema)
+        try:
+            self._writer = pq.ParquetWriter(self.tmp, schema)
+        except BaseException:  # interrupted while opening: no .tmp left behind
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def pending(self) -> int:
         return len(self.columns)
