@@ -23,7 +23,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	# The fuzz tests run a larger example budget (tests/conftest.py: hypothesis profile "slow").
+	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -q -m slow tests
+	HYPOTHESIS_PROFILE=slow $(PY) -m pytest -q -k fuzz tests
 
 clean:
 	rm -rf demo_out .pytest_cache

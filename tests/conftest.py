@@ -41,3 +41,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Property-based fuzz tests (hypothesis): a fixed seed and a bounded example budget so
+# `make test` stays fast and reproducible; `make test-slow` selects the larger "slow" budget.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _FUZZ_COMMON = dict(
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.register_profile("ci", max_examples=60, **_FUZZ_COMMON)
+    settings.register_profile("slow", max_examples=2000, **_FUZZ_COMMON)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a dev extra; tests that need it import it themselves
+    pass
