@@ -179,17 +179,11 @@ def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, worke
 
 def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int,
              ray_address: str | None) -> None:
-    import ray
+    from lfvila.ray_cluster import ray_session
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-    remote_task = ray.remote(num_cpus=1, max_retries=2)(run_shard_task)
     progress = _Progress(len(todo))
-    try:
+    with ray_session(ray_address, workers) as ray:
+        remote_task = ray.remote(num_cpus=1, max_retries=2)(run_shard_task)
         # Absolute paths: Ray workers run in their own working directory.
         pending = {remote_task.remote(t, out.resolve(), videos_dir.resolve(), cfg): t for t in todo}
         waiting = list(pending)
@@ -200,9 +194,6 @@ def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers
                     progress.update(ray.get(ref))
                 except Exception as exc:  # RayTaskError, a node lost after its retries, ...
                     progress.error(pending[ref], exc)
-    finally:
-        if started_here:
-            ray.shutdown()
     progress.close()
 
 
