@@ -9,6 +9,7 @@ Examples:
   lfvila download --source hdvila:hdvila_part0.jsonl --manifest corpus --out videos   # only videos with runs
   lfvila download --source urls:list.csv --out videos --set download.max_height=480
   lfvila download --source activitynet:val_1.json --out videos --shard-range $SLURM_ARRAY_TASK_ID/64
+  lfvila download --source hdvila:hdvila_part0.jsonl --out /shared/videos --engine ray --ray-address HEAD:6379 --workers 256
 """
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None, help="corpus recipe (YAML) whose download: section is used")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set download.max_height=480")
-    parser.add_argument("--workers", type=int, default=8, help="concurrent downloads (threads)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="concurrent downloads: threads here, or Ray tasks over the whole cluster with --engine ray")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="where downloads run: threads in this process, or Ray tasks (every node must see --out)")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --engine ray: the cluster's address HOST:PORT (default: start a local Ray)")
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: only the videos of part I of N (0-based, by id hash)")
     parser.add_argument("--retry-failed", action="store_true",
@@ -49,7 +55,7 @@ def run(args) -> int:
     totals = download_videos(cfg, args.source, out, workers=args.workers,
                              shard_range=parse_shard_range(args.shard_range), retry_failed=args.retry_failed,
                              manifest=Path(args.manifest) if args.manifest else None,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address)
     print(format_summary(totals))
     print(f"videos: {out}  accounting: {out / 'download.parquet'}")
     if totals["requested"] == 0:

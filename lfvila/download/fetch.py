@@ -27,6 +27,7 @@ RATE_LIMITED, TIMEOUT, STALLED, TRUNCATED, TOO_LARGE = "rate_limited", "timeout"
 NO_VIDEO_STREAM, HTTP_ERROR, EXTRACTOR_ERROR = "no_video_stream", "http_error", "extractor_error"
 UNSAFE_ID, NO_URL, CONNECTION_ERROR, WRITE_ERROR = "unsafe_id", "no_url", "connection_error", "write_error"
 CUT_FAILED, OFFSET_UNMEASURED, SECTIONS_UNSUPPORTED = "cut_failed", "offset_unmeasured", "sections_unsupported"
+WORKER_LOST = "worker_lost"
 REASONS = {
     NOT_FOUND: "HTTP 404 / the site says the video does not exist",
     FORBIDDEN: "HTTP 403",
@@ -49,6 +50,7 @@ REASONS = {
     CUT_FAILED: "download.sections: runs: ffmpeg could not cut a section from the URL",
     OFFSET_UNMEASURED: "download.sections: runs: a section's start could not be located in the source",
     SECTIONS_UNSUPPORTED: "download.sections: runs needs a direct video URL (plain-HTTP backend)",
+    WORKER_LOST: "--engine ray: the video's task failed after Ray's retries (a node lost); a rerun retries it",
 }
 PERMANENT = frozenset({NOT_FOUND, FORBIDDEN, UNAVAILABLE, PRIVATE, REMOVED, GEO_BLOCKED, TOO_LARGE,
                        NO_VIDEO_STREAM, UNSAFE_ID, NO_URL, SECTIONS_UNSUPPORTED})

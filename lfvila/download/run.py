@@ -28,7 +28,8 @@ from urllib.parse import quote
 
 from lfvila.download.config import DownloadConfig
 from lfvila.download.fetch import (
-    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, SECTIONS_UNSUPPORTED, UNSAFE_ID, WRITE_ERROR, FetchError,
+    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, SECTIONS_UNSUPPORTED, UNSAFE_ID, WORKER_LOST, WRITE_ERROR,
+    FetchError,
     choose_backend, fetch_http, fetch_sections, fetch_subtitles, fetch_ytdlp, host_of, probe_video,
 )
 from lfvila.download.sources import Unreadable, VideoRequest, apply_template, read_requests
@@ -42,20 +43,25 @@ COLUMNS = ("video_id", "source", "url", "status", "reason", "detail", "bytes", "
 
 class HostPacer:
     """Per-host pacing shared by all threads: a minimum interval between request starts, and a hold
-    (after a 429's Retry-After) that makes every thread wait before its next request to that host."""
+    (after a 429's Retry-After) that makes every thread wait before its next request to that host.
+    With ``--engine ray`` one instance is a Ray actor that every download task asks (RayPacer)."""
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
         self._next: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def wait(self, host: str) -> None:
+    def reserve(self, host: str) -> float:
+        """Book the next request slot of ``host``; returns how many seconds to wait for it."""
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next.get(host, now))
             self._next[host] = start + self.interval_s
-        if start > now:
-            time.sleep(start - now)
+        return start - now
+
+    def wait(self, host: str) -> None:
+        if (delay := self.reserve(host)) > 0:
+            time.sleep(delay)
 
     def hold(self, host: str, seconds: float) -> None:
         with self._lock:
@@ -252,10 +258,82 @@ def _table(rows: list[dict]):
     return pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=schema)
 
 
+class RayPacer:
+    """The HostPacer interface over a HostPacer Ray actor: one pacing for the whole cluster."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def wait(self, host: str) -> None:
+        import ray
+
+        if (delay := ray.get(self.actor.reserve.remote(host))) > 0:
+            time.sleep(delay)
+
+    def hold(self, host: str, seconds: float) -> None:
+        self.actor.hold.remote(host, seconds)
+
+
+def _download_on_ray(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer_actor, runs: list[dict] | None) -> dict:
+    return download_one(req, out, cfg, RayPacer(pacer_actor), None, runs)
+
+
+def _run_local(todo, out: Path, cfg: DownloadConfig, workers: int, runs: dict | None, on_bytes, ray_address):
+    """Yield ``(request, previous row, new row)`` as downloads finish: threads in this process."""
+    pacer = HostPacer(cfg.host_interval_s)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(download_one, req, out, cfg, pacer, on_bytes, (runs or {}).get(req.video_id)): (req, prev)
+                   for req, prev in todo}
+        for future in as_completed(futures):
+            yield *futures[future], future.result()
+
+
+def _run_ray(todo, out: Path, cfg: DownloadConfig, workers: int, runs: dict | None, on_bytes, ray_address):
+    """The same on a Ray cluster: at most ``workers`` download tasks in flight, spread over the
+    nodes, all pacing each host through one actor. Every node must see ``out`` (shared storage)."""
+    from lfvila.ray_cluster import ray_session
+
+    with ray_session(ray_address, workers) as ray:
+        # Downloads wait on the network, not a CPU: they reserve no CPU, and `workers` bounds them.
+        pacer = ray.remote(num_cpus=0)(HostPacer).remote(cfg.host_interval_s)
+        remote = ray.remote(num_cpus=0, max_retries=2, scheduling_strategy="SPREAD")(_download_on_ray)
+        out = out.resolve()  # Ray workers run in their own working directory
+        queue = list(reversed(todo))
+        pending: dict = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < max(1, workers):
+                    req, prev = queue.pop()
+                    pending[remote.remote(req, out, cfg, pacer, (runs or {}).get(req.video_id))] = (req, prev)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    req, prev = pending.pop(ref)
+                    try:
+                        row = ray.get(ref)
+                    except Exception as exc:  # RayTaskError, a node lost after the retries, ...
+                        row = _row(req, "failed", WORKER_LOST, f"{type(exc).__name__}: {str(exc)[:500]}", 1,
+                                   time.monotonic())
+                    on_bytes(int(row.get("bytes") or 0))
+                    yield req, prev, row
+        finally:
+            for ref in pending:  # Ctrl-C or an error here: stop what is still running
+                ray.cancel(ref)
+
+
+ENGINES = {"local": _run_local, "ray": _run_ray}
+
+
 def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers: int = 8,
                     shard_range: tuple[int, int] = (0, 1), retry_failed: bool = False,
-                    manifest: Path | None = None, progress: bool = True) -> dict:
-    """Run a download; returns the totals also written to ``download.json``."""
+                    manifest: Path | None = None, progress: bool = True, engine: str = "local",
+                    ray_address: str | None = None) -> dict:
+    """Run a download; returns the totals also written to ``download.json``.
+
+    ``engine="local"`` runs ``workers`` threads here; ``engine="ray"`` runs the downloads as Ray tasks
+    (``ray_address`` of a running cluster, or a local one started here), written straight into ``out``;
+    selection, resume, the journal and the accounting stay in this process either way."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -288,13 +366,8 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
         with lock:
             done_bytes[0] += n
 
-    pacer = HostPacer(cfg.host_interval_s)
-    with open(journal_path, "a", encoding="utf-8") as journal, ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {pool.submit(download_one, req, out, cfg, pacer, on_bytes, (runs or {}).get(req.video_id)): (req, prev)
-                   for req, prev in todo}
-        for future in as_completed(futures):
-            req, prev = futures[future]
-            row = future.result()
+    with open(journal_path, "a", encoding="utf-8") as journal:
+        for req, prev, row in ENGINES[engine](todo, out, cfg, workers, runs, on_bytes, ray_address):
             if prev is not None:
                 row["attempts"] += int(prev.get("attempts") or 0)  # attempts over all runs
             rows[req.video_id] = row
@@ -317,7 +390,7 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
         "video_hours": round(sum(float(r["duration"] or 0) for r in ok_rows) / 3600, 6),
         "bytes_this_run": done_bytes[0], "seconds": round(time.monotonic() - t0, 3),
         "selection": selection, "sources": list(sources), "shard_range": f"{shard_range[0]}/{shard_range[1]}",
-        "manifest": str(manifest) if manifest is not None else None, "retry_failed": retry_failed,
+        "manifest": str(manifest) if manifest is not None else None, "retry_failed": retry_failed, "engine": engine,
         "config": to_dict(cfg), "lfvila_version": lfvila.__version__,
         "reasons": {k: REASONS[k] for k in sorted(failed_by)},
     }

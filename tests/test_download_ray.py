@@ -1,0 +1,71 @@
+"""lfvila download --engine ray: a real local Ray runs the downloads; same rows and bytes as threads."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from lfvila.download.config import DownloadConfig
+from lfvila.download.fixtures import LoopbackServer
+from lfvila.download.run import HostPacer, download_videos
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEOS = REPO.parent / "shared" / "data" / "videos"
+REAL = {"cockatoo.mp4": "natural/python3-imageio__cockatoo.mp4", "pancake.mkv": "natural/decord__flipping_a_pancake.mkv"}
+VTT = b"WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nhello there\n"
+
+pytestmark = pytest.mark.skipif(not VIDEOS.is_dir(), reason="../shared/data/videos not available")
+COMPARED = ("video_id", "url", "status", "reason", "bytes", "duration", "format", "file", "subtitles")
+
+
+def test_ray_engine_downloads_what_threads_download(tmp_path):
+    files = {name: (VIDEOS / rel).read_bytes() for name, rel in REAL.items()}
+    files["notes.mp4"] = b"not a video\n" * 100
+    files["ok1.en.vtt"] = VTT
+    with LoopbackServer(files, stall_s=3.0) as server:
+        rows = [("ok1", server.url("ok", "cockatoo.mp4")), ("ok2", server.url("ok", "pancake.mkv")),
+                ("rl", server.url("429/1", "cockatoo.mp4")),  # one 429 with Retry-After, then the file
+                ("nf", server.url("404", "cockatoo.mp4")), ("text", server.url("ok", "notes.mp4")),
+                ("../up", server.url("ok", "cockatoo.mp4"))]
+        (tmp_path / "list.tsv").write_text("".join(f"{v}\t{u}\n" for v, u in rows))
+        source = f"urls:{tmp_path / 'list.tsv'}"
+        sets = {"stall_timeout_s": 1.0, "max_attempts": 2, "backoff_s": 0.05, "subtitles": ["en"],
+                "subtitle_url_template": server.base + "/ok/{video_id}.{lang}.vtt"}
+        threads = tmp_path / "threads"
+        download_videos(DownloadConfig(**sets), [source], threads, workers=2, progress=False)
+
+        on_ray = tmp_path / "ray"
+        args = [arg for key, value in sets.items() for arg in ("--set", f"download.{key}={json.dumps(value)}")]
+        proc = subprocess.run([sys.executable, "-m", "lfvila.cli", "download", "--source", source, "--out", str(on_ray),
+                               "--engine", "ray", "--workers", "2", "--no-progress", *args],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "OK: requested 6 == ok 3 + failed 3" in proc.stdout
+
+    def table(out):
+        return {r["video_id"]: {k: r[k] for k in COMPARED} for r in pq.read_table(out / "download.parquet").to_pylist()}
+
+    assert table(on_ray) == table(threads)
+    assert {v: r["reason"] for v, r in table(on_ray).items() if r["status"] == "failed"} == {
+        "nf": "not_found", "text": "no_video_stream", "../up": "unsafe_id"}
+    assert json.loads((on_ray / "download.json").read_text())["engine"] == "ray"
+    for name in ("ok1.mp4", "ok2.mkv", "rl.mp4", "ok1.en.vtt"):
+        assert (on_ray / name).read_bytes() == (threads / name).read_bytes(), name
+    assert sorted(p.name for p in on_ray.iterdir()) == sorted(p.name for p in threads.iterdir())
+
+
+def test_host_pacer_books_consecutive_slots_per_host():
+    pacer = HostPacer(interval_s=10.0)
+    assert pacer.reserve("a") == 0.0
+    assert 9.0 < pacer.reserve("a") <= 10.0  # the next request to the same host waits one interval
+    assert 19.0 < pacer.reserve("a") <= 20.0
+    assert pacer.reserve("b") == 0.0  # other hosts are independent
+    pacer.hold("b", 30.0)
+    assert 29.0 < pacer.reserve("b") <= 30.0
