@@ -155,3 +155,30 @@ def test_eval_errors_are_one_line_with_the_reason(short_run, tmp_path):
     errors = [line for line in zero.stderr.splitlines() if line.startswith("lfvila eval: error:")]
     assert len(errors) == 1 and "0 samples evaluated" in errors[0]
     assert "Traceback" not in zero.stderr + no_data.stderr + not_ckpt.stderr
+
+
+def test_killed_before_the_first_checkpoint_the_rerun_logs_each_step_once(tmp_path, shards):
+    """SIGKILL after 3 logged steps and before any checkpoint; --resume auto starts from step 0 and
+    must rewrite losses.jsonl, not append steps 1-3 a second time."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = small_run_args(shards, out, "--set", "data.val_shards=''", "--set", "trainer.max_steps=5",
+                          "--set", "trainer.ckpt_every=1000", "--set", "trainer.log_every=1",
+                          "--set", "trainer.tensorboard=false", "--resume", "auto")
+    proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    losses = out / "losses.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not (losses.exists() and len(losses.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-4000:]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader worker
+    finally:
+        proc.wait()
+    assert not list((out / "checkpoints").glob("step_*")), "the kill came after the final checkpoint"
+    logged = [json.loads(line)["step"] for line in losses.read_text().splitlines() if line.endswith("}")]
+    assert logged[:3] == [1, 2, 3]
+    result = lfvila(*args)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["step"] for line in losses.read_text().splitlines()] == [1, 2, 3, 4, 5]

@@ -250,11 +250,13 @@ class Trainer:
             if tcfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # purge_step drops events a killed run wrote after its last checkpoint
-                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
+                # purge_step drops events a killed run wrote after its last checkpoint (all of them
+                # when it was killed before its first one and this run starts from step 0)
+                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
             if tcfg.loss_log:
-                if self.step:  # resumed: drop what a killed run logged after its last checkpoint
-                    drop_loss_records_after(self.out / "losses.jsonl", self.step)
+                # Drop what a killed run logged after its last checkpoint, or everything when this run
+                # starts from step 0 over a killed run that never checkpointed: one record per step.
+                drop_loss_records_after(self.out / "losses.jsonl", self.step)
                 self.loss_log = open(self.out / "losses.jsonl", "a", encoding="utf-8")
         metrics: dict[str, Any] = {}
         bar = self._progress_bar()
