@@ -335,7 +335,7 @@ def collate(plans: list[SamplePlan], frames: list[torch.Tensor], cfg: DataConfig
     ``(B, 3, T, H, W)`` tensor (the regions are back to back); ``resize_on: device``: a list of B
     ``(3, T, h_i, w_i)`` tensors, as frame sizes may differ between samples.
     """
-    b, m, length = len(plans), cfg.n_sentences, cfg.max_tokens
+    b, m, length = len(plans), cfg.text_slots, cfg.max_tokens
     if cfg.resize_on == "loader":
         first = frames[0]  # the batch's B regions, back to back: one (B, T, H, W, 3) view
         video = _view(first.untyped_storage(), first.storage_offset(), (b, *first.shape)).permute(0, 4, 1, 2, 3)

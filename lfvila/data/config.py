@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SAMPLINGS = ("window", "whole_video")
+
 
 def _check_pair(name: str, value: tuple, *, positive: bool = True) -> None:
     if len(value) != 2:
@@ -62,6 +64,14 @@ class DataConfig:
     # the crop/resize/flip in the loader worker and ships 192x320 frames. Resizing costs the host
     # ~40 % of the JPEG decoding it follows (BENCHMARKS.md), a GPU next to nothing.
     resize_on: str = "device"
+    # How a sample is drawn from a long-form video. "window" (pre-training): n_sentences
+    # consecutive sentences, frames_per_sentence frames inside each. "whole_video" (paragraph
+    # retrieval, as the release's retrieval datasets): n_frames = n_sentences x frames_per_sentence
+    # frames spread over all the stored frames (train: jittered linspace, val: fixed linspace),
+    # grouped as n_sentences clips, and the whole paragraph as text, merged down to
+    # paragraph_sentences sentences (shortest adjacent pair first); see lfvila.data.sampling.
+    sampling: str = "window"
+    paragraph_sentences: int = 8  # whole_video: text slots per sample (fewer are padded and masked)
 
     def __post_init__(self) -> None:
         for name in ("train_shards", "val_shards"):
@@ -74,7 +84,7 @@ class DataConfig:
             ):
                 raise ValueError(f"data.{name} must be a URL pattern string or a list of URL strings, got {value!r}")
         for name in ("batch_size", "n_sentences", "frames_per_sentence", "min_frames_per_sentence",
-                     "max_tokens", "prefetch_factor"):
+                     "max_tokens", "prefetch_factor", "paragraph_sentences"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("num_workers", "shuffle_buffer", "seed"):
@@ -104,6 +114,8 @@ class DataConfig:
             raise ValueError(f"data.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
         if self.resize_on not in ("device", "loader"):
             raise ValueError(f"data.resize_on must be 'device' or 'loader', got {self.resize_on!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if not isinstance(self.bert_dir, str):
             raise ValueError(f"data.bert_dir must be a directory path or 'package:NAME', got {self.bert_dir!r}")
 
@@ -111,6 +123,11 @@ class DataConfig:
     def n_frames(self) -> int:
         """T: frames per sample."""
         return self.n_sentences * self.frames_per_sentence
+
+    @property
+    def text_slots(self) -> int:
+        """M of ``text_ids``: sentences per sample (padded with zero ids and a False sentence_mask)."""
+        return self.paragraph_sentences if self.sampling == "whole_video" else self.n_sentences
 
     def shards(self, split: str) -> str | list[str]:
         """The shard spec of ``split`` ("train" or "val")."""

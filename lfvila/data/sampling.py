@@ -42,7 +42,7 @@ class SkipSample(Exception):
 class SamplePlan:
     key: str
     url: str
-    texts: list[str]  # the window's sentences, 1..M (fewer than M are padded at collation)
+    texts: list[str]  # the window's sentences or the merged paragraph, 1..M (padded at collation)
     frame_ids: list[int]  # T indices into ``jpegs``, in clip order (clip i owns frames i*K:(i+1)*K)
     jpegs: list[bytes]  # the distinct frames to decode, in time order
     frame_hw: tuple[int, int]  # stored frame size from the JSON
@@ -159,17 +159,39 @@ def uniform_frame_indices(frame_start: int, frame_end: int, k: int) -> list[int]
     return [frame_start + math.floor(j * step) for j in range(k)]
 
 
-def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
-                mlm_seed: tuple[int, ...]) -> SamplePlan:
-    """Validate a shard sample and draw its window, frames, crop and flip (in that order)."""
-    meta = parse_meta(raw)
-    check_frame_ranges(meta)
-    frames = raw.get("__frames__")  # a sample read by offsets: its frames are checked when taken
-    if frames is None:
-        names = frame_members(raw, len(meta["frame_times"]))
-    elif len(frames) != len(meta["frame_times"]):
-        raise SkipSample("frame_count_mismatch", f"{len(frames)} frames, {len(meta['frame_times'])} frame_times")
-    sentences = meta["sentences"]
+def whole_video_frame_indices(n_frames: int, t: int, rng: np.random.Generator | None) -> list[int]:
+    """``t`` frame indices spread over all ``n_frames`` stored frames, as the release's retrieval
+    datasets read a video: ``linspace(start, end, t)`` truncated to integers, with ``interval =
+    n_frames // (t - 1)``, ``start`` drawn in ``[0, interval]`` and ``end`` in ``[n_frames - 1 -
+    interval, n_frames - 1]`` when ``rng`` is given (training); ``start = 0``, ``end = n_frames - 1``
+    without (evaluation). Fewer frames than ``t`` repeat frames."""
+    if n_frames < 1 or t < 1:
+        raise ValueError(f"need at least one frame and one index, got n_frames={n_frames}, t={t}")
+    start, end = 0, n_frames - 1
+    if rng is not None:
+        interval = n_frames // (t - 1) if t > 1 else n_frames - 1
+        start = int(rng.integers(0, interval + 1))
+        # max(): with t = 2 the release's lower bound would be -1 (an index from the end)
+        end = int(rng.integers(max(0, n_frames - 1 - interval), n_frames))
+    return np.linspace(start, end, t).astype(int).tolist()
+
+
+def merge_paragraph(texts: list[str], max_sentences: int) -> list[str]:
+    """At most ``max_sentences`` texts: while there are more, the adjacent pair with the smallest
+    total length in characters (the first such pair) is joined with a space, as the release does."""
+    if max_sentences < 1:
+        raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+    texts = list(texts)
+    while len(texts) > max_sentences:
+        pair_lengths = [len(a) + len(b) for a, b in zip(texts, texts[1:])]
+        i = pair_lengths.index(min(pair_lengths))
+        texts[i:i + 2] = [f"{texts[i]} {texts[i + 1]}"]
+    return texts
+
+
+def _window(sentences: list[dict], cfg: DataConfig, rng: np.random.Generator) -> tuple[list[str], list[int]]:
+    """Pre-training: a random window of ``n_sentences`` consecutive sentences, ``frames_per_sentence``
+    frames uniformly inside each; (texts, frame indices in clip order)."""
     m, k = cfg.n_sentences, cfg.frames_per_sentence
     first = int(rng.integers(0, len(sentences) - m + 1)) if len(sentences) > m else 0
     window = sentences[first:first + m]
@@ -181,7 +203,33 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     # Padded clip slots (fewer than M sentences) repeat the last real clip's frames; their
     # sentences are masked out through sentence_mask.
     per_clip += [per_clip[-1]] * (m - len(window))
-    wanted = [i for clip in per_clip for i in clip]
+    return [s["text"] for s in window], [i for clip in per_clip for i in clip]
+
+
+def _whole_video(meta: dict, cfg: DataConfig, rng: np.random.Generator, train: bool) -> tuple[list[str], list[int]]:
+    """Retrieval: the whole paragraph (merged to ``paragraph_sentences``) and ``n_frames`` frames over
+    the whole video, consecutive groups of ``frames_per_sentence`` forming the clips."""
+    n = len(meta["frame_times"])
+    if n == 0:
+        raise SkipSample("too_few_frames", "the sample has no stored frames")
+    texts = merge_paragraph([s["text"] for s in meta["sentences"]], cfg.paragraph_sentences)
+    return texts, whole_video_frame_indices(n, cfg.n_frames, rng if train else None)
+
+
+def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
+                mlm_seed: tuple[int, ...]) -> SamplePlan:
+    """Validate a shard sample and draw its window (``data.sampling``), frames, crop and flip (in that order)."""
+    meta = parse_meta(raw)
+    check_frame_ranges(meta)
+    frames = raw.get("__frames__")  # a sample read by offsets: its frames are checked when taken
+    if frames is None:
+        names = frame_members(raw, len(meta["frame_times"]))
+    elif len(frames) != len(meta["frame_times"]):
+        raise SkipSample("frame_count_mismatch", f"{len(frames)} frames, {len(meta['frame_times'])} frame_times")
+    if cfg.sampling == "whole_video":
+        texts, wanted = _whole_video(meta, cfg, rng, train)
+    else:
+        texts, wanted = _window(meta["sentences"], cfg, rng)
     distinct = sorted(set(wanted))
     slot = {frame: j for j, frame in enumerate(distinct)}
     frame_hw = (meta["height"], meta["width"])
@@ -192,7 +240,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
         box, flip = val_crop_box(cfg.val_resize, cfg.val_crop_fraction), False
     return SamplePlan(
         key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
-        texts=[s["text"] for s in window], frame_ids=[slot[i] for i in wanted],
+        texts=texts, frame_ids=[slot[i] for i in wanted],
         # Copies: members read member by member are views into the reader's chunks or mapped shard,
         # which a plan must not pin (frames read by offsets already are bytes of their own).
         jpegs=copy_frames(frames, distinct) if frames is not None else [bytes(raw[names[i]]) for i in distinct],

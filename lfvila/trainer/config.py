@@ -137,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"data.bert_dir ({self.data.bert_dir!r}) differs from model.text.bert_dir "
                              f"({self.model.text.bert_dir!r}): the tokenizer must be the model's BERT; "
                              f"leave data.bert_dir empty")
+        if self.data.text_slots > self.model.text.max_sentences:
+            slots = "paragraph_sentences" if self.data.sampling == "whole_video" else "n_sentences"
+            raise ValueError(f"data.{slots} ({self.data.text_slots}) exceeds model.text.max_sentences "
+                             f"({self.model.text.max_sentences}), the number of sentence segment embeddings")
         total = self.schedule.total_steps
         if total is not None and total < self.schedule.warmup_steps:
             raise ValueError(f"schedule.total_steps ({total}) must be >= schedule.warmup_steps "
