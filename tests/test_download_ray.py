@@ -69,3 +69,65 @@ def test_host_pacer_books_consecutive_slots_per_host():
     assert pacer.reserve("b") == 0.0  # other hosts are independent
     pacer.hold("b", 30.0)
     assert 29.0 < pacer.reserve("b") <= 30.0
+
+
+CLUSTER_SCRIPT = r"""
+set -e
+ip link set lo up
+BIN=$(dirname "$PYTHON")
+COMMON="--num-cpus=1 --object-store-memory=80000000 --disable-usage-stats"
+"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port=6391 --include-dashboard=false --temp-dir="$RAY_TMP" $COMMON > "$RAY_TMP/head.log" 2>&1
+"$BIN/ray" start --address=127.0.0.1:6391 --node-ip-address=127.0.0.1 $COMMON > "$RAY_TMP/worker.log" 2>&1
+"$PYTHON" - <<'PY'
+import json, os, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+import ray
+from lfvila.download.config import DownloadConfig
+from lfvila.download.fixtures import LoopbackServer
+from lfvila.download.run import download_videos
+
+videos, tmp = Path(os.environ["VIDEOS"]), Path(os.environ["TMP"])
+files = {"a.mp4": (videos / "natural/python3-imageio__cockatoo.mp4").read_bytes(),
+         "b.mkv": (videos / "natural/decord__flipping_a_pancake.mkv").read_bytes()}
+with LoopbackServer(files) as server:
+    ids = [f"v{i}" for i in range(8)]
+    (tmp / "list.csv").write_text("".join(f"{v},{server.url('ok' if i % 4 else '404', 'a.mp4' if i % 2 else 'b.mkv')}\n"
+                                          for i, v in enumerate(ids)))
+    cfg = DownloadConfig(stall_timeout_s=2.0, max_attempts=2, backoff_s=0.05, subtitles=[])
+    ray.init(address="127.0.0.1:6391", log_to_driver=False)
+    print("RAY_NODES", len([n for n in ray.nodes() if n["Alive"]]))
+    totals = download_videos(cfg, [f"urls:{tmp / 'list.csv'}"], tmp / "ray", workers=4, progress=False, engine="ray")
+    ray.shutdown()
+    download_videos(cfg, [f"urls:{tmp / 'list.csv'}"], tmp / "threads", workers=2, progress=False)
+print("TOTALS", json.dumps({k: totals[k] for k in ("requested", "ok", "failed")}))
+PY
+"""
+
+
+@pytest.mark.slow
+def test_ray_engine_on_a_two_node_loopback_cluster(tmp_path):
+    """Head and worker node in a network namespace with only loopback (see tests/test_shards_ray.py)."""
+    import shutil
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    ray_tmp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/lfvila-rayXXXX"], text=True).strip())
+    home = tmp_path / "home"  # a user's ~/.ray/auth_token must not change the test's cluster
+    home.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, RAY_TMP=str(ray_tmp), TMP=str(tmp_path), VIDEOS=str(VIDEOS),
+               PYTHONPATH=str(REPO), HOME=str(home))
+    try:
+        proc = subprocess.run(["unshare", *user, "--net", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                               CLUSTER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "RAY_NODES 2" in proc.stdout
+    assert 'TOTALS {"requested": 8, "ok": 6, "failed": 2}' in proc.stdout
+    tables = [{r["video_id"]: (r["status"], r["reason"], r["file"]) for r in pq.read_table(tmp_path / d / "download.parquet").to_pylist()}
+              for d in ("ray", "threads")]
+    assert tables[0] == tables[1]
+    for name in sorted(p.name for p in (tmp_path / "threads").glob("v*")):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "threads" / name).read_bytes(), name
