@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from lfvila.video.decode import ffmpeg_exe  # $LFVILA_FFMPEG or imageio-ffmpeg's build
+from lfvila.video.decode import ffmpeg_exe, file_url  # $LFVILA_FFMPEG or imageio-ffmpeg's build
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def render_command(scene: VideoScene, out_path: Path, width: int = 320, height: 
         "-filter_complex", filter_graph(scene, width, height, fps), "-map", "[v]",
         "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * fps), "-pix_fmt", "yuv420p",
         "-threads", "1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
-        "-f", "mp4", str(out_path),
+        "-f", "mp4", file_url(out_path),
     ]
 
 

@@ -272,8 +272,10 @@ def probe_video(path: Path) -> tuple[float | None, str]:
     Raises FetchError(no_video_stream) when the file cannot be opened or holds no video stream."""
     import av
 
+    from lfvila.video.decode import file_url
+
     try:
-        with av.open(str(path)) as container:
+        with av.open(file_url(path)) as container:  # a file:, never a URL made of the file name
             streams = container.streams.video
             if not streams:
                 raise FetchError(NO_VIDEO_STREAM, "no video stream")

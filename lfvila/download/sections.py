@@ -21,6 +21,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from lfvila.video.decode import file_url
 from lfvila.video.source import SECTIONS_FILE
 
 # Containers a section may be written as (by the name's suffix).
@@ -36,6 +37,12 @@ class SectionError(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+def _media_url(input: str | Path) -> str:
+    """An http(s) URL as it is; anything else is a local path, named as a ``file:`` URL (see ``file_url``)."""
+    text = str(input)
+    return text if text.lower().startswith(("http://", "https://")) else file_url(text)
 
 
 def runs_to_sections(longform_rows, margin_s: float, merge_gap_s: float) -> list[tuple[float, float]]:
@@ -61,6 +68,7 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
     ``{"file", "start", "end", "offset"}``. Written under a temporary name and renamed when complete."""
     from lfvila.video.decode import ffmpeg_exe
 
+    source = _media_url(input)
     if Path(name).name != name or Path(name).suffix.lower() not in _FORMATS:
         raise ValueError(f"section name {name!r} must be a plain file name ending in one of {sorted(_FORMATS)}")
     if not 0 <= start < end:
@@ -70,14 +78,14 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
     final = dest_dir / name
     tmp = dest_dir / f".{name}.{uuid.uuid4().hex}.part"
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-           "-ss", f"{start:.6f}", "-i", str(input), "-t", f"{end - start:.6f}",
+           "-ss", f"{start:.6f}", "-i", source, "-t", f"{end - start:.6f}",
            "-map", "0:v:0", "-c", "copy", "-avoid_negative_ts", "make_zero",
-           "-f", _FORMATS[final.suffix.lower()], str(tmp)]
+           "-f", _FORMATS[final.suffix.lower()], file_url(tmp)]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
         if proc.returncode != 0:
             raise SectionError("cut_failed", proc.stderr.decode(errors="replace").strip()[-500:])
-        offset = _measure_offset(str(input), start, tmp)
+        offset = _measure_offset(source, start, tmp)
         os.replace(tmp, final)
     except subprocess.TimeoutExpired as exc:
         raise SectionError("cut_failed", f"ffmpeg ran past {timeout_s} s") from exc
@@ -106,7 +114,7 @@ def _measure_offset(input: str, start: float, section: Path) -> float:
     packets from the keyframe at or before ``start`` (what ffmpeg's ``-ss`` seek picked)."""
     import av
 
-    section_time, first = _first_video_packet(str(section))
+    section_time, first = _first_video_packet(file_url(section))
     with av.open(input) as container:
         if not container.streams.video:
             raise SectionError("no_video_stream", f"{input} has no video stream")

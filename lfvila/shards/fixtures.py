@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lfvila.video.decode import ffmpeg_exe
+from lfvila.video.decode import ffmpeg_exe, file_url
 
 # Colours of the known-content video: second k shows PALETTE[k % len(PALETTE)].
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
@@ -54,21 +54,21 @@ def make_colour_video(path: Path, seconds: int, fps: int = 25, size: str = "160x
         inputs += ["-f", "lavfi", "-i", f"color=c=0x{r:02x}{g:02x}{b:02x}:s={size}:r=25:d=1"]
     graph = "".join(f"[{k}:v]" for k in range(n)) + f"concat=n={n}:v=1:a=0,fps={fps}" + (f",noise=alls={noise}:allf=t" if noise else "") + "[v]"
     codec = codec or ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
-    _ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", *codec, str(path)])
+    _ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", *codec, file_url(path)])
     return Path(path)
 
 
 def make_testsrc_video(path: Path, seconds: float, size: str = "1280x720", fps: int = 30) -> Path:
     """A synthetic H.264 video (testsrc2 pattern), e.g. the 720p benchmark input."""
     _ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}", "-t", f"{seconds}", "-c:v", "libx264",
-             "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)])
+             "-preset", "veryfast", "-pix_fmt", "yuv420p", file_url(path)])
     return Path(path)
 
 
 def cut_clip(src: Path, dst: Path, start: float, end: float) -> Path:
     """Cut [start, end) of ``src`` into ``dst`` with an accurate (re-encoding) seek, as a pre-cut clip."""
-    _ffmpeg(["-ss", f"{start}", "-to", f"{end}", "-i", str(src), "-c:v", "libx264", "-preset", "ultrafast",
-             "-pix_fmt", "yuv420p", str(dst)])
+    _ffmpeg(["-ss", f"{start}", "-to", f"{end}", "-i", file_url(src), "-c:v", "libx264", "-preset", "ultrafast",
+             "-pix_fmt", "yuv420p", file_url(dst)])
     return Path(dst)
 
 

@@ -8,6 +8,7 @@ Completion protocol (what makes a rerun skip a shard, and a SIGKILL at any momen
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -90,7 +91,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _clear_stale(shard_dir: Path, name: str) -> None:
     """Remove temporaries of earlier, killed attempts at this shard."""
-    for stale in shard_dir.glob(f".{name}.*.tmp"):
+    for stale in shard_dir.glob(f".{glob.escape(name)}.*.tmp"):  # a split named like a pattern is a name
         stale.unlink(missing_ok=True)
 
 

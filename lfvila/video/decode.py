@@ -47,6 +47,17 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def file_url(path: str | os.PathLike) -> str:
+    """``path`` as ffmpeg's (and PyAV's) ``file:`` URL of its absolute path: the only safe way to name a local file.
+
+    ffmpeg reads every input and output name as a URL: a file named ``concat:x.mp4`` (or ``subfile,,...``,
+    ``pipe:0``, ``http:...``) in the working directory would make it read something else, and a name
+    starting with ``-`` can be taken for an option. ``file:`` + an absolute path is always the file itself
+    (ffmpeg does not percent-decode it). The path is made absolute without resolving symlinks or ``..``.
+    """
+    return "file:" + os.path.join(os.getcwd(), os.fspath(path))
+
+
 class YuvFrame(NamedTuple):
     """One frame as full-range BT.601 YUV 4:2:0 planes: y (H, W), u and v (H/2, W/2), uint8."""
 
@@ -101,11 +112,11 @@ def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps:
         # `seek` are not dropped (as an accurate seek would): the frame on screen at the first
         # slot's midpoint may have started before `seek` (low frame rate, static screen captures),
         # and the fps filter needs it to choose. `-t` would count from the keyframe: trim instead.
-        stream = ffmpeg.input(str(path), ss=f"{seek:.6f}", noaccurate_seek=None, threads=threads)["v:0"]
+        stream = ffmpeg.input(file_url(path), ss=f"{seek:.6f}", noaccurate_seek=None, threads=threads)["v:0"]
         stream = stream.filter("trim", end=f"{duration:.6f}")
     else:
         # Fallback for files whose index makes seeking fail: decode from the start.
-        stream = ffmpeg.input(str(path), threads=threads)["v:0"]
+        stream = ffmpeg.input(file_url(path), threads=threads)["v:0"]
         stream = stream.filter("trim", end=f"{seek + duration:.6f}")
         shift -= seek
     if shift != 0:
@@ -182,7 +193,8 @@ class SegmentDecoder:
                     self.result.timed_out = True
             self.result.returncode = 0 if stopped_early else proc.returncode
             errfile.seek(0)
-            text = errfile.read(65536).decode("utf-8", "replace")
+            # ffmpeg names the input by its URL; details name the path as given, as they did before file: URLs.
+            text = errfile.read(65536).decode("utf-8", "replace").replace(file_url(self.path), str(self.path))
             self.result.error_lines = [_POINTER.sub("", line).strip() for line in text.splitlines() if line.strip()]
 
 

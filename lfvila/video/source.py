@@ -68,7 +68,8 @@ def _suffix_rank(path: Path) -> tuple[int, str]:
 
 def find_source(videos_dir: Path, video_id: str, clip_ids: list[str]) -> VideoSource | None:
     """Locate ``video_id``'s full video or its clip files; None when neither exists."""
-    candidates = [Path(p) for p in glob.glob(str(videos_dir / glob.escape(video_id)) + ".*")]
+    # Escape the whole path, not just the id: a directory named like a pattern (``dir[1]``) is a directory.
+    candidates = [Path(p) for p in glob.glob(glob.escape(str(videos_dir / video_id)) + ".*")]
     candidates = [p for p in candidates if p.is_file() or p.is_fifo()]
     candidates = [p for p in candidates if p.suffix.lower() not in SIDECAR_SUFFIXES and p.stem == video_id]
     if candidates:
