@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lfvila.resources import resource_path
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPE = REPO / "train" / "tiny.yaml"
+# Packaged with lfvila (lfvila/resources/), so the demo runs from any install and any directory.
+TINY_RECIPE = resource_path("train", "tiny.yaml")
 # Held-out share of the sample's videos: enough val videos (about 20 of 100) that recall@1
 # has a chance level well below the figures a working chain reaches.
 DEMO_VAL_FRACTION = 0.2

@@ -1,6 +1,6 @@
 """The embedded demo sample: HD-VILA-format metadata plus synthetic videos rendered with ffmpeg.
 
-``manifests/sample/`` holds two committed files made by :func:`generate_scenes`:
+``lfvila/resources/sample/`` (``manifests/sample/`` in the checkout) holds two committed files made by :func:`generate_scenes`:
 
 - ``hdvila_sample.jsonl``: HD-VILA-100M metadata lines (``video_id``, ``url``, ``clip`` with
   ``clip_id`` ``<vid>.<n>.mp4``, ``span`` ``["HH:MM:SS.mmm", ...]`` and ``text``);
@@ -37,11 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from lfvila.resources import resource_path
 from lfvila.video.decode import ffmpeg_exe, file_url  # $LFVILA_FFMPEG or imageio-ffmpeg's build
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "manifests" / "sample"
+# Packaged with lfvila (lfvila/resources/sample/; manifests/sample/ in the checkout links there).
+SAMPLE_DIR = resource_path("sample")
 METADATA_NAME = "hdvila_sample.jsonl"
 SCENES_NAME = "scenes.jsonl"
 # Bumped whenever the drawing changes, so stale renders are redone.

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lfvila.resources import recipe_help, resolve_recipe
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="corpus directory")
     parser.add_argument("--source", action="append", default=[], metavar="FORMAT:PATH",
                         help="input source, repeatable; FORMAT is hdvila, activitynet, youcook2, howto100m or subtitles")
     parser.add_argument("--config", default=None,
-                        help="corpus recipe (YAML), e.g. pipelines/lfvila8m.yaml; --stage shards reads the recipe "
-                             "recorded in OUT/corpus.json and refuses a different one")
+                        help=recipe_help("pipelines") + "; --stage shards reads the recipe recorded in OUT/corpus.json "
+                             "and refuses a different one")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set manifest.min_clips=5; at --stage shards only "
                              "runtime settings (video.timeout_s, video.timeout_per_video_s, video.decoder_threads)")
@@ -54,10 +56,11 @@ def run(args) -> int:
     if shard_stage and args.videos is not None and not Path(args.videos).is_dir():
         raise InputError(f"videos directory {args.videos} does not exist")
     # A manifest stage resolves the recipe and records it in corpus.json; --stage shards reads it back.
+    recipe = resolve_recipe(args.config, "pipelines")
     if args.stage == "shards":
-        cfg = corpus_config(out, args.config, args.overrides)
+        cfg = corpus_config(out, recipe, args.overrides)
     else:
-        cfg = load_config(BuildConfig, args.config, args.overrides)
+        cfg = load_config(BuildConfig, recipe, args.overrides)
 
     if manifest_stage:
         from lfvila.manifest.build import build_manifest

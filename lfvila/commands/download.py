@@ -13,12 +13,14 @@ Examples:
 """
 from __future__ import annotations
 
+from lfvila.resources import recipe_help, resolve_recipe
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--source", action="append", default=[], required=True, metavar="FORMAT:PATH",
                         help="videos to fetch, repeatable; FORMAT is hdvila, activitynet, youcook2, howto100m or urls")
     parser.add_argument("--out", required=True, help="videos directory (what build --videos reads)")
-    parser.add_argument("--config", default=None, help="corpus recipe (YAML) whose download: section is used")
+    parser.add_argument("--config", default=None, help=recipe_help("pipelines") + "; its download: section is used")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set download.max_height=480")
     parser.add_argument("--workers", type=int, default=8,
@@ -50,7 +52,8 @@ def run(args) -> int:
     from lfvila.download.run import download_videos, format_summary
     from lfvila.shards.build import parse_shard_range
 
-    cfg = load_config(BuildConfig, args.config, args.overrides).download
+    recipe = resolve_recipe(args.config, "pipelines")
+    cfg = load_config(BuildConfig, recipe, args.overrides).download
     out = Path(args.out)
     totals = download_videos(cfg, args.source, out, workers=args.workers,
                              shard_range=parse_shard_range(args.shard_range), retry_failed=args.retry_failed,

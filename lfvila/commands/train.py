@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 
+from lfvila.resources import recipe_help, resolve_recipe
+
 log = logging.getLogger("lfvila.train")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="training recipe (YAML), e.g. train/stage1_paper.yaml")
+    parser.add_argument("--config", required=True, help=recipe_help("train"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)")
     parser.add_argument("--resume", default=None, metavar="auto|CKPT",
@@ -63,7 +65,8 @@ def run(args) -> int:
     from lfvila.trainer.parallel import teardown_distributed
     from lfvila.trainer.summary import LOG_NAME, end_lines, start_lines
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    recipe = resolve_recipe(args.config, "train")
+    cfg = load_config(TrainConfig, recipe, args.overrides)
     checks = [check_shards(cfg.data.train_shards, "train")]
     if cfg.data.val_shards:
         checks.append(check_shards(cfg.data.val_shards, "val"))
@@ -85,7 +88,7 @@ def run(args) -> int:
             return 130
         if is_main:
             handler = _log_to_file(trainer.out / LOG_NAME)
-            for line in start_lines(trainer, args.config, len(args.overrides), checks):
+            for line in start_lines(trainer, recipe, len(args.overrides), checks):
                 log.info(line)
             for check in checks:
                 if check.usable < len(check.urls):
