@@ -290,3 +290,38 @@ def test_ctrl_c_in_download_says_how_to_continue_without_a_traceback(tmp_path, s
     assert proc.returncode == 130, stderr
     assert "lfvila download: interrupted." in stderr and "Run the same command again" in stderr
     assert "Traceback" not in stderr and not (out / "c1.mp4").exists()
+
+
+def test_sections_through_ytdlp_resolve_equal_the_direct_http_cut(tmp_path):
+    """YouTube-style URLs in sections mode: yt-dlp resolves the format's direct URL (here its generic
+    extractor on loopback), ffmpeg cuts the same ranges from it: the same sections as the HTTP path."""
+    from lfvila.shards.fixtures import make_colour_video, sentences_every, write_longform
+
+    clock = make_colour_video(tmp_path / "clock.mp4", 30, fps=25, size="160x120",
+                              codec=["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25",
+                                     "-movflags", "+faststart"])
+    write_longform(tmp_path / "corpus" / "longform.parquet",
+                   [{"key": "k0", "video_id": "clk", "sentences": sentences_every(12.0, 18.0, 2.0, "clk")}])
+    got = {}
+    with LoopbackServer({"clock.mp4": clock.read_bytes(), "clk.en.vtt": VTT}) as srv:
+        source = _url_list(tmp_path / "l.csv", [("clk", srv.url("ok", "clock.mp4"))])
+        for backend in ("http", "ytdlp"):
+            cfg = _cfg(backend=backend, sections="runs", section_margin_s=1.0,
+                       subtitle_url_template=srv.base + "/ok/{video_id}.{lang}.vtt")
+            totals = download_videos(cfg, [source], tmp_path / backend, manifest=tmp_path / "corpus", progress=False)
+            assert totals["ok"] == 1, _rows(tmp_path / backend)
+            got[backend] = _rows(tmp_path / backend)["clk"]
+    assert got["ytdlp"]["format"] == "1 sections of yt-dlp format mp4" and got["http"]["format"] == "1 sections"
+    assert got["ytdlp"]["bytes"] == got["http"]["bytes"] < clock.stat().st_size / 2
+    assert got["ytdlp"]["subtitles"] == ["en"]
+    assert (tmp_path / "ytdlp" / "clk" / "sections.json").read_bytes() == (tmp_path / "http" / "clk" / "sections.json").read_bytes()
+    assert (tmp_path / "ytdlp" / "clk" / "000.mp4").read_bytes() == (tmp_path / "http" / "clk" / "000.mp4").read_bytes()
+
+
+def test_ytdlp_backend_honours_retry_after(tmp_path, server):
+    """A 429 seen through yt-dlp carries the response: its Retry-After (1 s) sets the wait, not the backoff."""
+    source = _url_list(tmp_path / "l.csv", [("y_rl", server.url("429/1", "pancake.mkv"))])
+    totals = download_videos(_cfg(backend="ytdlp", backoff_s=0.01), [source], tmp_path / "v", progress=False)
+    assert totals["ok"] == 1 and _rows(tmp_path / "v")["y_rl"]["attempts"] == 2
+    times = server.times["/429/1/pancake.mkv"]
+    assert len(times) >= 2 and times[1] - times[0] >= RETRY_AFTER_S * 0.95

@@ -109,6 +109,34 @@ def test_ytdlp_options_for_youtube(tmp_path):
         assert ydl.prepare_filename({"id": "x", "ext": "mp4", "title": "t"}) == str(tmp_path / "100%_id.mp4")
 
 
+def test_section_format_is_the_best_direct_video_only_format_under_the_cap(tmp_path):
+    """yt-dlp's own selection on YouTube-like formats (DASH https video-only, HLS, muxed): the sections
+    are cut from a video-only https format <= max_height, mp4 first; fragment lists are never chosen."""
+    import yt_dlp
+
+    from lfvila.download.ytdlp import resolve_options, section_format_selector
+
+    def fmt(fid, height, ext, protocol, vcodec="avc1", acodec="none"):
+        return {"format_id": fid, "height": height, "width": height and height * 16 // 9, "ext": ext, "protocol": protocol,
+                "url": f"https://media.example/{fid}", "vcodec": vcodec, "acodec": acodec}
+
+    formats = [fmt("hls720", 720, "mp4", "m3u8_native", acodec="mp4a"), fmt("dash1080", 1080, "mp4", "https"),
+               fmt("frag720", 720, "mp4", "http_dash_segments"), fmt("webm720", 720, "webm", "https", vcodec="vp9"),
+               fmt("mp4720", 720, "mp4", "https"), fmt("mp4480", 480, "mp4", "https"),
+               fmt("muxed360", 360, "mp4", "https", acodec="mp4a"), fmt("audio", None, "m4a", "https", vcodec="none",
+                                                                         acodec="mp4a")]
+    info = {"id": "abc", "title": "t", "extractor": "youtube", "extractor_key": "Youtube", "webpage_url": "https://y/abc",
+            "formats": formats}
+    opts = resolve_options(DownloadConfig(max_height=720, subtitles=["en"]), tmp_path, "abc", "/opt/ffmpeg")
+    assert opts["skip_download"] and opts["format"] == section_format_selector(720) and opts["writesubtitles"]
+    with yt_dlp.YoutubeDL({**opts, "simulate": True}) as ydl:
+        chosen = ydl.process_ie_result(dict(info), download=False)
+    assert chosen["format_id"] == "mp4720"
+    only_hls = dict(info, formats=[formats[0], formats[2]])
+    with yt_dlp.YoutubeDL({**opts, "simulate": True}) as ydl, pytest.raises(yt_dlp.utils.ExtractorError, match="Requested format is not available"):
+        ydl.process_ie_result(only_hls, download=False)  # a no_video_stream row: nothing to cut by ranges
+
+
 @pytest.mark.parametrize("message, reason", [
     ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access to this video", "private"),
     ("ERROR: [youtube] abc: Video unavailable", "unavailable"),

@@ -13,6 +13,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ NOT_FOUND, FORBIDDEN, UNAVAILABLE, PRIVATE, REMOVED, GEO_BLOCKED = (
 RATE_LIMITED, TIMEOUT, STALLED, TRUNCATED, TOO_LARGE = "rate_limited", "timeout", "stalled", "truncated", "too_large"
 NO_VIDEO_STREAM, HTTP_ERROR, EXTRACTOR_ERROR = "no_video_stream", "http_error", "extractor_error"
 UNSAFE_ID, NO_URL, CONNECTION_ERROR, WRITE_ERROR = "unsafe_id", "no_url", "connection_error", "write_error"
-CUT_FAILED, OFFSET_UNMEASURED, SECTIONS_UNSUPPORTED = "cut_failed", "offset_unmeasured", "sections_unsupported"
+CUT_FAILED, OFFSET_UNMEASURED = "cut_failed", "offset_unmeasured"
 WORKER_LOST = "worker_lost"
 REASONS = {
     NOT_FOUND: "HTTP 404 / the site says the video does not exist",
@@ -49,11 +50,10 @@ REASONS = {
     WRITE_ERROR: "the file could not be written (disk full, permissions)",
     CUT_FAILED: "download.sections: runs: ffmpeg could not cut a section from the URL",
     OFFSET_UNMEASURED: "download.sections: runs: a section's start could not be located in the source",
-    SECTIONS_UNSUPPORTED: "download.sections: runs needs a direct video URL (plain-HTTP backend)",
     WORKER_LOST: "--engine ray: the video's task failed after Ray's retries (a node lost); a rerun retries it",
 }
 PERMANENT = frozenset({NOT_FOUND, FORBIDDEN, UNAVAILABLE, PRIVATE, REMOVED, GEO_BLOCKED, TOO_LARGE,
-                       NO_VIDEO_STREAM, UNSAFE_ID, NO_URL, SECTIONS_UNSUPPORTED})
+                       NO_VIDEO_STREAM, UNSAFE_ID, NO_URL})
 # Retried inside one run, after a backoff; the others end the video's attempts at once.
 RETRY_IN_RUN = frozenset({RATE_LIMITED, TIMEOUT, STALLED, TRUNCATED, HTTP_ERROR, CONNECTION_ERROR})
 
@@ -117,8 +117,8 @@ def _status_reason(code: int) -> str:
     return HTTP_ERROR
 
 
-def _open(url: str, cfg: DownloadConfig):
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+def _open(url: str, cfg: DownloadConfig, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
     try:
         return urllib.request.urlopen(request, timeout=cfg.stall_timeout_s)
     except urllib.error.HTTPError as e:
@@ -199,21 +199,24 @@ def fetch_subtitles(subtitle_urls: dict[str, str], work_dir: Path, stem: str, cf
 
 
 def fetch_sections(url: str, section_dir: Path, video_id: str, spans: list[tuple[float, float]],
-                   cfg: DownloadConfig) -> tuple[int, float]:
-    """Cut ``spans`` of ``url`` into ``section_dir`` (NNN.<ext> + sections.json); (bytes, seconds covered)."""
+                   cfg: DownloadConfig, headers: dict[str, str] | None = None, suffix: str | None = None
+                   ) -> tuple[int, float]:
+    """Cut ``spans`` of ``url`` into ``section_dir`` (NNN.<ext> + sections.json); (bytes, seconds covered).
+    ``headers`` go with every request (those yt-dlp gives for a resolved format)."""
     from lfvila.download.sections import SectionError, cut_section, write_sections_json
 
     # One GET for the status (404, 429 + Retry-After, ...) before ffmpeg reads the file by ranges.
-    with _open(url, cfg) as response:
+    with _open(url, cfg, headers) as response:
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > cfg.max_bytes:
             raise FetchError(TOO_LARGE, f"Content-Length {length} > max_bytes {cfg.max_bytes}")
-    suffix = Path(urlsplit(url).path).suffix.lower()
+    suffix = (suffix or Path(urlsplit(url).path).suffix).lower()
     suffix = suffix if suffix in (".mp4", ".mkv", ".webm", ".mov") else ".mkv"
     entries = []
     for i, (lo, hi) in enumerate(spans):
         try:
-            entries.append(cut_section(url, lo, hi, section_dir, f"{i:03d}{suffix}", timeout_s=cfg.timeout_s))
+            entries.append(cut_section(url, lo, hi, section_dir, f"{i:03d}{suffix}", timeout_s=cfg.timeout_s,
+                                       headers=headers))
         except SectionError as e:
             reason = {"cut_failed": CUT_FAILED, "offset_unmeasured": OFFSET_UNMEASURED}.get(e.reason, NO_VIDEO_STREAM)
             raise FetchError(reason, f"section {lo:.3f}-{hi:.3f} s: {e.detail}") from None
@@ -222,10 +225,44 @@ def fetch_sections(url: str, section_dir: Path, video_id: str, spans: list[tuple
     return size, sum(e["end"] - e["start"] for e in entries)
 
 
+def _retry_after_of(exc: BaseException | None) -> float | None:
+    """``Retry-After`` of the HTTP response behind a yt-dlp error (its HTTPError carries the response)."""
+    for _ in range(6):  # DownloadError -> exc_info -> ExtractorError.cause -> HTTPError, at most
+        if exc is None:
+            return None
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        if headers is not None:
+            return parse_retry_after(headers.get("Retry-After"))
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def _ytdlp_errors():
+    """yt-dlp's exceptions as FetchError (reason from the message, Retry-After from the response)."""
+    import yt_dlp
+
+    from lfvila.download.ytdlp import classify_error
+
+    try:
+        yield
+    except FetchError:
+        raise
+    except yt_dlp.utils.DownloadError as e:
+        cause = e.exc_info[1] if getattr(e, "exc_info", None) else None
+        if isinstance(cause, FetchError):
+            raise cause from None
+        if isinstance(cause, yt_dlp.utils.GeoRestrictedError):
+            raise FetchError(GEO_BLOCKED, str(e)[:500]) from None
+        raise FetchError(classify_error(str(e)), str(e)[:500], _retry_after_of(cause)) from None
+    except Exception as e:  # yt-dlp raises many types; each becomes an extractor_error row, not a crash
+        raise FetchError(EXTRACTOR_ERROR, f"{type(e).__name__}: {e}"[:500]) from None
+
+
 def fetch_ytdlp(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, on_bytes=None) -> Fetched:
     import yt_dlp
 
-    from lfvila.download.ytdlp import classify_error, ytdlp_options
+    from lfvila.download.ytdlp import ytdlp_options
     from lfvila.video.decode import ffmpeg_exe
 
     deadline = time.monotonic() + cfg.timeout_s
@@ -241,20 +278,8 @@ def fetch_ytdlp(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, on_byt
         seen[name] = max(done, seen.get(name, 0))
 
     opts = ytdlp_options(cfg, work_dir, stem, ffmpeg_exe(), hook)
-    try:
-        with yt_dlp.YoutubeDL(opts) as ydl:
-            info = ydl.extract_info(url, download=True)
-    except FetchError:
-        raise
-    except yt_dlp.utils.DownloadError as e:
-        cause = e.exc_info[1] if getattr(e, "exc_info", None) else None
-        if isinstance(cause, FetchError):
-            raise cause from None
-        if isinstance(cause, yt_dlp.utils.GeoRestrictedError):
-            raise FetchError(GEO_BLOCKED, str(e)[:500]) from None
-        raise FetchError(classify_error(str(e)), str(e)[:500]) from None
-    except Exception as e:  # yt-dlp raises many types; each becomes an extractor_error row, not a crash
-        raise FetchError(EXTRACTOR_ERROR, f"{type(e).__name__}: {e}"[:500]) from None
+    with _ytdlp_errors(), yt_dlp.YoutubeDL(opts) as ydl:
+        info = ydl.extract_info(url, download=True)
     videos = [p for p in work_dir.iterdir() if p.is_file() and p.name.startswith(stem + ".")
               and p.suffix.lower() in VIDEO_SUFFIXES and p.stem == stem]
     if not videos:
@@ -262,8 +287,39 @@ def fetch_ytdlp(url: str, work_dir: Path, stem: str, cfg: DownloadConfig, on_byt
             raise FetchError(TOO_LARGE, f"yt-dlp skipped it: larger than max_bytes {cfg.max_bytes}")
         raise FetchError(EXTRACTOR_ERROR, "yt-dlp finished without writing a video file")
     path = videos[0]
-    subtitles = {p.name[len(stem) + 1:-4]: p for p in work_dir.glob("*.vtt") if p.name.startswith(stem + ".")}
-    return Fetched(path, path.stat().st_size, str((info or {}).get("format_id") or "?"), subtitles)
+    return Fetched(path, path.stat().st_size, str((info or {}).get("format_id") or "?"), _captions_in(work_dir, stem))
+
+
+@dataclass
+class MediaURL:
+    """The direct URL of one format of a page (what ffmpeg can read by byte ranges)."""
+    url: str
+    headers: dict[str, str]
+    format: str  # yt-dlp's format id
+    ext: str  # its container: the sections are written with the same
+
+
+def resolve_media_url(url: str, work_dir: Path, stem: str, cfg: DownloadConfig) -> tuple[MediaURL, dict[str, Path]]:
+    """For ``download.sections: runs`` on YouTube and other sites: yt-dlp resolves the direct http(s)
+    URL of the video-only format the sections are cut from, downloading nothing but the captions
+    (into ``work_dir`` as ``<stem>.<lang>.vtt``, returned as lang -> path)."""
+    import yt_dlp
+
+    from lfvila.download.ytdlp import resolve_options
+    from lfvila.video.decode import ffmpeg_exe
+
+    with _ytdlp_errors(), yt_dlp.YoutubeDL(resolve_options(cfg, work_dir, stem, ffmpeg_exe())) as ydl:
+        info = ydl.extract_info(url, download=True)  # with skip_download: only the captions are written
+    chosen = (info.get("requested_formats") or [info])[0] if info else {}
+    if not chosen.get("url"):
+        raise FetchError(NO_VIDEO_STREAM, "yt-dlp found no video format with a direct http(s) URL")
+    media = MediaURL(chosen["url"], dict(chosen.get("http_headers") or {}), str(chosen.get("format_id") or "?"),
+                     str(chosen.get("ext") or "mkv"))
+    return media, _captions_in(work_dir, stem)
+
+
+def _captions_in(work_dir: Path, stem: str) -> dict[str, Path]:
+    return {p.name[len(stem) + 1:-4]: p for p in work_dir.glob("*.vtt") if p.name.startswith(stem + ".")}
 
 
 def probe_video(path: Path) -> tuple[float | None, str]:

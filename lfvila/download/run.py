@@ -28,9 +28,8 @@ from urllib.parse import quote
 
 from lfvila.download.config import DownloadConfig
 from lfvila.download.fetch import (
-    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, SECTIONS_UNSUPPORTED, UNSAFE_ID, WORKER_LOST, WRITE_ERROR,
-    FetchError,
-    choose_backend, fetch_http, fetch_sections, fetch_subtitles, fetch_ytdlp, host_of, probe_video,
+    NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, UNSAFE_ID, WORKER_LOST, WRITE_ERROR, FetchError, MediaURL,
+    choose_backend, fetch_http, fetch_sections, fetch_subtitles, fetch_ytdlp, host_of, probe_video, resolve_media_url,
 )
 from lfvila.download.sources import Unreadable, VideoRequest, apply_template, read_requests
 from lfvila.manifest.records import unsafe_id_reason
@@ -171,8 +170,6 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
     if not req.url:
         return _row(req, "failed", NO_URL, "no url in the source", 0, started)
     backend = choose_backend(req.url, cfg.backend)
-    if cfg.sections == "runs" and backend != "http":
-        return _row(req, "failed", SECTIONS_UNSUPPORTED, f"{backend} URL", 0, started)
     host = host_of(req.url)
     work = out / f"{req.video_id}.part"
     subtitle_urls = {}
@@ -191,7 +188,7 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
             pacer.wait(host)
             try:
                 if cfg.sections == "runs":
-                    return _sections_row(req, out, work, cfg, runs or [], subtitle_urls, attempts, started)
+                    return _sections_row(req, out, work, cfg, backend, runs or [], subtitle_urls, attempts, started)
                 if backend == "http":
                     got = fetch_http(req.url, work, req.video_id, cfg, subtitle_urls, on_bytes)
                 else:
@@ -222,23 +219,32 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sections_row(req: VideoRequest, out: Path, work: Path, cfg: DownloadConfig, runs: list[dict],
+def _sections_row(req: VideoRequest, out: Path, work: Path, cfg: DownloadConfig, backend: str, runs: list[dict],
                   subtitle_urls: dict[str, str], attempts: int, started: float) -> dict:
+    """Only the runs' time ranges: cut by ffmpeg from the URL (a direct file) or, for YouTube and other
+    pages, from the direct URL of the format yt-dlp resolves (captions: download.subtitle_url_template)."""
     from lfvila.download.sections import runs_to_sections
     from lfvila.video.source import SECTIONS_FILE
 
     spans = runs_to_sections(runs, cfg.section_margin_s, cfg.section_merge_gap_s)
     section_dir = work / req.video_id
-    size, seconds = fetch_sections(req.url, section_dir, req.video_id, spans, cfg)
+    if backend == "http":
+        media, captions, how = MediaURL(req.url, {}, "", ""), {}, "sections"
+    else:
+        media, captions = resolve_media_url(req.url, work, req.video_id, cfg)
+        how = f"sections of yt-dlp format {media.format}"
+    size, seconds = fetch_sections(media.url, section_dir, req.video_id, spans, cfg, media.headers,
+                                   f".{media.ext}" if media.ext else None)
+    captions.update(fetch_subtitles(subtitle_urls, work, req.video_id, cfg))
     subtitles = []
-    for lang, path in sorted(fetch_subtitles(subtitle_urls, work, req.video_id, cfg).items()):
+    for lang, path in sorted(captions.items()):
         os.replace(path, out / f"{req.video_id}.{lang}.vtt")
         subtitles.append(lang)
     final = out / req.video_id
     shutil.rmtree(final, ignore_errors=True)  # an earlier, smaller set of sections
     os.replace(section_dir, final)  # the folder appears complete, sections.json included
     return _row(req, "ok", None, "", attempts, started, bytes=size, duration=seconds,
-                format=f"{len(spans)} sections", file=f"{req.video_id}/{SECTIONS_FILE}", subtitles=subtitles)
+                format=f"{len(spans)} {how}", file=f"{req.video_id}/{SECTIONS_FILE}", subtitles=subtitles)
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -61,11 +61,22 @@ def runs_to_sections(longform_rows, margin_s: float, merge_gap_s: float) -> list
     return merged
 
 
+def http_header_lines(headers: dict[str, str] | None) -> str:
+    """``headers`` as ffmpeg's ``-headers`` value (also PyAV's ``headers`` option): CRLF-ended lines."""
+    lines = []
+    for key, value in (headers or {}).items():
+        if any(c in f"{key}{value}" for c in "\r\n"):
+            raise ValueError(f"HTTP header {key!r} holds a line break")
+        lines.append(f"{key}: {value}\r\n")
+    return "".join(lines)
+
+
 def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, name: str,
-                timeout_s: float = 600.0) -> dict:
+                timeout_s: float = 600.0, headers: dict[str, str] | None = None) -> dict:
     """Fetch source times ``[start, end)`` of ``input`` (local path or http URL) into ``dest_dir/name``
     by stream copy (video only: the shard stage reads no audio) and return its sections.json entry
-    ``{"file", "start", "end", "offset"}``. Written under a temporary name and renamed when complete."""
+    ``{"file", "start", "end", "offset"}``. Written under a temporary name and renamed when complete.
+    ``headers`` are sent with every HTTP request (ffmpeg's and PyAV's)."""
     from lfvila.video.decode import ffmpeg_exe
 
     source = _media_url(input)
@@ -77,7 +88,9 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / name
     tmp = dest_dir / f".{name}.{uuid.uuid4().hex}.part"
+    header_lines = http_header_lines(headers)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+           *(["-headers", header_lines] if header_lines else []),
            "-ss", f"{start:.6f}", "-i", source, "-t", f"{end - start:.6f}",
            "-map", "0:v:0", "-c", "copy", "-avoid_negative_ts", "make_zero",
            "-f", _FORMATS[final.suffix.lower()], file_url(tmp)]
@@ -85,7 +98,7 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
         if proc.returncode != 0:
             raise SectionError("cut_failed", proc.stderr.decode(errors="replace").strip()[-500:])
-        offset = _measure_offset(source, start, tmp)
+        offset = _measure_offset(source, start, tmp, {"headers": header_lines} if header_lines else None)
         os.replace(tmp, final)
     except subprocess.TimeoutExpired as exc:
         raise SectionError("cut_failed", f"ffmpeg ran past {timeout_s} s") from exc
@@ -109,13 +122,13 @@ def _first_video_packet(path: str):
     raise SectionError("no_video_stream", f"{path} has no video packet")
 
 
-def _measure_offset(input: str, start: float, section: Path) -> float:
+def _measure_offset(input: str, start: float, section: Path, options: dict | None = None) -> float:
     """Source time of ``section``'s time 0: its first packet is looked up, by bytes, among the source's
     packets from the keyframe at or before ``start`` (what ffmpeg's ``-ss`` seek picked)."""
     import av
 
     section_time, first = _first_video_packet(file_url(section))
-    with av.open(input) as container:
+    with av.open(input, options=options or {}) as container:
         if not container.streams.video:
             raise SectionError("no_video_stream", f"{input} has no video stream")
         stream = container.streams.video[0]

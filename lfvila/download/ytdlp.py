@@ -82,6 +82,22 @@ def ytdlp_options(cfg: DownloadConfig, work_dir: Path, file_stem: str, ffmpeg: s
     }
 
 
+def section_format_selector(max_height: int) -> str:
+    """For ``download.sections: runs``: the best video-only format at most ``max_height`` high that
+    has a direct http(s) URL (ffmpeg cuts it by byte ranges; DASH/HLS fragment lists cannot be),
+    mp4 first; then a single file with audio; finally the smallest such video (as format_selector)."""
+    h, direct = int(max_height), "[protocol~='^https?$']"
+    return (f"bv[height<={h}][ext=mp4]{direct}/bv[height<={h}]{direct}/b[height<={h}]{direct}/"
+            f"wv{direct}/w{direct}")
+
+
+def resolve_options(cfg: DownloadConfig, work_dir: Path, file_stem: str, ffmpeg: str) -> dict:
+    """Options to resolve (not download) the format the sections are cut from, writing only the
+    captions: those of ``ytdlp_options`` with the section format and ``skip_download``."""
+    return {**ytdlp_options(cfg, work_dir, file_stem, ffmpeg), "format": section_format_selector(cfg.max_height),
+            "skip_download": True}
+
+
 # (pattern, reason): first match wins; patterns are yt-dlp's / YouTube's wording, lower-cased.
 _PATTERNS = [
     (r"private video|sign in if you've been granted access", "private"),
