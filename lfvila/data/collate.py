@@ -35,9 +35,18 @@ def _dct_sizing(frame_hw: tuple[int, int], factor: int) -> dict:
             "min_width": math.ceil(frame_hw[1] / factor)}
 
 
-def _decoded_hw(jpeg: bytes, sizing: dict) -> tuple[int, int]:
+def _decoded_hw(jpeg: bytes, frame_hw: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The decoded size of a sample's frame at DCT downscale ``factor``, from its JPEG header,
+    which must give the JSON's ``frame_hw``: buffers are sized from the result, so a header
+    claiming 65500x65500 is a skipped sample, not a 6 TB allocation (the JSON's size is bounded
+    by ``data.max_frame_side``)."""
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg, **sizing)
+        height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+        if (height, width) != tuple(frame_hw):
+            raise SkipSample("frame_size_mismatch", f"frame 0: the JPEG header says {height}x{width}, "
+                                                    f"the JSON {frame_hw[0]}x{frame_hw[1]}")
+        if factor != 1:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg, **_dct_sizing(frame_hw, factor))
     except (ValueError, TypeError, OSError) as exc:
         raise SkipSample("corrupt_jpeg", f"frame 0: {exc}") from None
     return height, width
@@ -59,11 +68,11 @@ def _decode_into(data: bytes, index: int, out: np.ndarray, hw: tuple[int, int], 
 def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1, fast: bool = False) -> torch.Tensor:
     """Decode JPEGs to uint8 ``(N, H, W, 3)``, downscaled by ``factor`` in the DCT (see dct_scale).
 
-    Raises SkipSample("corrupt_jpeg") for undecodable data and ("frame_size_mismatch") when the
-    frames of one sample differ in size.
+    Raises SkipSample("corrupt_jpeg") for undecodable data and ("frame_size_mismatch") when a
+    frame's size is not ``frame_hw`` (checked on the first frame's header before allocating).
     """
     sizing = _dct_sizing(frame_hw, factor)
-    hw = _decoded_hw(jpegs[0], sizing)
+    hw = _decoded_hw(jpegs[0], frame_hw, factor)
     # Decode straight into one (N, h, w, 3) array: no per-frame arrays to stack afterwards.
     frames = np.empty((len(jpegs), *hw, 3), dtype=np.uint8)
     for i, data in enumerate(jpegs):
@@ -74,7 +83,7 @@ def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1
 def decoded_geometry(plan: SamplePlan, cfg: DataConfig) -> tuple[int, tuple[int, int]]:
     """(DCT downscale factor, decoded frame size) of ``plan``'s frames, from the first JPEG's header."""
     factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
-    return factor, _decoded_hw(plan.jpegs[0], _dct_sizing(plan.frame_hw, factor))
+    return factor, _decoded_hw(plan.jpegs[0], plan.frame_hw, factor)
 
 
 def render_frames(plan: SamplePlan, cfg: DataConfig, out: np.ndarray, factor: int,

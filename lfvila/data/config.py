@@ -72,6 +72,10 @@ class DataConfig:
     # paragraph_sentences sentences (shortest adjacent pair first); see lfvila.data.sampling.
     sampling: str = "window"
     paragraph_sentences: int = 8  # whole_video: text slots per sample (fewer are padded and masked)
+    # Largest frame width or height a sample's JSON may declare; larger is a bad_json skip. Every
+    # frame's JPEG header must match the JSON's size before anything is allocated for it, so this
+    # bounds the batch buffer (a header claiming 65500x65500 would otherwise size it at terabytes).
+    max_frame_side: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("train_shards", "val_shards"):
@@ -84,7 +88,7 @@ class DataConfig:
             ):
                 raise ValueError(f"data.{name} must be a URL pattern string or a list of URL strings, got {value!r}")
         for name in ("batch_size", "n_sentences", "frames_per_sentence", "min_frames_per_sentence",
-                     "max_tokens", "prefetch_factor", "paragraph_sentences"):
+                     "max_tokens", "prefetch_factor", "paragraph_sentences", "max_frame_side"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("num_workers", "shuffle_buffer", "seed"):

@@ -85,6 +85,10 @@ ZERO_BLOCK = b"\0" * BLOCK
 # magic [257:263], prefix [345:500].
 SIZE, CHKSUM, TYPEFLAG, MAGIC, PREFIX = 124, 148, 156, 257, 345
 CHUNK_BYTES = 4 << 20  # read size; 4 MiB ran faster than 1 or 2 MiB here (fewer per-chunk steps)
+# A member larger than this is a damaged header, not a member: a stream's member is read whole
+# into one buffer, so this bounds the reader's memory (the shard stage's members are frames of
+# ~10-60 KB and a JSON of ~10-100 KB).
+MAX_MEMBER_BYTES = 64 << 20
 REGULAR_TYPES = (ord("0"), 0, ord("7"))
 LONG_NAME_TYPE, PAX_TYPE = ord("L"), ord("x")
 OCTAL_PLACES = 8 ** np.arange(5, -1, -1)  # of a 6-digit octal number
@@ -110,16 +114,23 @@ def _octal(field: bytes) -> int:
 
 
 def _pax_path(data: bytes) -> str | None:
-    """The ``path`` record of a pax extended header ("LEN path=VALUE\n" records)."""
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+    """The ``path`` record of a pax extended header ("LEN KEY=VALUE\n" records, LEN counting the
+    whole record). A record whose length does not cover itself and end in a newline inside the
+    header is a TarFormatError: a length of 0 or less would never advance."""
+    pos, path = 0, None
+    while pos < len(data) and data[pos:].strip(b"\0"):  # trailing NULs are padding, as tarfile reads them
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space]
+        if space < 0 or not digits.isdigit():  # bytes.isdigit: ASCII digits only (no sign, no "_")
+            raise TarFormatError(f"invalid pax record at byte {pos} of its header")
+        end = pos + int(digits)
+        if end <= space + 1 or end > len(data) or data[end - 1] != 0x0A:
+            raise TarFormatError(f"invalid pax record length {int(digits)} at byte {pos} of its header")
+        key, _, value = data[space + 1:end - 1].partition(b"=")
         if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-        pos += length
-    return None
+            path = value.decode("utf-8", "surrogateescape")
+        pos = end
+    return path
 
 
 def _usual_checksums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,6 +337,9 @@ class _StreamWindow:
                 except ValueError:
                     error = TarFormatError("invalid header")
                     break
+            if not 0 <= size <= MAX_MEMBER_BYTES:  # int() takes a sign: a negative size never advances
+                error = TarFormatError(f"invalid header: member size {size}")
+                break
             add_offset(at)
             next_at = at + BLOCK + ((size + BLOCK - 1) & -BLOCK)  # data padded to whole blocks
             if next_at > end:  # its header is checked below; its data comes after the next fill
@@ -415,7 +429,11 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
                 elif kind == LONG_NAME_TYPE:
                     long_name = buf[data:data + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
                 elif kind == PAX_TYPE:
-                    long_name = _pax_path(buf[data:data + size]) or long_name
+                    try:
+                        long_name = _pax_path(buf[data:data + size]) or long_name
+                    except TarFormatError as exc:  # the members before it still come out
+                        error = exc
+                        break
                 else:
                     long_name = None
             del buf, view
@@ -449,6 +467,8 @@ def _plain_header(buf, at: int, end: int) -> tuple[str, int] | None:
     try:
         size, checksum = _octal(header[SIZE:SIZE + 12]), _octal(header[CHKSUM:CHKSUM + 8])
     except ValueError:
+        return None
+    if not 0 <= size <= MAX_MEMBER_BYTES:
         return None
     if checksum != sum(header) - sum(header[CHKSUM:CHKSUM + 8]) + 8 * ord(" "):
         return None
@@ -638,6 +658,26 @@ def _error(reason: str, url: str, key: str | None, detail) -> dict:
 
 def read_shard(url: str) -> Iterator[dict]:
     """Samples of one tar shard, in member order; failures become error records.
+
+    A key seen earlier in the same shard is not yielded again: each repeat is one
+    ``duplicate_key`` record (whichever copy is intact, the first one is the one used).
+    """
+    seen: set[str] = set()
+    items = _shard_items(url)
+    try:
+        for item in items:
+            key = item["__key__"]
+            if "__error__" not in item:
+                if key in seen:
+                    item = _error("duplicate_key", url, key, "the key appears again later in the shard")
+                seen.add(key)
+            yield item
+    finally:  # a consumer that stops early: the stream is released now, not when collected
+        items.close()
+
+
+def _shard_items(url: str) -> Iterator[dict]:
+    """read_shard's items before repeated keys are filtered out.
 
     A shard that cannot be opened or is not a tar yields one ``shard_open_error`` record; a shard
     that breaks part-way (truncated download, corrupt header) yields its complete samples, then one

@@ -70,13 +70,16 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_meta(raw: dict) -> dict:
-    """Decode and type-check ``KEY.json``; raise SkipSample("bad_json"/"missing_json")."""
+def parse_meta(raw: dict, max_frame_side: int = DataConfig.max_frame_side) -> dict:
+    """Decode and type-check ``KEY.json``; raise SkipSample("bad_json"/"missing_json").
+
+    ``width`` and ``height`` must be ints (not bools) in ``1..max_frame_side``: the batch buffer
+    is sized from them (and from JPEG headers checked against them, see collate)."""
     if "json" not in raw:
         raise SkipSample("missing_json", "no KEY.json member")
     try:  # the reader already parsed the JSON of a sample it read by offsets
         meta = raw["__meta__"] if "__meta__" in raw else json.loads(raw["json"])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
         raise SkipSample("bad_json", str(exc)[:200]) from None
     if not isinstance(meta, dict):
         raise SkipSample("bad_json", "top level is not an object")
@@ -86,8 +89,9 @@ def parse_meta(raw: dict) -> dict:
     if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
         raise SkipSample("bad_json", "sentences is not a list of objects")
     for name in ("width", "height"):
-        if not isinstance(meta.get(name), int) or meta[name] <= 0:
-            raise SkipSample("bad_json", f"{name} is not a positive integer")
+        if type(meta.get(name)) is not int or not 1 <= meta[name] <= max_frame_side:  # exact type: no bools
+            raise SkipSample("bad_json", f"{name} is not an integer in 1..{max_frame_side} "
+                                         f"(data.max_frame_side): {meta.get(name)!r}"[:200])
     for s in sentences:
         if not isinstance(s.get("text"), str):
             raise SkipSample("bad_json", "a sentence has no text")
@@ -219,7 +223,7 @@ def _whole_video(meta: dict, cfg: DataConfig, rng: np.random.Generator, train: b
 def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
                 mlm_seed: tuple[int, ...]) -> SamplePlan:
     """Validate a shard sample and draw its window (``data.sampling``), frames, crop and flip (in that order)."""
-    meta = parse_meta(raw)
+    meta = parse_meta(raw, cfg.max_frame_side)
     check_frame_ranges(meta)
     frames = raw.get("__frames__")  # a sample read by offsets: its frames are checked when taken
     if frames is None:

@@ -1,0 +1,214 @@
+"""Hostile and damaged shards (issue 12, "Loader"): every case ends, bounded in time and memory,
+with the good samples yielded and the rest counted by reason."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+
+import pytest
+
+from lfvila.data import DataConfig, build_loader
+from lfvila.data.reader import read_shard
+from lfvila.testing import synthetic_sample, write_sample_tar
+
+SIZE = (24, 40)
+
+
+def sample(key: str, seed: int = 0, **kw) -> dict:
+    return synthetic_sample(key, random.Random(seed), size=SIZE, **kw)
+
+
+def with_meta(s: dict, edit) -> dict:
+    meta = json.loads(s["json"])
+    edit(meta)
+    return {**s, "json": json.dumps(meta).encode()}
+
+
+def member(name: str, data: bytes, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """One ustar member (header + data padded to whole blocks)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type = len(data), kind
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+def sample_members(s: dict) -> bytes:
+    return b"".join(member(f"{s['__key__']}.{ext}", data) for ext, data in s.items() if not ext.startswith("__"))
+
+
+def with_field(header: bytes, at: int, value: bytes) -> bytes:
+    """``header`` with bytes ``at`` replaced by ``value`` and its checksum recomputed (so only the
+    field itself is wrong)."""
+    block = bytearray(header[:512])
+    block[at:at + len(value)] = value
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + header[512:]
+
+
+def cfg_for(urls, bert_dir, **kw) -> DataConfig:
+    base = dict(train_shards=urls, val_shards=urls, batch_size=4, num_workers=0, crop=(16, 24), max_tokens=12,
+                bert_dir=str(bert_dir), error_log_interval_s=0)
+    return DataConfig(**{**base, **kw})
+
+
+def load(urls, bert_dir, **kw) -> tuple[list[str], dict]:
+    """(keys yielded, counters) of one validation pass over ``urls``."""
+    loader = build_loader(cfg_for(urls, bert_dir, **kw), "val", epoch_mode=True)
+    keys = [k for batch in loader for k in batch["keys"]]
+    return keys, loader.counters()
+
+
+def reasons(url: str) -> list[tuple[str | None, str | None]]:
+    """(key, error reason or None) of each item read_shard yields."""
+    return [(item["__key__"], item.get("__error__")) for item in read_shard(url)]
+
+
+# -- 1. tar headers that would not advance ----------------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("pax_data", [b"0 path=x\n", b"-20 path=x\n", b"00 path=x\n", b"5 path=x\n",
+                                      b"99999 path=x\n", b"nonsense", b"12 path"])
+@pytest.mark.parametrize("through", ["file", "pipe"])
+def test_a_pax_record_that_does_not_advance_ends_in_a_counted_error(tmp_path, pax_data, through):
+    """A pax header record of length 0 (or negative, or past the header) spun forever."""
+    good, after = sample("good", 1), sample("after", 2)
+    path = tmp_path / "pax.tar"
+    path.write_bytes(sample_members(good) + member("PaxHeader", pax_data, tarfile.XHDTYPE)
+                     + sample_members(after) + b"\0" * 1024)
+    url = str(path) if through == "file" else f"pipe:cat {path}"
+    got = reasons(url)
+    assert {k for k, _ in got} <= {"good", "after", None} and any(r is not None for _, r in got)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size_field", [b"-1000\0", b"-1\0", b"-7777777777\0", b"\xff" + b"\xff" * 11,
+                                        b"\x80" + b"\x7f" * 11])
+@pytest.mark.parametrize("through", ["file", "pipe"])
+def test_negative_or_absurd_member_sizes_end_in_a_counted_error(tmp_path, size_field, through):
+    """A size field that int() reads as negative made the header walk stand still; one of 2^88
+    bytes (GNU base-256) asked for a buffer of that size."""
+    good = sample("good", 1)
+    bad = with_field(member("bad.0000.jpg", b"x" * 600), 124, size_field.ljust(12, b"\0"))
+    path = tmp_path / "size.tar"
+    path.write_bytes(sample_members(good) + bad + sample_members(sample("after", 2)) + b"\0" * 1024)
+    url = str(path) if through == "file" else f"pipe:cat {path}"
+    got = reasons(url)
+    assert {k for k, _ in got} <= {"good", "after", None} and any(r is not None for _, r in got)
+
+
+# -- 3. frame sizes from JPEG headers, checked before allocating ----------------------------------
+
+def jpeg_claiming(jpeg: bytes, height: int, width: int) -> bytes:
+    """``jpeg`` with its SOF0 frame header patched to claim ``height`` x ``width``."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[sof + 9:]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("resize_on", ["device", "loader"])
+@pytest.mark.parametrize("claim", [(8000, 8000), (65500, 65500), (240, 400)])
+@pytest.mark.parametrize("json_too", [False, True])
+def test_a_jpeg_header_claiming_a_huge_frame_is_a_skip_not_an_allocation(tmp_path, bert_dir, monkeypatch,
+                                                                         resize_on, claim, json_too):
+    """Buffers were sized from the first frame's unchecked header: 8000x8000 asked for 98 GB,
+    65500x65500 for 6.6 TB. With the JSON claiming the same size it must still be refused
+    (data.max_frame_side), and nothing larger than a normal batch may be allocated."""
+    from lfvila.data import collate
+
+    huge = sample("huge", 3)
+    for name in [n for n in huge if n.endswith(".jpg")]:
+        huge[name] = jpeg_claiming(huge[name], *claim)
+    if json_too:
+        huge = with_meta(huge, lambda m: m.update(height=claim[0], width=claim[1]))
+    path = tmp_path / "huge.tar"
+    write_sample_tar(path, [sample("ok_a", 1), huge, sample("ok_b", 2)])
+    batch_bytes = 4 * 32 * SIZE[0] * SIZE[1] * 3  # a whole batch of (T, 24, 40, 3) frames
+    real_storage, real_empty = collate._new_storage, collate.np.empty
+
+    def storage(nbytes):  # refused before allocating: the test must not take the machine down
+        assert nbytes <= batch_bytes, f"a {nbytes}-byte batch buffer"
+        return real_storage(nbytes)
+
+    def empty(shape, *args, **kw):
+        assert int(collate.np.prod(shape)) <= batch_bytes, f"a {shape} frame array"
+        return real_empty(shape, *args, **kw)
+
+    monkeypatch.setattr(collate, "_new_storage", storage)
+    monkeypatch.setattr(collate.np, "empty", empty)
+    max_side = 4096 if claim[0] > 4096 else 200
+    keys, counters = load([str(path)], bert_dir, resize_on=resize_on, max_frame_side=max_side)
+    assert sorted(keys) == ["ok_a", "ok_b"]
+    assert counters == {"bad_json" if json_too else "frame_size_mismatch": 1}
+
+
+@pytest.mark.parametrize("factor", [10, 2])
+def test_a_json_size_that_is_not_the_frames_is_a_skip(tmp_path, bert_dir, factor):
+    """JSON width/height 10x (or 2x) the truth was accepted and sized the buffer from the JSON."""
+    liar = with_meta(sample("liar", 3), lambda m: m.update(height=m["height"] * factor, width=m["width"] * factor))
+    path = tmp_path / "liar.tar"
+    write_sample_tar(path, [sample("ok", 1), liar])
+    for resize_on in ("device", "loader"):
+        assert load([str(path)], bert_dir, resize_on=resize_on) == (["ok"], {"frame_size_mismatch": 1})
+
+
+# -- 4, 6. KEY.json: nesting, types, repeated keys -------------------------------------------
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(width=True),
+    lambda m: m.update(height=True),
+    lambda m: m.update(width=1e9),
+    lambda m: m.update(width=10 ** 9),
+    lambda m: m.update(height=40.0),
+    lambda m: m.update(width=0),
+    lambda m: m.update(extra=json.loads("[" * 50 + "]" * 50)),  # fine: just a nested value
+], ids=["width_true", "height_true", "width_1e9_float", "width_1e9_int", "height_float", "width_0", "nested_ok"])
+def test_width_and_height_are_strict_ints_in_range(tmp_path, bert_dir, edit):
+    odd = with_meta(sample("odd", 3), edit)
+    path = tmp_path / "odd.tar"
+    write_sample_tar(path, [sample("ok", 1), odd])
+    keys, counters = load([str(path)], bert_dir)
+    nested_ok = "extra" in json.loads(odd["json"])
+    assert (sorted(keys), counters) == ((["odd", "ok"], {}) if nested_ok else (["ok"], {"bad_json": 1}))
+
+
+@pytest.mark.parametrize("where", ["top", "under_a_key"])
+@pytest.mark.parametrize("through", ["file", "pipe"])
+def test_deeply_nested_json_is_a_bad_json_skip(tmp_path, bert_dir, where, through):
+    """json.loads raises RecursionError (not ValueError) past ~1000 levels: it escaped the loader."""
+    deep = "[" * 100_000 + "]" * 100_000
+    text = deep if where == "top" else '{"width": 40, "frame_times": %s}' % deep
+    nested = {**sample("deep", 3), "json": text.encode()}
+    path = tmp_path / "deep.tar"
+    write_sample_tar(path, [sample("ok", 1), nested, sample("ok2", 2)])
+    url = str(path) if through == "file" else f"pipe:cat {path}"
+    keys, counters = load([url], bert_dir)
+    assert sorted(keys) == ["ok", "ok2"] and counters == {"bad_json": 1}
+
+
+@pytest.mark.parametrize("through", ["file", "pipe"])
+def test_a_key_repeated_later_in_a_shard_is_counted_and_skipped(tmp_path, bert_dir, through):
+    path = tmp_path / "dup.tar"
+    first, again = sample("dup", 1), sample("dup", 2)
+    write_sample_tar(path, [first, sample("other", 3), again, sample("last", 4)])
+    url = str(path) if through == "file" else f"pipe:cat {path}"
+    assert reasons(url) == [("dup", None), ("other", None), ("dup", "duplicate_key"), ("last", None)]
+    keys, counters = load([url], bert_dir)
+    assert sorted(keys) == ["dup", "last", "other"] and counters == {"duplicate_key": 1}
+    (raw,) = [r for r in read_shard(url) if r["__key__"] == "dup" and "__error__" not in r]
+    assert raw["json"] == first["json"]  # the first copy is the one used
+
+
+def test_pax_path_records_are_read_as_tarfile_reads_them():
+    """The hardened pax parser still reads what tarfile writes (several records, long paths)."""
+    from lfvila.data.reader import iter_tar_members
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ["d" * 150 + "/k.json", "naïve/" + "é" * 80 + ".0000.jpg"]:
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = 3, {"comment": "x" * 40, "mtime": "1.5"}
+            tar.addfile(info, io.BytesIO(b"abc"))
+    names = [n for n, _ in iter_tar_members(io.BytesIO(buf.getvalue()))]
+    assert names == ["d" * 150 + "/k.json", "naïve/" + "é" * 80 + ".0000.jpg"]
