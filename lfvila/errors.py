@@ -2,7 +2,8 @@
 
 The library raises them with a message that says what is wrong and how to fix it; ``lfvila``
 prints ``lfvila <command>: error: <message>`` and exits 2 without a traceback (``--debug`` shows
-it). Any other exception is a bug and keeps its traceback.
+it). So does ``TaskFailure``: work the environment stopped (disk full, a lost worker), named with its
+cause. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ class ConfigError(UserError, ValueError):
 
 class InputError(UserError, FileNotFoundError):
     """An input path is missing or is not what the command needs (a ``FileNotFoundError`` too)."""
+
+
+class TaskFailure(UserError, RuntimeError):
+    """Tasks that failed as a whole (disk full, read-only output, a lost worker): the message names them
+    and their causes; finished tasks are kept and a rerun of the same command redoes only these."""

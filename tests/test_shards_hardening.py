@@ -93,3 +93,128 @@ def test_download_tools_read_local_files_by_their_own_name(tmp_path, monkeypatch
     assert probe_video(Path("concat:x.mp4"))[1].endswith("1280x720")
     entry = cut_section("concat:x.mp4", 2.0, 4.0, Path("cut"), "000.mp4")
     assert probe_video(Path("cut") / entry["file"])[1].endswith("1280x720")
+
+
+# Disk full, for real: RLIMIT_FSIZE makes the OS refuse to grow any file past a size (EFBIG, once
+# SIGXFSZ is ignored), as a full disk refuses with ENOSPC. The build runs in a child process so
+# the limit (inherited by its ffmpeg processes) is its own.
+LIMITED_BUILD = r"""
+import resource, signal, sys
+from pathlib import Path
+from lfvila.build_config import BuildConfig
+from lfvila.config import load_config
+from lfvila.errors import TaskFailure
+from lfvila.shards.build import build_shards
+
+out, videos, limit = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=2"])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    build_shards(cfg, out, videos, workers=int(sys.argv[4]))
+except TaskFailure as exc:
+    print("TASKFAILURE", exc)
+"""
+
+
+def _shard_rows(videos: Path) -> list[dict]:
+    """Shards of very different sizes: 1 or 2 samples of 1-6 s over a 640x360 real video."""
+    rows = []
+    for i, seconds in enumerate([1, 6, 2, 5, 1, 1]):
+        rows.append({"key": f"k{i}", "video_id": "real", "sentences": sentences_every(0.5, 0.5 + seconds, 1.0, "real")})
+    return rows
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_disk_full_fails_the_task_leaves_nothing_and_a_rerun_repairs(tmp_path, shared_data, workers):
+    import subprocess
+    import sys
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "real.webm").symlink_to(shared_data / "videos/natural/renpy-demo__oa4_launch.webm")
+    reference, limited = tmp_path / "reference", tmp_path / "limited"
+    for out in (reference, limited):
+        write_longform(out / "longform.parquet", _shard_rows(videos))
+    build_shards(_cfg(), reference, videos, workers=1)
+    want = {p.name: p.read_bytes() for p in (reference / "shards").iterdir()}
+    sizes = sorted(len(data) for name, data in want.items() if name.endswith(".tar"))
+    limit = (sizes[0] + sizes[-1]) // 2  # the small shard(s) fit, the large one(s) do not
+    assert max(len(d) for n, d in want.items() if not n.endswith(".tar")) < limit
+
+    proc = subprocess.run([sys.executable, "-c", LIMITED_BUILD, str(limited), str(videos), str(limit), str(workers)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TASKFAILURE" in proc.stdout and "File too large" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    got = {p.name: p.read_bytes() for p in (limited / "shards").iterdir()}
+    assert not [n for n in got if n.endswith(".tmp")], sorted(got)  # no temporary left eating space
+    too_big = {n[:-len(".tar")] for n, d in want.items() if n.endswith(".tar") and len(d) > limit}
+    fitting = {n[:-len(".tar")] for n, d in want.items() if n.endswith(".tar") and len(d) <= limit}
+    assert too_big and fitting
+    # A shard that did not fit committed nothing (no tar, no status, no stats: not complete); one that fit is done.
+    assert not [n for n in got if n.split(".")[0] in too_big]
+    assert {n: got[n] for n in got if n.split(".")[0] in fitting} == {
+        n: d for n, d in want.items() if n.split(".")[0] in fitting}
+    assert not (limited / "shards" / "index.parquet").exists()
+
+    build_shards(_cfg(), limited, videos, workers=1)  # space again: the same command repairs the corpus
+    assert {p.name: p.read_bytes() for p in (limited / "shards").iterdir()} == want
+
+
+def test_tar_abort_after_a_real_enospc_does_not_raise_and_removes_the_file(tmp_path):
+    import errno
+
+    from lfvila.shards.tar import DeterministicTarWriter
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    path = tmp_path / ".t.tar.tmp"
+    path.symlink_to("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+    writer = DeterministicTarWriter(path)
+    writer.add("small", b"x" * 10)  # buffered: the error comes when the buffer is flushed
+    with pytest.raises(OSError) as caught:
+        writer.add("big", b"y" * 100_000)
+    assert caught.value.errno == errno.ENOSPC
+    writer.abort()  # closing flushes the buffer again and fails again: abort must neither raise nor keep the file
+    assert writer.file.closed and not path.exists() and not path.is_symlink()
+
+
+def test_an_oserror_outside_the_input_video_fails_the_task_not_the_sample(tmp_path, monkeypatch):
+    """No ffmpeg to run is the environment: nothing is committed and the error names the cause."""
+    from lfvila.errors import TaskFailure
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_colour_video(videos / "colour.mp4", 4)
+    write_longform(tmp_path / "out" / "longform.parquet",
+                   [{"key": f"k{i}", "video_id": "colour", "sentences": sentences_every(0, 3, 1, "colour")} for i in range(3)])
+    (tmp_path / "ffmpeg").write_text("not a program")
+    (tmp_path / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("LFVILA_FFMPEG", str(tmp_path / "ffmpeg"))
+    with pytest.raises(TaskFailure, match=r"2 shard task\(s\) failed.*Exec format error"):
+        build_shards(_cfg(), tmp_path / "out", videos, workers=1)
+    assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == []
+    monkeypatch.delenv("LFVILA_FFMPEG")
+    assert build_shards(_cfg(), tmp_path / "out", videos, workers=1)["totals"]["samples_written"] == 3
+
+
+def test_an_oserror_reading_the_input_video_stays_with_its_sample(tmp_path, monkeypatch):
+    import lfvila.shards.sample as sample
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_colour_video(videos / "colour.mp4", 4)
+    real_find = sample.find_source
+
+    def find(videos_dir, video_id, clip_ids):
+        if video_id == "unreadable":  # e.g. a permission or I/O error on the video's folder
+            raise PermissionError(13, "Permission denied", str(videos_dir / video_id))
+        return real_find(videos_dir, video_id, clip_ids)
+
+    monkeypatch.setattr(sample, "find_source", find)
+    rows = [{"key": f"k{i}", "video_id": v, "sentences": sentences_every(0, 3, 1, v)}
+            for i, v in enumerate(["colour", "unreadable"])]
+    write_longform(tmp_path / "out" / "longform.parquet", rows)
+    totals = build_shards(_cfg(), tmp_path / "out", videos, workers=1)["totals"]
+    assert totals["samples_written"] == 1 and totals["rejected_by_reason"] == {"video_io_error": 1}
+    assert totals["samples_failed"] == 1  # retryable: --retry-failed redoes it once the cause is fixed

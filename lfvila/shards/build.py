@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from lfvila.errors import InputError
+from lfvila.errors import InputError, TaskFailure
 from lfvila.shards.sample import RETRYABLE_REASONS
 from lfvila.shards.task import ShardTask, is_complete, paths, read_stats, run_shard_task, task_fingerprint
 
@@ -148,8 +148,9 @@ class _Progress:
     def close(self) -> None:
         self.bar.close()
         if self.errors:
-            raise RuntimeError(f"{len(self.errors)} shard task(s) failed; the other shards are complete and a "
-                               f"rerun redoes only these: " + "; ".join(self.errors[:5]))
+            raise TaskFailure(f"{len(self.errors)} shard task(s) failed (none of them committed); the other shards "
+                              f"are complete and a rerun of the same command redoes only these: "
+                              + "; ".join(self.errors[:5]))
 
 
 def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int, **_) -> None:

@@ -36,7 +36,7 @@ from lfvila.video.source import VideoSource, find_source
 
 # Sample reasons whose cause may be outside the data (missing download, overloaded machine): the
 # sample is "failed" rather than "rejected", and --retry-failed redoes its shard.
-RETRYABLE_REASONS = {"video_not_found", "span_not_downloaded", "decode_timeout", "internal_error"}
+RETRYABLE_REASONS = {"video_not_found", "span_not_downloaded", "video_io_error", "decode_timeout", "internal_error"}
 
 
 @dataclass
@@ -127,7 +127,14 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
     outcome = SampleOutcome(key=key, status="rejected", n_clips=len(sentences))
     grid_start = row["start"]
     wanted = _wanted_slots(sentences, grid_start, fps)
-    found = find_source(videos_dir, row["video_id"], [s["clip_id"] for s in sentences])
+    try:
+        found = find_source(videos_dir, row["video_id"], [s["clip_id"] for s in sentences])
+    except OSError as exc:
+        # Reading this sample's own input (its files, its sections.json) failed: a fact about this
+        # sample, retryable once fixed. Any other OSError fails the whole shard task (task.py).
+        outcome.status, outcome.reason = "failed", "video_io_error"
+        outcome.detail = f"{row['video_id']} under {videos_dir}: {exc}"[:500]
+        return outcome
     if found is None:
         outcome.status, outcome.reason = "failed", "video_not_found"
         outcome.detail = f"no {row['video_id']}.<ext> or {row['video_id']}/<clip_id> under {videos_dir}"

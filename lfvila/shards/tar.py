@@ -15,9 +15,12 @@ recorded in its JSON.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 
@@ -122,5 +125,17 @@ class DeterministicTarWriter:
         self.file.close()
 
     def abort(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        """Close and remove the file; never raises for the file's own I/O errors.
+
+        Abort follows a failure, often of the disk (full, quota, read-only, I/O error): closing then
+        fails again on the buffered tail, and that must neither hide the first error nor keep the
+        temporary file from being removed (it would hold the space a rerun needs).
+        """
+        try:
+            self.file.close()  # closes the descriptor even when flushing the buffer fails
+        except OSError:
+            pass
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as e:  # the next attempt at this shard removes it (task._clear_stale)
+            log.warning("could not remove %s: %s", self.path, e)

@@ -82,11 +82,23 @@ def is_complete(shard_dir: Path, task: ShardTask, retry_failed: bool = False) ->
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    """Unlink ``path`` after a failure without raising (the disk may be failing): a rerun cleans up the rest."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove %s: %s", path, e)
 
 
 def _clear_stale(shard_dir: Path, name: str) -> None:
@@ -121,7 +133,13 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
             mark = tar.tell()
             try:
                 outcome = write_sample(row, Path(videos_dir), cfg, tar)
-            except Exception as exc:  # a bug or an I/O error must not take the other samples with it
+            except OSError:
+                # The environment, not this sample (write_sample turns errors reading its input into
+                # its outcome): disk full, quota, read-only or failing disk under the shard, no ffmpeg
+                # to run. Every later sample would fail the same way and a committed shard would keep
+                # them failed: the task fails, leaves nothing, and a rerun of the same command redoes it.
+                raise
+            except Exception as exc:  # a bug in one sample must not take the other samples with it
                 tar.rollback(mark)
                 log.warning("sample %s: %s", row["key"], exc)
                 outcome = SampleOutcome(key=row["key"], status="failed", reason="internal_error",
@@ -132,8 +150,6 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     except BaseException:
         tar.abort()
         raise
-    os.replace(tmp_tar, p["tar"])
-
     rows = []
     for o in outcomes:
         d = asdict(o)
@@ -142,10 +158,18 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     table = pa.Table.from_pylist(rows, schema=_status_schema())
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
 
-    stats = _shard_stats(task, outcomes, p["tar"].stat().st_size, cfg.video.fps)
-    _atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        os.replace(tmp_tar, p["tar"])
+        _atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
+        stats = _shard_stats(task, outcomes, p["tar"].stat().st_size, cfg.video.fps)
+        _atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    except BaseException:
+        # Without its stats the shard is not complete: drop what was renamed, so a failed commit
+        # (disk full on the status table) leaves no orphan holding the space a rerun needs.
+        for path in (tmp_tar, p["tar"], p["status"]):
+            _remove(path)
+        raise
     return stats
 
 
