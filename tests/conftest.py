@@ -59,3 +59,30 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is a dev extra; tests that need it import it themselves
     pass
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> dict[str, list[str]]:
+    """The embedded demo sample built as ``lfvila demo`` builds it (100 videos: 81 train and 20 val
+    long-form samples, about 20 s): ``{"train": [...], "val": [...]}`` shard paths."""
+    from lfvila.demo import DemoSettings, build_demo_corpus
+
+    _, train, val = build_demo_corpus(tmp_path_factory.mktemp("demo_corpus"), DemoSettings(workers=2))
+    return {"train": train, "val": val}
+
+
+@pytest.fixture(scope="session")
+def demo_stage1_checkpoint(tmp_path_factory, demo_corpus) -> Path:
+    """A tiny stage-1 checkpoint (train/tiny.yaml, a few steps on the demo corpus's train split)."""
+    import json
+
+    from lfvila.config import load_config
+    from lfvila.trainer.config import TrainConfig
+    from lfvila.trainer.loop import Trainer
+
+    out = tmp_path_factory.mktemp("stage1")
+    cfg = load_config(TrainConfig, REPO / "train" / "tiny.yaml", [
+        f"data.train_shards={json.dumps(demo_corpus['train'])}", "data.num_workers=0", "trainer.max_steps=3",
+        "trainer.log_every=3", "trainer.tensorboard=false", f"trainer.out_dir={out}"])
+    Trainer(cfg).fit()
+    return out / "checkpoints" / "step_00000003"
