@@ -218,3 +218,45 @@ def test_an_oserror_reading_the_input_video_stays_with_its_sample(tmp_path, monk
     totals = build_shards(_cfg(), tmp_path / "out", videos, workers=1)["totals"]
     assert totals["samples_written"] == 1 and totals["rejected_by_reason"] == {"video_io_error": 1}
     assert totals["samples_failed"] == 1  # retryable: --retry-failed redoes it once the cause is fixed
+
+
+def _with_sar(shared_data: Path, dst: Path, size: str, sar: str) -> Path:
+    """2 s of a real video scaled to ``size`` with sample aspect ratio ``sar``, by the bundled ffmpeg.
+
+    The stored size must be at least as many pixels across as the SAR's ratio (160x480 for 400:1), or
+    ffmpeg's decoder ignores the SAR as invalid.
+    """
+    import subprocess
+
+    import imageio_ffmpeg
+
+    src = shared_data / "videos/natural/kphotoalbum__movie.avi"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-t", "2",
+                    "-an", "-vf", f"scale={size},setsar={sar}:max=1000", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", str(dst)], check=True, capture_output=True)
+    return dst
+
+
+def test_an_absurd_sample_aspect_ratio_is_rejected_without_huge_frames(tmp_path, shared_data):
+    from lfvila.video.decode import width_range
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    wide = _with_sar(shared_data, videos / "wide.mp4", "160:480", "400/1")  # display 133:1: 32000x240 frames
+    _with_sar(shared_data, videos / "narrow.mp4", "480:160", "1/400")  # display 1:133: 2x240 frames
+    _with_sar(shared_data, videos / "plain.mp4", "160:120", "1/1")
+    lo, hi = width_range(240)
+    assert (lo, hi) == (30, 1920)
+    decoder = SegmentDecoder(wide, 0.0, 2, 3.0, 240, None, 1, time.monotonic() + 60)
+    assert {frame.y.shape for _, frame in decoder} == {(240, hi + 2)}  # ffmpeg itself never scales past the cap
+
+    rows = [{"key": v, "video_id": v, "sentences": sentences_every(0.1, 1.9, 0.6, v)} for v in ("wide", "narrow", "plain")]
+    write_longform(tmp_path / "out" / "longform.parquet", rows)
+    summary = build_shards(_cfg("shards.samples_per_shard=3"), tmp_path / "out", videos, workers=1)
+    assert summary["totals"]["rejected_by_reason"] == {"aspect_ratio_out_of_range": 2}
+    assert [(s["key"], s["meta"]["width"]) for s in _samples(tmp_path / "out")] == [("plain", 320)]
+    import pyarrow.parquet as pq
+
+    status = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "shards" / "status.parquet").to_pylist()}
+    assert status["wide"]["status"] == "rejected" and "more than 1920x240" in status["wide"]["detail"]
+    assert "2x240" in status["narrow"]["detail"]

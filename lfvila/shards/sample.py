@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lfvila.shards.tar import DeterministicTarWriter
-from lfvila.video.decode import SegmentDecoder, SegmentResult, slot_at_or_after, slot_time
+from lfvila.video.decode import (
+    MAX_ASPECT_RATIO,
+    SegmentDecoder,
+    SegmentResult,
+    slot_at_or_after,
+    slot_time,
+    width_range,
+)
 from lfvila.video.source import VideoSource, find_source
 
 # Sample reasons whose cause may be outside the data (missing download, overloaded machine): the
@@ -163,12 +170,21 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
         file_start = grid_start + seg.first_slot / fps - seg.file_offset
         decoder = SegmentDecoder(seg.path, file_start, seg.count, fps, vcfg.frame_height, width,
                                  vcfg.decoder_threads, deadline)
-        for i, frame in decoder:
+        frames = iter(decoder)
+        for i, frame in frames:
+            if width is None:  # the sample's first frame sets its width (its display aspect ratio)
+                height, width = frame.y.shape
+                lo, hi = width_range(height)
+                if not lo <= width <= hi:
+                    frames.close()  # stops ffmpeg
+                    outcome.reason = "aspect_ratio_out_of_range"
+                    shape = f"more than {hi}x{height}" if width > hi else f"{width}x{height}"
+                    outcome.detail = (f"{seg.path.name}: its display aspect ratio gives frames of {shape}; "
+                                      f"at most {MAX_ASPECT_RATIO:g}:1 either way ({lo} to {hi} pixels wide)")
+                    return outcome
             slot = seg.first_slot + i
             if slot not in wanted_set:
                 continue
-            if width is None:
-                height, width = frame.y.shape
             jpegs.append(frame.to_jpeg(vcfg.jpeg_quality))
             times.append(slot_time(slot, grid_start, fps))
         seg.result = res = decoder.result

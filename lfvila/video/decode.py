@@ -102,6 +102,25 @@ class SegmentResult:
         return " | ".join(self.error_lines[:3])[:500]
 
 
+# The widest display aspect ratio (width / height after SAR and rotation) a video may have, and its
+# inverse the narrowest. Real videos lie well inside (ultra-wide 32:9 is 3.6, a phone's 9:16 is
+# 0.56); beyond it the sample aspect ratio is garbage or hostile and the frames are not training data.
+MAX_ASPECT_RATIO = 8.0
+
+
+def _scaled_width(height: int, dar: float) -> int:
+    """The output width ffmpeg's scale expression gives a ``dar`` video at ``height`` (even, >= 2)."""
+    return 2 * max(1, math.trunc(height * dar / 2 + 0.5))
+
+
+def width_range(height: int) -> tuple[int, int]:
+    """Output widths allowed at frame height ``height``: those of aspect ratios 1:MAX .. MAX:1.
+
+    A sample whose first decoded frame is outside is rejected (``aspect_ratio_out_of_range``).
+    """
+    return _scaled_width(height, 1 / MAX_ASPECT_RATIO), _scaled_width(height, MAX_ASPECT_RATIO)
+
+
 def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps: float, height: int,
                     width: int | None, threads: int, input_seek: bool) -> list[str]:
     import ffmpeg  # ffmpeg-python: builds the filter graph with correct escaping
@@ -125,7 +144,9 @@ def _ffmpeg_command(path: Path, seek: float, shift: float, duration: float, fps:
         stream = stream.filter("setpts", f"PTS+({shift:.6f})/TB")
     stream = stream.filter("fps", fps=f"{fps:g}", start_time=0, round="near")
     # dar = display aspect ratio after ffmpeg's automatic rotation: honours rotation and SAR.
-    w = str(width) if width is not None else f"2*max(1,trunc({height}*dar/2+0.5))"
+    # A width beyond the allowed range is capped just past it (a 400:1 sample aspect ratio would ask for
+    # 32000x240): ffmpeg never scales to a huge frame, and the caller still sees the frame is too wide.
+    w = str(width) if width is not None else f"min(2*max(1,trunc({height}*dar/2+0.5)),{width_range(height)[1] + 2})"
     # Output full-range BT.601 YUV 4:2:0, which is what a JPEG (JFIF) stores: the planes go to the
     # JPEG encoder as they are, with no RGB round trip (measured: ~30 % less ffmpeg CPU per output
     # frame than RGB, half the bytes through the pipe, and no colour conversion in libjpeg).
@@ -171,7 +192,7 @@ class SegmentDecoder:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=errfile)
             _enlarge_pipe(proc.stdout.fileno())
-            stopped_early = False
+            stopped_early = ended = False
             try:
                 for frame in _read_y4m_frames(proc.stdout, self.deadline):
                     yield self.result.frames, frame
@@ -179,10 +200,13 @@ class SegmentDecoder:
                     if self.result.frames >= self.count:
                         stopped_early = True
                         break
+                ended = True
             except TimeoutError:
                 self.result.timed_out = True
             finally:
-                if stopped_early or self.result.timed_out:
+                # Killed unless it ended by itself: stopped early, timed out, or abandoned by the caller
+                # (the generator closed, e.g. a sample rejected at its first frame) or an exception.
+                if stopped_early or not ended:
                     proc.kill()
                 proc.stdout.close()
                 try:

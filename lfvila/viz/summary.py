@@ -26,8 +26,9 @@ OK_STATUSES = ("ok", "success", "written")
 # The words every summary uses (build summary, progress bar, inspect, report), defined here once.
 VOCABULARY = {
     "rejected": "the data itself is unusable (a malformed record, a run of too few clips, a broken or too "
-                "short video); a rerun gives the same result unless the recipe changes",
-    "failed": "the cause may lie outside the data (video not downloaded, decode timeout, internal error); "
+                "short video, an absurd aspect ratio); a rerun gives the same result unless the recipe changes",
+    "failed": "the cause may lie outside the data (video not downloaded, decode timeout, an OS error reading the "
+              "video, internal error); "
               "lfvila build --retry-failed redoes these once the cause is fixed",
     "dropped": "clips left out of a sample that was written (no frame in the clip's span, past the end of "
                "the video); the sample keeps its other clips",
