@@ -212,3 +212,114 @@ def test_pax_path_records_are_read_as_tarfile_reads_them():
             tar.addfile(info, io.BytesIO(b"abc"))
     names = [n for n, _ in iter_tar_members(io.BytesIO(buf.getvalue()))]
     assert names == ["d" * 150 + "/k.json", "naïve/" + "é" * 80 + ".0000.jpg"]
+
+
+# -- 2. http(s) shards: connect, stall and total timeouts ----------------------------------------
+
+class StallingServer:
+    """A loopback HTTP server: ``/NAME`` serves file NAME of ``root`` whole, ``/stall/NAME`` sends
+    its headers and the first half of its body, then nothing until the test ends; ``/trickle/NAME``
+    sends one byte every 0.05 s."""
+
+    def __init__(self, root):
+        import http.server
+        import threading
+        import time
+
+        self.release = threading.Event()
+        release = self.release
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                mode, _, name = self.path.strip("/").rpartition("/")
+                data = (root / name).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if mode == "stall":
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    release.wait(60)
+                elif mode == "trickle":
+                    for i in range(len(data)):
+                        if release.wait(0.05):
+                            return
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.time = time
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    server = StallingServer(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_http_shard_that_stalls_mid_body_is_a_counted_timeout(tmp_path, bert_dir, http_server):
+    """webdataset ran curl without a stall or total timeout: a server that stopped sending
+    mid-body blocked the loader forever. Now the shard ends in ``shard_timeout`` after
+    ``data.http_stall_timeout_s`` and the rest of the corpus is read."""
+    write_sample_tar(tmp_path / "a.tar", [sample(f"a{i}", i) for i in range(6)])
+    write_sample_tar(tmp_path / "b.tar", [sample("b0", 10), sample("b1", 11)])
+    urls = [f"{http_server.url}/stall/a.tar", f"{http_server.url}/b.tar"]
+    started = http_server.time.monotonic()
+    keys, counters = load(urls, bert_dir, http_stall_timeout_s=1.0)
+    elapsed = http_server.time.monotonic() - started
+    assert counters == {"shard_timeout": 1}
+    assert {"b0", "b1"} <= set(keys) and {k for k in keys if k.startswith("a")} < {f"a{i}" for i in range(6)}
+    assert elapsed < 20
+
+
+@pytest.mark.timeout(60)
+def test_an_http_shard_that_trickles_hits_the_total_timeout(tmp_path, http_server):
+    """A byte every 0.05 s never trips the stall timeout; the total one ends it."""
+    from lfvila.data.reader import HttpTimeouts
+
+    write_sample_tar(tmp_path / "a.tar", [sample("a0", 1)])
+    started = http_server.time.monotonic()
+    got = list(read_shard(f"{http_server.url}/trickle/a.tar", HttpTimeouts(connect_s=5, stall_s=5, total_s=1.5)))
+    assert [(r["__error__"], "total" in r["__detail__"]) for r in got] == [("shard_timeout", True)]
+    assert http_server.time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(60)
+def test_an_http_server_that_never_answers_is_a_connect_timeout(tmp_path):
+    """A listening socket that never accepts (backlog full) or answers: the connect timeout."""
+    import socket
+
+    from lfvila.data.reader import HttpTimeouts
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the TCP handshake into its backlog, never answers
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.tar"
+        got = list(read_shard(url, HttpTimeouts(connect_s=0.5, stall_s=5, total_s=30)))
+    finally:
+        silent.close()
+    assert [r["__error__"] for r in got] == ["shard_timeout"]
+
+
+def test_http_timeouts_are_validated():
+    for name in ("http_connect_timeout_s", "http_stall_timeout_s", "http_total_timeout_s"):
+        for bad in (0, -1, float("inf"), True, "5"):
+            with pytest.raises(ValueError, match=name):
+                DataConfig(**{name: bad})

@@ -76,6 +76,13 @@ class DataConfig:
     # frame's JPEG header must match the JSON's size before anything is allocated for it, so this
     # bounds the batch buffer (a header claiming 65500x65500 would otherwise size it at terabytes).
     max_frame_side: int = 4096
+    # http(s):// shards (read with urllib): seconds to connect and get the response headers, with
+    # no byte received mid-body, and for the whole shard. A shard over a limit ends in a
+    # shard_timeout skip (its samples read so far are used). pipe: commands are the user's to bound
+    # (e.g. curl --speed-time/--max-time).
+    http_connect_timeout_s: float = 30.0
+    http_stall_timeout_s: float = 60.0
+    http_total_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name in ("train_shards", "val_shards"):
@@ -114,6 +121,10 @@ class DataConfig:
             raise ValueError(f"data.val_crop_fraction must be in (0, 1], got {self.val_crop_fraction}")
         if not 0.0 <= self.mlm_probability < 1.0:
             raise ValueError(f"data.mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        for name in ("http_connect_timeout_s", "http_stall_timeout_s", "http_total_timeout_s"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0 < value < float("inf"):
+                raise ValueError(f"data.{name} must be a number of seconds > 0, got {value!r}")
         if self.error_log_interval_s < 0:
             raise ValueError(f"data.error_log_interval_s must be >= 0, got {self.error_log_interval_s}")
         if self.resize_on not in ("device", "loader"):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lfvila.data.collate import (BatchBuffers, BatchCanvas, Tokenizer, collate, render_geometry, render_sample,
                                  storage_users)
 from lfvila.data.config import DataConfig
-from lfvila.data.reader import expand_shards, fingerprint, read_shard, worker_shards
+from lfvila.data.reader import HttpTimeouts, expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
 
 logger = logging.getLogger("lfvila.data")
@@ -38,7 +38,7 @@ STATE_FORMAT = "lfvila.loader/1"
 # A stream that skips this many items in a row has no usable data (every shard broken, wrong
 # URLs): raise with the reason instead of spinning forever in an infinite mode.
 MAX_CONSECUTIVE_SKIPS = 10_000
-SHARD_REASONS = ("shard_open_error", "shard_read_error", "truncated_tar")
+SHARD_REASONS = ("shard_open_error", "shard_read_error", "shard_timeout", "truncated_tar")
 # Batch buffers each stream reuses (collate.BatchBuffers): the consumer holds the current batch
 # while the next is made, a worker has up to prefetch_factor batches in flight, plus slack for
 # batches the main process has not yet seen released. Each is one batch (~94 MB by default).
@@ -146,12 +146,14 @@ class ShardStream(IterableDataset):
         urls = worker_shards(self.urls, seed=cfg.seed, pass_index=self.pass_index, worker=worker,
                              n_workers=n_workers, mode=self.mode, shuffle=self.train)
 
+        timeouts = HttpTimeouts.of(cfg)
+
         def planned() -> Iterator:
             read_position = 0
             empty_run = 0  # shards in a row that held no member at all
             for url in urls:
                 n_items = 0
-                for raw in read_shard(url):
+                for raw in read_shard(url, timeouts):
                     n_items += 1
                     read_position += 1
                     if "__error__" in raw:

@@ -1,8 +1,8 @@
 """Shard URLs -> grouped tar samples, with failures as records instead of exceptions.
 
-Opening uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, ``http(s)://`` through
-curl, ...); members are read by :func:`iter_tar_members`, a minimal streaming ustar/pax/GNU
-reader. Grouping members into samples is done here so a shard that breaks part-way ends in a
+Opening (:func:`open_shard`) uses webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, other
+schemes) and urllib for ``http(s)://``, with connect, stall and total timeouts; members are read by
+:func:`iter_tar_members`, a minimal streaming ustar/pax/GNU reader. Grouping members into samples is done here so a shard that breaks part-way ends in a
 counted record instead of an exception. Every item :func:`read_shard` yields is a sample dict or
 an error record ``{"__error__": reason, "__url__": url, "__key__": key_or_None, "__detail__": text}``.
 A sample dict is either
@@ -70,11 +70,17 @@ import os
 import random
 import stat
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import count
 
 import numpy as np
 from webdataset.gopen import gopen
+
+from lfvila.data.config import DataConfig
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
@@ -98,6 +104,69 @@ USUAL_FIELDS = np.r_[0:100, SIZE:SIZE + 12, CHKSUM:CHKSUM + 7, TYPEFLAG, PREFIX]
 
 class TarFormatError(Exception):
     """The byte stream is not (or stops being) a valid tar archive."""
+
+
+class ShardTimeout(Exception):
+    """An http(s) shard did not arrive in time (connect, stall or total timeout)."""
+
+
+@dataclass(frozen=True)
+class HttpTimeouts:
+    """Limits on reading one ``http(s)://`` shard, in seconds (``data.http_*_timeout_s``)."""
+
+    connect_s: float  # to connect and receive the response headers
+    stall_s: float  # with no byte received
+    total_s: float  # for the whole shard
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> HttpTimeouts:
+        return cls(cfg.http_connect_timeout_s, cfg.http_stall_timeout_s, cfg.http_total_timeout_s)
+
+
+class _HTTPShard:
+    """A shard streamed over http(s) with urllib, every read bounded by the stall timeout and the
+    time left of the total one (webdataset's ``gopen`` ran curl without either: a server that
+    stalled mid-body blocked the loader for good). Raises ShardTimeout."""
+
+    def __init__(self, url: str, timeouts: HttpTimeouts):
+        self.url, self.timeouts = url, timeouts
+        self.deadline = time.monotonic() + timeouts.total_s
+        try:
+            self.response = urllib.request.urlopen(url, timeout=min(timeouts.connect_s, timeouts.total_s))
+        except (TimeoutError, urllib.error.URLError) as exc:
+            if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise ShardTimeout(f"no response within {timeouts.connect_s:g} s (data.http_connect_timeout_s)") \
+                    from None
+            raise
+        # The response's socket, to bound each read by what is left of the total timeout too.
+        self.sock = getattr(getattr(getattr(self.response, "fp", None), "raw", None), "_sock", None)
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ShardTimeout(f"not read within {self.timeouts.total_s:g} s (data.http_total_timeout_s)")
+        timeout = min(self.timeouts.stall_s, left)
+        if self.sock is not None:
+            self.sock.settimeout(timeout)
+        try:
+            data = self.response.read1(len(buffer))  # one socket read at most: each is bounded
+        except TimeoutError:
+            if timeout == self.timeouts.stall_s:
+                raise ShardTimeout(f"no data for {timeout:g} s (data.http_stall_timeout_s)") from None
+            raise ShardTimeout(f"not read within {self.timeouts.total_s:g} s (data.http_total_timeout_s)") from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def open_shard(url: str, timeouts: HttpTimeouts):
+    """A binary stream of shard ``url``: ``http(s)://`` with :class:`_HTTPShard`, anything else
+    with webdataset's ``gopen`` (local paths, ``file:``, ``pipe:CMD``, other schemes)."""
+    if url.startswith(("http://", "https://")):
+        return _HTTPShard(url, timeouts)
+    return gopen(url, "rb")
 
 
 def _octal(field: bytes) -> int:
@@ -656,14 +725,14 @@ def _error(reason: str, url: str, key: str | None, detail) -> dict:
     return {"__error__": reason, "__url__": url, "__key__": key, "__detail__": str(detail)[:300]}
 
 
-def read_shard(url: str) -> Iterator[dict]:
+def read_shard(url: str, timeouts: HttpTimeouts | None = None) -> Iterator[dict]:
     """Samples of one tar shard, in member order; failures become error records.
 
     A key seen earlier in the same shard is not yielded again: each repeat is one
     ``duplicate_key`` record (whichever copy is intact, the first one is the one used).
     """
     seen: set[str] = set()
-    items = _shard_items(url)
+    items = _shard_items(url, timeouts or HttpTimeouts.of(DataConfig()))
     try:
         for item in items:
             key = item["__key__"]
@@ -676,20 +745,21 @@ def read_shard(url: str) -> Iterator[dict]:
         items.close()
 
 
-def _shard_items(url: str) -> Iterator[dict]:
+def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
     """read_shard's items before repeated keys are filtered out.
 
     A shard that cannot be opened or is not a tar yields one ``shard_open_error`` record; a shard
     that breaks part-way (truncated download, corrupt header) yields its complete samples, then one
-    ``truncated_tar`` record for the sample being read when it broke. Samples of a local shard
+    ``truncated_tar`` record for the sample being read when it broke; an http(s) shard that times
+    out (see :class:`HttpTimeouts`) likewise ends in one ``shard_timeout`` record. Samples of a local shard
     may come read by offsets (see the module docstring); a corrupt header among the frames such
     a sample jumped over surfaces only if a plan takes that frame (FrameMemberError), and the rest
     of the shard is still read.
     """
     try:
-        stream = gopen(url, "rb")
+        stream = open_shard(url, timeouts)
     except Exception as exc:  # gopen raises many types (OSError, ValueError, IOError from pipes)
-        yield _error("shard_open_error", url, None, exc)
+        yield _error("shard_timeout" if isinstance(exc, ShardTimeout) else "shard_open_error", url, None, exc)
         return
     current: dict | None = None
     failure: dict | None = None
@@ -731,7 +801,8 @@ def _shard_items(url: str) -> Iterator[dict]:
                     # it keeps; anything else (the JSON) goes to consumers that want bytes.
                     current[suffix] = data if suffix.endswith(".jpg") else bytes(data)
         except Exception as exc:  # TarFormatError, pipe errors, network errors...
-            reason = "truncated_tar" if n_members else "shard_open_error"
+            reason = "shard_timeout" if isinstance(exc, ShardTimeout) else \
+                "truncated_tar" if n_members else "shard_open_error"
             failure = _error(reason, url, current["__key__"] if current else None, exc)
             current = None
     finally:
