@@ -260,3 +260,94 @@ def test_an_absurd_sample_aspect_ratio_is_rejected_without_huge_frames(tmp_path,
     status = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "shards" / "status.parquet").to_pylist()}
     assert status["wide"]["status"] == "rejected" and "more than 1920x240" in status["wide"]["detail"]
     assert "2x240" in status["narrow"]["detail"]
+
+
+def _session_processes(sid: int) -> dict[int, tuple[str, str]]:
+    """Live processes of session ``sid`` from /proc: pid -> (start time, command); zombies count as gone."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] not in "ZX":
+            found[int(entry.name)] = (fields[19], cmd[:120])
+    return found
+
+
+def test_sigkill_of_the_build_driver_takes_its_workers_and_resource_tracker_with_it(tmp_path, shared_data):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "vtest.avi").symlink_to(shared_data / "videos/natural/opencv-doc__vtest.avi")
+    rows = [{"key": f"s{i:02d}", "video_id": "vtest", "sentences": sentences_every(i, i + 60, 5, "vtest")}
+            for i in range(40)]  # ~20 s of work on two workers: still running when the driver is killed
+    write_longform(tmp_path / "out" / "longform.parquet", rows)
+    cmd = [sys.executable, "-m", "lfvila.cli", "build", "--stage", "shards", "--out", str(tmp_path / "out"),
+           "--videos", str(videos), "--workers", "2", "--set", "shards.samples_per_shard=1"]
+    # Its own session: every process it starts is found by session id, even once reparented.
+    driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            procs = _session_processes(driver.pid)
+            workers = [p for p, (_, c) in procs.items() if "spawn_main" in c]
+            if len(workers) == 2 and any("resource_tracker" in c for _, c in procs.values()) and any(
+                    "ffmpeg" in c for _, c in procs.values()):
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None and len(workers) == 2, "the build must be killed while its workers run"
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as the OOM killer or a scheduler would
+        driver.wait()
+        deadline = time.monotonic() + 20
+        while (left := _session_processes(driver.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"still alive 20 s after the driver's SIGKILL: {sorted(c for _, c in left.values())}"
+        assert len(list((tmp_path / "out" / "shards").glob("*.stats.json"))) < 40
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever is left of the job, should the test fail
+        except ProcessLookupError:
+            pass
+        driver.wait()
+
+
+def test_the_parent_watchdog_alone_ends_a_worker_whose_parent_died(tmp_path):
+    """Without PR_SET_PDEATHSIG (another OS): the getppid() watchdog thread ends the orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = ("import os, sys, time; sys.platform = 'other'; from lfvila.shards.build import die_with_parent; "
+             "die_with_parent(os.getppid(), 0.05); print('ready', flush=True); time.sleep(120)")
+    parent = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              "time.sleep(120)")
+    driver = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO, start_new_session=True,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline() == "ready\n"
+        assert len(_session_processes(driver.pid)) == 2
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 10
+        while _session_processes(driver.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _session_processes(driver.pid)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()

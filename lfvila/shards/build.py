@@ -14,6 +14,9 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -168,7 +171,8 @@ def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, worke
 
     # spawn: workers start clean (no inherited threads or locks from the driver).
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_shard_task, task, out, videos_dir, cfg): task for task in todo}
         for future in as_completed(futures):
             try:
@@ -176,6 +180,34 @@ def _run_local(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, worke
             except Exception as exc:  # includes BrokenProcessPool when a worker process dies
                 progress.error(futures[future], exc)
     progress.close()
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this process (a pool worker) exit when ``parent_pid``, the driver that started it, dies.
+
+    A worker blocks on its task queue, whose write end it holds itself, so it never sees a SIGKILLed
+    driver go: it and the multiprocessing resource tracker (which waits for every worker) would live
+    forever. On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); a daemon
+    thread watching ``os.getppid()`` covers other systems and the moment before the ``prctl``. The
+    worker's ffmpeg exits on its next write to the closed pipe.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog alone
+            pass
+    if os.getppid() != parent_pid:  # the driver died before the prctl (or while we started)
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lfvila-parent-watchdog", daemon=True).start()
 
 
 def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers: int,
