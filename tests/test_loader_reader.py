@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lfvila.data import DataConfig
-from lfvila.data.reader import TarFormatError, _MappedFile, iter_tar_members, read_shard
+from lfvila.data.reader import TarFormatError, _ShardDescriptor, iter_tar_members, read_shard
 from lfvila.data.sampling import plan_sample
 from lfvila.testing import write_synthetic_shards
 
@@ -137,19 +137,19 @@ def test_other_checksum_spellings_are_read(spelling):
         list(iter_tar_members(io.BytesIO(bytes(data))))
 
 
-def test_local_files_are_mapped_and_read_alike(tmp_path):
-    """A regular file read from its start is memory-mapped instead of read; other streams and
-    a file opened part-way are read in chunks. All give tarfile's members."""
+def test_local_files_are_read_alike(tmp_path):
+    """A regular file read from its start is also read with pread (for samples read by offsets);
+    other streams and a file opened part-way only in chunks. All give tarfile's members."""
     rng = random.Random(1)
     members = [(f"k{i // 5}.{i:04d}.jpg", rng.randbytes(rng.randrange(0, 20000))) for i in range(60)]
     path = tmp_path / "a.tar"
     path.write_bytes(b"x" * 512 + tar_bytes(tarfile.PAX_FORMAT, members))
     with open(path, "rb") as f:
-        f.seek(512)  # part-way: not mapped
+        f.seek(512)  # part-way: not read by offsets
         assert list(iter_tar_members(f, chunk_bytes=4096)) == members
     path.write_bytes(tar_bytes(tarfile.PAX_FORMAT, members))
     with open(path, "rb") as f:
-        assert _MappedFile.of(f) is not None
+        assert _ShardDescriptor.of(f) is not None
         held = list(iter_tar_members(f))
     assert held == members  # still readable after the file is closed
     path.write_bytes(path.read_bytes()[:30000])  # truncated inside a member

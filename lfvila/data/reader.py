@@ -293,8 +293,9 @@ def _retire(chunk: _Chunk) -> None:
 
 
 class _ShardDescriptor:
-    """A descriptor of a mapped shard, kept open while a sample read by offsets may still read
-    frames (after read_shard has closed its stream); closed once the last sample is dropped."""
+    """A descriptor of a local shard, for ``pread``: kept open while a sample read by offsets may
+    still read frames (after read_shard has closed its stream); closed once the last sample is
+    dropped."""
 
     __slots__ = ("fd",)
 
@@ -305,70 +306,85 @@ class _ShardDescriptor:
         if hasattr(self, "fd"):  # not when dup() failed
             os.close(self.fd)
 
-
-class _MappedFile:
-    """A whole local file mapped read-only, in place of read chunks: no copy into a buffer at
-    all (the kernel's copy was a third of the reading cost). Members pin the mapping (not memory:
-    the page cache) until dropped. Shards are written atomically (tmp + rename), so a mapped shard
-    never shrinks; a file truncated in place while mapped would make a read past its new end
-    fault (SIGBUS) instead of ending in a ``truncated_tar`` record."""
-
-    __slots__ = ("buffer", "view", "blocks", "shard")
-
-    def __init__(self, fd: int):
-        self.buffer = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # ValueError for an empty file
-        self.shard = _ShardDescriptor(fd)  # for frames read by offsets
-        self.view = memoryview(self.buffer)
-        whole_blocks = len(self.buffer) // BLOCK
-        self.blocks = np.frombuffer(self.buffer, np.uint8, whole_blocks * BLOCK).reshape(whole_blocks, BLOCK)
-
     @classmethod
-    def of(cls, stream) -> _MappedFile | None:
-        """The mapping of ``stream`` if it is a regular file read from its start, else None."""
+    def of(cls, stream) -> _ShardDescriptor | None:
+        """A descriptor of ``stream`` if it is a regular file read from its start, else None."""
         try:
             fd = stream.fileno()
             if stream.tell() != 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             return cls(fd)
-        except (AttributeError, OSError, ValueError):  # pipes, BytesIO (UnsupportedOperation), empty
+        except (AttributeError, OSError, ValueError):  # pipes, BytesIO (UnsupportedOperation)
             return None
 
 
+# Bytes a checksum field may hold (octal digits, spaces, NULs): a cheap first filter when looking
+# for the next header in damaged data.
+_CHECKSUM_BYTES = np.frombuffer(b"01234567 \0", np.uint8)
+
+
+def _first_header(rows: np.ndarray) -> int | None:
+    """The first of ``rows`` (n, 512) that is a valid tar header (checksum and size), or None."""
+    field = rows[:, CHKSUM:CHKSUM + 8]  # (n, 8)
+    digits = (field >= ord("0")) & (field <= ord("7"))
+    candidates = np.flatnonzero(np.isin(field, _CHECKSUM_BYTES).all(1) & digits.any(1))
+    if not len(candidates):
+        return None
+    _, sums = _usual_checksums(rows[candidates])
+    for row, total in zip(candidates.tolist(), sums.tolist()):
+        header = rows[row].tobytes()
+        try:
+            if _octal(header[CHKSUM:CHKSUM + 8]) == total and 0 <= _octal(header[SIZE:SIZE + 12]) <= MAX_MEMBER_BYTES:
+                return row
+        except ValueError:
+            continue
+    return None
+
+
 class _StreamWindow:
-    """The unread bytes of a stream, ``chunk.buffer[start:end]``: the whole mapped file
-    (``mapped``; never refilled), or read a chunk at a time.
+    """The unread bytes of a stream, ``chunk.buffer[start:end]``, read a chunk at a time; stream
+    byte ``base + i`` is at index ``i`` of the chunk.
 
     On refill the unread rest moves to an idle chunk from the pool (a member handed out stays
-    valid while anyone holds it; fresh memory would fault on first touch). Stream byte ``o`` sits
-    at a chunk index congruent to ``o`` modulo the page size: tar headers (at multiples of 512 in
-    the stream) are then rows of ``chunk.blocks``, and the kernel copies page cache pages onto
-    buffer pages at the same in-page offset (see the module docstring).
+    valid while anyone holds it; fresh memory would fault on first touch). ``base`` is a multiple
+    of the page size, so stream byte ``o`` sits at a chunk index congruent to ``o`` modulo the
+    page size: tar headers (at multiples of 512 in the stream) are then rows of ``chunk.blocks``,
+    and the kernel copies page cache pages onto buffer pages at the same in-page offset (see the
+    module docstring).
+
+    A regular file read from its start (``shard`` set) can also be read anywhere with ``pread``
+    (:meth:`peek`) and skipped ahead (:meth:`skip_to`): samples read by offsets never pass through
+    the chunks. Nothing is memory-mapped: a file truncated or overwritten while it is read gives
+    short reads or wrong bytes (counted), never a SIGBUS.
     """
 
     def __init__(self, stream, chunk_bytes: int):
         self.stream = stream
         self.readinto = getattr(stream, "readinto", None)  # webdataset's Pipe has only read()
         self.chunk_size = -(-chunk_bytes // PAGE) * PAGE + PAGE  # + a page for the rest's offset
-        self.mapped = _MappedFile.of(stream)
-        self.chunk = self.mapped or _take_chunk(self.chunk_size)
-        self.start, self.end = 0, len(self.mapped.buffer) if self.mapped else 0
+        self.shard = _ShardDescriptor.of(stream)
+        self.size = os.fstat(self.shard.fd).st_size if self.shard else None  # at open; may shrink later
+        self.chunk = _take_chunk(self.chunk_size)
+        self.base = self.start = self.end = 0
+
+    @property
+    def offset(self) -> int:
+        """The stream offset of the first unread byte."""
+        return self.base + self.start
 
     def release(self) -> None:
-        if self.mapped:  # unmapped once the last member is dropped
-            self.mapped.view.release()
-            self.mapped.view = self.mapped.blocks = None
-        else:
-            _retire(self.chunk)
+        _retire(self.chunk)
 
     def fill(self, n: int) -> bool:
         """Make ``n`` unread bytes available; False when the stream ends first."""
         rest = self.end - self.start
-        if rest >= n or self.mapped:
-            return rest >= n
+        if rest >= n:
+            return True
         to = self.start % PAGE
         old, self.chunk = self.chunk, _take_chunk(max(self.chunk_size, -(-(to + n) // PAGE) * PAGE))
         self.chunk.buffer[to:to + rest] = old.view[self.start:self.end]
         _retire(old)
+        self.base += self.start - to
         self.start, self.end = to, to + rest
         buffer, view = self.chunk.buffer, self.chunk.view
         while self.end - self.start < n:
@@ -383,12 +399,46 @@ class _StreamWindow:
             self.end += got
         return True
 
+    def peek(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at stream ``offset`` of a local shard (short at its end), from the
+        chunk when it holds them, else with ``pread``."""
+        i = offset - self.base
+        if self.start <= i and i + n <= self.end:
+            return self.chunk.buffer[i:i + n]
+        return os.pread(self.shard.fd, n, offset)
+
+    def skip_to(self, offset: int) -> None:
+        """Consume up to stream ``offset`` (at or after :attr:`offset`); past the bytes read so far
+        the stream is repositioned (local shards only)."""
+        if offset - self.base <= self.end:
+            self.start = offset - self.base
+            return
+        self.stream.seek(offset)
+        # An empty window at ``offset``: the next fill() takes a fresh chunk and keeps base's alignment.
+        self.base = offset - offset % PAGE
+        self.start = self.end = offset % PAGE
+
+    def resync(self, offset: int) -> int:
+        """Consume up to the first block at or after stream ``offset`` (a multiple of 512) that is a
+        valid tar header, or to the end of the stream; returns the stream offset reached."""
+        self.skip_to(offset)
+        while self.fill(BLOCK):
+            first = self.start // BLOCK
+            found = _first_header(self.chunk.blocks[first:self.end // BLOCK])
+            if found is not None:
+                self.start = (first + found) * BLOCK
+                return self.offset
+            self.start = self.end // BLOCK * BLOCK
+        self.start = self.end  # less than a block left: not a tar member either
+        return self.offset
+
     def scan(self) -> tuple[list[tuple[int, int, int]], int, Exception | None]:
         """Headers of the members that lie wholly in the window, checked; consumes them.
 
         Returns ``(members, need, error)``: ``members`` are (header index, typeflag, size);
         ``need`` is how many unread bytes the next member needs (0 at the end-of-archive block);
-        ``error`` is a TarFormatError to raise once ``members`` are handled.
+        ``error`` is a TarFormatError to raise once ``members`` are handled, and then ``start`` is
+        the index of the header it is about.
         """
         buf, at, end = self.chunk.buffer, self.start, self.end
         offsets, sizes = [], []  # of the headers read; the last one's member may be incomplete
@@ -418,6 +468,7 @@ class _StreamWindow:
             at = next_at
         rows = self.chunk.blocks[[o // BLOCK for o in offsets]]  # (n, 512)
         for i, problem in _bad_checksums(rows):
+            at = offsets[i]
             del offsets[i:], sizes[i:]
             error = TarFormatError(problem)
             break
@@ -426,45 +477,60 @@ class _StreamWindow:
         return list(zip(offsets, rows[:len(sizes), TYPEFLAG].tolist(), sizes)), need, error
 
 
+class _Damage:
+    """A damaged stretch of a tar that the reader skipped: from the header at stream ``offset``
+    (``error`` says what is wrong with it) to the next valid header (or the end) at ``resumed``."""
+
+    __slots__ = ("offset", "resumed", "error")
+
+    def __init__(self, offset: int, resumed: int, error: TarFormatError):
+        self.offset, self.resumed, self.error = offset, resumed, error
+
+    def __str__(self) -> str:
+        return f"{self.error} at byte {self.offset}; {self.resumed - self.offset} bytes skipped to the next valid header"
+
+
 def iter_tar_members(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, memoryview]]:
     """(name, data) of each regular file of a tar byte stream, in order.
 
     ``data`` is a read-only-by-convention memoryview into a read chunk; ``bytes(data)`` for a copy
     (holding it keeps its whole chunk alive). Handles ustar (with prefix), GNU long names and pax
     ``path`` records; other member types are skipped. Raises TarFormatError on a bad header
-    checksum or a stream that ends inside a member, and on an empty stream (a failed ``pipe:``
-    command or download yields no bytes at all).
+    (checksum, size, pax record) or a stream that ends inside a member, and on an empty stream (a
+    failed ``pipe:`` command or download yields no bytes at all).
     """
     for batch in _member_batches(stream, chunk_bytes):
         yield from batch
 
 
-def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
-                    url: str | None = None) -> Iterator[list[tuple[str, memoryview]] | dict]:
+def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES, url: str | None = None,
+                    resync: bool = False) -> Iterator[list[tuple[str, memoryview]] | dict | _Damage]:
     """iter_tar_members' members, one list per chunk read (cheaper than a generator step each).
 
-    With ``url`` (read_shard's use) and a mapped stream, a sample laid out as the shard stage
+    With ``url`` (read_shard's use) and a local shard, a sample laid out as the shard stage
     writes it comes whole instead, as a sample dict read by offsets (see :func:`_sample_by_offsets`):
     that is tried wherever a scan starts and, after a sample read member by member, at the next
-    sample's ``KEY.json``.
+    sample's ``KEY.json``. With ``resync``, a bad header is not the end: a :class:`_Damage` comes
+    instead of the TarFormatError and reading goes on at the next valid header.
     """
     window = _StreamWindow(stream, chunk_bytes)
-    by_offsets = url is not None and window.mapped is not None
+    by_offsets = url is not None and window.shard is not None
     try:
         long_name: str | None = None
         need = BLOCK
         first = True
         last_name = ""  # of the last regular member yielded: a sample read by offsets must start a key
-        tried_at = -1  # where reading by offsets last failed: read member by member from there
+        tried_at = -1  # stream offset where reading by offsets last failed: read member by member from there
         while need:
-            if by_offsets and window.start != tried_at and long_name is None:
-                found = _sample_by_offsets(window.chunk, window.start, window.end, last_name, url)
+            if by_offsets and window.offset != tried_at and long_name is None:
+                found = _sample_by_offsets(window, last_name, url)
                 if found is not None:
-                    sample, window.start = found
+                    sample, next_at = found
+                    window.skip_to(next_at)
                     first, last_name = False, ""
                     yield sample
                     continue
-                tried_at = window.start
+                tried_at = window.offset
             if not window.fill(need):
                 if need > BLOCK:
                     raise TarFormatError("unexpected end of data in a member")
@@ -475,7 +541,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
                 return  # no end-of-archive blocks: tolerated, as tarfile does
             first = False
             headers, need, error = window.scan()
-            buf, view = window.chunk.buffer, window.chunk.view
+            buf, view, base = window.chunk.buffer, window.chunk.view, window.base
             batch = []
             add = batch.append
             for at, kind, size in headers:
@@ -487,7 +553,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
                         if buf[at + PREFIX] != 0 and buf[at + MAGIC:at + MAGIC + 5] == b"ustar":
                             prefix = buf[at + PREFIX:buf.find(b"\0", at + PREFIX, at + 500) % (at + 501)]
                             name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
-                        elif by_offsets and name.endswith(".json") and at != tried_at \
+                        elif by_offsets and name.endswith(".json") and base + at != tried_at \
                                 and _starts_key(name, batch[-1][0] if batch else last_name):
                             # The next sample may be readable by offsets: stop here and try.
                             window.start, need, error = at, BLOCK, None
@@ -501,7 +567,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
                     try:
                         long_name = _pax_path(buf[data:data + size]) or long_name
                     except TarFormatError as exc:  # the members before it still come out
-                        error = exc
+                        window.start, need, error = at, BLOCK, exc
                         break
                 else:
                     long_name = None
@@ -510,7 +576,12 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES,
                 last_name = batch[-1][0]
             yield batch
             if error is not None:
-                raise error
+                if not resync or window.offset == 0:  # no valid header at all: not a tar
+                    raise error
+                damaged_at = window.offset
+                resumed = window.resync(damaged_at + BLOCK)
+                long_name, need = None, BLOCK
+                yield _Damage(damaged_at, resumed, error)
     finally:
         window.release()
 
@@ -613,9 +684,10 @@ class SampleFrames:
         return datas
 
 
-def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tuple[dict, int] | None:
-    """The sample whose ``KEY.json`` header is at ``at``, read by offsets, and where the member
-    after it starts; None when the layout does not allow that (then it is read member by member).
+def _sample_by_offsets(window: _StreamWindow, last_name: str, url: str) -> tuple[dict, int] | None:
+    """The sample whose ``KEY.json`` header is at the window's offset in a local shard, read by
+    offsets, and the stream offset where the member after it starts; None when the layout does not
+    allow that (then it is read member by member).
 
     The shard stage writes ``KEY.json`` first, with ``frame_bytes`` (each frame's data length),
     then ``KEY.0000.jpg``, ``KEY.0001.jpg``, ... with single-block headers, so frame i's header is
@@ -623,13 +695,15 @@ def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tu
     JSON's header, that ``frame_bytes`` is a list of non-negative ints as long as ``frame_times``,
     the LAST frame's header (checksum, name, size), and that the block after it is a header of
     another key's member, the end-of-archive block or the end of the file. The frames in between
-    are checked only when the planner takes one (SampleFrames).
+    are checked only when the planner takes one (SampleFrames). Everything is read with ``pread``
+    (or from the window's chunk when it holds it): a few small reads per sample.
     """
-    buf = chunk.buffer
-    name_end = buf.find(b"\0", at, at + 100) % (at + 101)  # as in _member_batches
-    if buf[name_end - 5:name_end] != b".json":  # most scans start inside a sample: no header checks
+    at, end = window.offset, window.size
+    block = window.peek(at, BLOCK)
+    name_end = block.find(b"\0", 0, 100) % 101  # as in _member_batches
+    if block[name_end - 5:name_end] != b".json":  # most scans start inside a sample: no header checks
         return None
-    header = _plain_header(buf, at, end)
+    header = _plain_header(block, 0, len(block))
     if header is None or not header[0].endswith(".json") or not _starts_key(header[0], last_name):
         return None
     name, json_size = header
@@ -637,7 +711,9 @@ def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tu
     json_at = at + BLOCK
     if json_at + json_size > end:
         return None
-    json_bytes = buf[json_at:json_at + json_size]
+    json_bytes = window.peek(json_at, json_size)
+    if len(json_bytes) != json_size:  # the file shrank since it was opened
+        return None
     try:
         meta = json.loads(json_bytes)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -658,14 +734,15 @@ def _sample_by_offsets(chunk, at: int, end: int, last_name: str, url: str) -> tu
     if next_at > end:
         return None
     if sizes:
-        last = _plain_header(buf, header_offsets[-1], end)
+        last = _plain_header(window.peek(header_offsets[-1], BLOCK), 0, BLOCK)
         if last is None or last[1] != sizes[-1] or not _names_frame(last[0], key, len(sizes) - 1):
             return None
-    if next_at < end and buf[next_at:next_at + BLOCK] != ZERO_BLOCK:
-        following = _plain_header(buf, next_at, end)
+    following = window.peek(next_at, BLOCK) if next_at < end else ZERO_BLOCK
+    if following != ZERO_BLOCK:
+        following = _plain_header(following, 0, len(following))
         if following is None or following[0].startswith(key + "."):
             return None
-    frames = SampleFrames(key, sizes, chunk.shard, header_offsets)
+    frames = SampleFrames(key, sizes, window.shard, header_offsets)
     return {"__key__": key, "__url__": url, "json": json_bytes, "__meta__": meta, "__frames__": frames}, next_at
 
 
@@ -751,7 +828,11 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
     A shard that cannot be opened or is not a tar yields one ``shard_open_error`` record; a shard
     that breaks part-way (truncated download, corrupt header) yields its complete samples, then one
     ``truncated_tar`` record for the sample being read when it broke; an http(s) shard that times
-    out (see :class:`HttpTimeouts`) likewise ends in one ``shard_timeout`` record. Samples of a local shard
+    out (see :class:`HttpTimeouts`) likewise ends in one ``shard_timeout`` record. A bad header
+    (checksum, size, pax record) is one ``bad_tar_header`` record for the sample being read when
+    it was met (which may have been complete), and reading goes on at the next valid header (a
+    sample whose headers all lay in the damaged bytes cannot be seen, so it is not counted; the
+    record's detail says how many bytes were skipped). Samples of a local shard
     may come read by offsets (see the module docstring); a corrupt header among the frames such
     a sample jumped over surfaces only if a plan takes that frame (FrameMemberError), and the rest
     of the shard is still read.
@@ -768,13 +849,23 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
     try:
         try:
             member_prefix, prefix_len = "", 0  # "KEY." of ``current``
-            for batch in _member_batches(stream, url=url):
+            cut: str | None = None  # the key of a sample cut by damage: its members after it are dropped too
+            for batch in _member_batches(stream, url=url, resync=True):
+                if type(batch) is _Damage:
+                    # The damaged header may be any member of ``current`` (complete or not: it
+                    # cannot be told) or of a sample that follows (counted by its own reason then).
+                    cut = current["__key__"] if current is not None else None
+                    yield _error("bad_tar_header", url, cut, batch)
+                    current = None
+                    continue
                 if type(batch) is dict:  # a whole sample, read by offsets
                     n_members += 1
                     if current is not None:
                         yield current
                         current = None
-                    yield batch
+                    if batch["__key__"] != cut:
+                        yield batch
+                    cut = None
                     continue
                 n_members += len(batch)
                 for name, data in batch:
@@ -783,8 +874,9 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
                         pass  # another member of ``current``: what split_member_name gives, cheaper
                     else:
                         key, suffix = split_member_name(name)
-                        if key is None:
+                        if key is None or key == cut:
                             continue
+                        cut = None
                         if current is not None and key != current["__key__"]:
                             yield current
                             current = None
