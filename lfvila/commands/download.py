@@ -28,7 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="where downloads run: threads in this process, or Ray tasks (every node must see --out)")
     parser.add_argument("--ray-address", default=None,
-                        help="with --engine ray: the cluster's address HOST:PORT (default: start a local Ray)")
+                        help="with --engine ray: the cluster's address HOST:PORT, joined as it is (its network exposure and "
+                             "authentication are set where it was started); default: start a local Ray listening on "
+                             "127.0.0.1 only, without dashboard")
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: only the videos of part I of N (0-based, by id hash)")
     parser.add_argument("--retry-failed", action="store_true",
