@@ -1,6 +1,8 @@
 """Training stages as objects: each takes a batch and returns its named, already weighted losses.
 
 Stage 1 trains the two towers with the global video-paragraph contrastive loss and MTC.
+The retrieval task (``task.name: retrieval``) fine-tunes the same towers on whole videos and whole
+paragraphs with the global contrastive loss alone, as the release's retrieval fine-tuning does.
 Stage 2 freezes what stage 1 learned (video encoder, projections, BERT embeddings, sentence and
 paragraph layers and embeddings) and trains the cross-modal layers with MLM and video-text matching.
 Freezing happens here, in the task constructor: the model has no notion of stages.
@@ -21,6 +23,9 @@ from lfvila.losses import GlobalContrastiveLoss, MLMLoss, MTCLoss, VTMLoss, mism
 from lfvila.models.lfvila import LFVILA
 
 
+TASK_NAMES = ("pretrain", "retrieval")
+
+
 @dataclass
 class TaskConfig:
     """Which stage, and its loss weights and options. Defaults are the released ones.
@@ -30,6 +35,9 @@ class TaskConfig:
     gather_across_ranks: contrastive losses see the negatives of every rank (all-gather with gradient).
     """
 
+    # "pretrain": the stage-``stage`` pre-training task; "retrieval": paragraph-to-video retrieval
+    # fine-tuning (global contrastive only, on data.sampling=whole_video samples; stage 1 model).
+    name: str = "pretrain"
     stage: int = 1
     global_weight: float = 1.0
     global_temperature: float = 0.05
@@ -44,8 +52,12 @@ class TaskConfig:
     gather_across_ranks: bool = True
 
     def __post_init__(self) -> None:
+        if self.name not in TASK_NAMES:
+            raise ValueError(f"task.name must be one of {TASK_NAMES}, got {self.name!r}")
         if self.stage not in (1, 2):
             raise ValueError(f"task.stage must be 1 or 2, got {self.stage}")
+        if self.name == "retrieval" and self.stage != 1:
+            raise ValueError(f"task.stage must be 1 for task.name=retrieval (the dual encoder), got {self.stage}")
         for name in ("global_weight", "mtc_weight", "mlm_weight", "vtm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
@@ -172,6 +184,41 @@ class Stage2Task(_Task):
         return out
 
 
-def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task:
-    """The task object of ``cfg.stage``."""
+class RetrievalTask(_Task):
+    """Paragraph-to-video retrieval fine-tuning: the global video-paragraph contrastive loss (at
+    ``global_temperature``, 0.05 as released, gathered across ranks) between each whole video's
+    global feature and its paragraph feature.
+
+    Trained: the video encoder, the BERT embeddings, sentence and paragraph layers, the paragraph
+    embeddings and the video-global and paragraph projections (the release's retrieval model has only
+    those two). Frozen, as they take no part: the clip and sentence projections, the local clip tap,
+    the cross-modal layers and heads.
+    """
+
+    def __init__(self, model: LFVILA, cfg: TaskConfig):
+        text = model.text
+        unused = _parameters([getattr(model.video, "local_merge", None), getattr(model.video, "local_norm", None)])
+        unused_ids = {id(p) for p in unused}
+        modules = [model.video, text.embeddings, text.sentence_layers, text.paragraph_embeddings,
+                   text.paragraph_layers, model.video_proj, model.paragraph_proj]
+        super().__init__(model, cfg, [p for p in _parameters(modules) if id(p) not in unused_ids])
+        self.global_loss = GlobalContrastiveLoss(cfg.global_temperature, gather=cfg.gather_across_ranks)
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"global": ...}`` weighted."""
+        video = self.model.encode_video(batch["video"])["global_"]  # (B, D)
+        paragraph = self.model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])["paragraph"]
+        return {"global": self.cfg.global_weight * self.global_loss(video, paragraph)}
+
+    def evaluate(self, batches: Iterable[dict], ctx: Any, *, autocast: Any = None, **_: Any) -> dict[str, float]:
+        """Retrieval over the whole val set (``lfvila.eval.retrieval``): t2v / v2t recalls and ranks."""
+        from lfvila.eval.retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(self.model, batches, ctx, autocast).metrics
+
+
+def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task | RetrievalTask:
+    """The task object of ``cfg.name`` (and ``cfg.stage``)."""
+    if cfg.name == "retrieval":
+        return RetrievalTask(model, cfg)
     return Stage1Task(model, cfg) if cfg.stage == 1 else Stage2Task(model, cfg)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--task", choices=("pretrain", "retrieval"), default="pretrain",
-                        help="pretrain: the held-out pre-training figures (default); retrieval: paragraph-to-video "
-                             "retrieval over the whole test set")
+    parser.add_argument("--task", choices=("pretrain", "retrieval"), default=None,
+                        help="pretrain: the held-out pre-training figures; retrieval: paragraph-to-video retrieval "
+                             "over the whole test set (default: the checkpoint's own task.name)")
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint directory (step_NNNNNNNN), or a run directory: its newest checkpoint")
     parser.add_argument("--data", default=None, metavar="URLS",
@@ -53,13 +53,14 @@ def run(args) -> int:
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     with open(checkpoint / "config.yaml", encoding="utf-8") as f:
-        spec = args.data if args.data else (yaml.safe_load(f).get("data") or {}).get("val_shards")
+        saved = yaml.safe_load(f) or {}
+    spec = args.data if args.data else (saved.get("data") or {}).get("val_shards")
     if not spec:
         raise ConfigError(f"{checkpoint}: no val shards in its config; pass --data URLS")
     check = check_shards(spec, "val")
     if check.usable == 0:
         raise InputError(f"no readable val shard in {spec!r}: {check.summary()}")
-    if args.task == "retrieval":
+    if (args.task or (saved.get("task") or {}).get("name", "pretrain")) == "retrieval":
         return run_retrieval(args, checkpoint, spec, check)
     overrides = list(args.overrides)
     if args.data:

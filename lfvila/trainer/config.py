@@ -40,14 +40,25 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warm-up from 0 to ``optim.lr``, then linear decay to ``final_lr_ratio * lr``."""
+    """Linear warm-up from 0 to ``optim.lr``, then ``decay``: "linear" to ``final_lr_ratio * lr``
+    (pre-training), or "step": ``lr * decay_rate ** (step // decay_every_steps)`` (the release's
+    retrieval fine-tuning: x0.25 every 5 epochs, counted from step 0 as timm's StepLRScheduler)."""
 
     warmup_steps: int = 0
     # Steps over which the decay runs; None means ``trainer.max_steps``.
     total_steps: int | None = None
     final_lr_ratio: float = 0.0
+    decay: str = "linear"
+    decay_every_steps: int = 0  # decay: step
+    decay_rate: float = 0.25  # decay: step
 
     def __post_init__(self) -> None:
+        if self.decay not in ("linear", "step"):
+            raise ValueError(f"schedule.decay must be 'linear' or 'step', got {self.decay!r}")
+        if self.decay == "step" and self.decay_every_steps < 1:
+            raise ValueError(f"schedule.decay_every_steps must be >= 1 with decay=step, got {self.decay_every_steps}")
+        if not 0 < self.decay_rate <= 1:
+            raise ValueError(f"schedule.decay_rate must lie in (0, 1], got {self.decay_rate}")
         if self.warmup_steps < 0:
             raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.total_steps is not None and self.total_steps < 1:
@@ -137,6 +148,9 @@ class TrainConfig:
             raise ValueError(f"data.bert_dir ({self.data.bert_dir!r}) differs from model.text.bert_dir "
                              f"({self.model.text.bert_dir!r}): the tokenizer must be the model's BERT; "
                              f"leave data.bert_dir empty")
+        if self.task.name == "retrieval" and self.data.sampling != "whole_video":
+            raise ValueError(f"task.name=retrieval reads whole videos: set data.sampling=whole_video "
+                             f"(got {self.data.sampling!r})")
         if self.data.text_slots > self.model.text.max_sentences:
             slots = "paragraph_sentences" if self.data.sampling == "whole_video" else "n_sentences"
             raise ValueError(f"data.{slots} ({self.data.text_slots}) exceeds model.text.max_sentences "

@@ -168,8 +168,9 @@ class Trainer:
         n_all = sum(p.numel() for p in self.model.parameters())
         self.parameter_counts = {"all": n_all, "trained": n_train}
         if self.ctx.is_main:
-            log.info("model: %.2fM parameters, %.2fM trained by stage %d", n_all / 1e6, n_train / 1e6,
-                     self.cfg.task.stage)
+            task = self.cfg.task
+            log.info("model: %.2fM parameters, %.2fM trained by %s", n_all / 1e6, n_train / 1e6,
+                     f"stage {task.stage}" if task.name == "pretrain" else f"task {task.name}")
 
     def _init_weights(self, spec: str) -> None:
         state = ckpt.load_model_weights(spec)
@@ -437,8 +438,11 @@ class Trainer:
 
         loader = build_loader(self.cfg.loader_data(), "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
                               stage=self.cfg.task.stage, epoch_mode=True)
-        metrics = evaluate(self.task, loader, self.ctx, max_batches=self.cfg.trainer.eval_max_batches,
-                           autocast=self.autocast(), loss_batch_size=self.cfg.data.batch_size)
+        if hasattr(self.task, "evaluate"):  # a downstream task scores its own way (e.g. the whole val set)
+            metrics = self.task.evaluate(loader, self.ctx, autocast=self.autocast())
+        else:
+            metrics = evaluate(self.task, loader, self.ctx, max_batches=self.cfg.trainer.eval_max_batches,
+                               autocast=self.autocast(), loss_batch_size=self.cfg.data.batch_size)
         if self.ctx.is_main:
             metrics = {"step": self.step, **metrics}
             write_eval_json(metrics, self.out / "eval" / f"step_{self.step:08d}.json")

@@ -1,4 +1,4 @@
-"""AdamW with decay / no-decay groups and the warm-up + linear-decay schedule."""
+"""AdamW with decay / no-decay groups and the warm-up + linear-decay (or step-decay) schedule."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -30,7 +30,18 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float
     return final_ratio + (1.0 - final_ratio) * (1.0 - progress)
 
 
+def step_lr_factor(step: int, warmup_steps: int, decay_every: int, rate: float) -> float:
+    """Multiplier for optimizer step ``step`` (0-based): linear up, then ``rate ** (step // decay_every)``,
+    the decay counted from step 0 (warm-up included), as timm's StepLRScheduler the release uses."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return rate ** (step // decay_every)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.decay == "step":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: step_lr_factor(step, cfg.warmup_steps, cfg.decay_every_steps, cfg.decay_rate))
     total = cfg.total_steps or max_steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total, cfg.final_lr_ratio))

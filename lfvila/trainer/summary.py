@@ -16,7 +16,8 @@ def start_lines(trainer: Any, config_path: str | Path, n_overrides: int, checks:
     tcfg = cfg.trainer
     lines = [
         f"config: {config_path}" + (f" with {n_overrides} --set override(s)" if n_overrides else "")
-        + f"; stage {cfg.task.stage}; world size {ctx.world_size} on {ctx.device.type}",
+        + (f"; stage {cfg.task.stage}" if cfg.task.name == "pretrain" else f"; task {cfg.task.name}")
+        + f"; world size {ctx.world_size} on {ctx.device.type}",
         f"model: {counts['all'] / 1e6:.2f}M parameters, {counts['trained'] / 1e6:.2f}M trained",
         *(f"data {check.summary()}" for check in checks),
         f"run: steps {trainer.step}..{tcfg.max_steps}, batch {cfg.data.batch_size} per rank "
