@@ -279,7 +279,8 @@ def _session_processes(sid: int) -> dict[int, tuple[str, str]]:
     return found
 
 
-def test_sigkill_of_the_build_driver_takes_its_workers_and_resource_tracker_with_it(tmp_path, shared_data):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_of_the_build_driver_takes_its_workers_and_resource_tracker_with_it(tmp_path, shared_data, workers):
     import os
     import signal
     import subprocess
@@ -294,7 +295,7 @@ def test_sigkill_of_the_build_driver_takes_its_workers_and_resource_tracker_with
             for i in range(40)]  # ~20 s of work on two workers: still running when the driver is killed
     write_longform(tmp_path / "out" / "longform.parquet", rows)
     cmd = [sys.executable, "-m", "lfvila.cli", "build", "--stage", "shards", "--out", str(tmp_path / "out"),
-           "--videos", str(videos), "--workers", "2", "--set", "shards.samples_per_shard=1"]
+           "--videos", str(videos), "--workers", str(workers), "--set", "shards.samples_per_shard=1"]
     # Its own session: every process it starts is found by session id, even once reparented.
     driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -302,12 +303,13 @@ def test_sigkill_of_the_build_driver_takes_its_workers_and_resource_tracker_with
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and driver.poll() is None:
             procs = _session_processes(driver.pid)
-            workers = [p for p, (_, c) in procs.items() if "spawn_main" in c]
-            if len(workers) == 2 and any("resource_tracker" in c for _, c in procs.values()) and any(
-                    "ffmpeg" in c for _, c in procs.values()):
+            pool = [p for p, (_, c) in procs.items() if "spawn_main" in c]
+            tracker = any("resource_tracker" in c for _, c in procs.values())
+            if any("ffmpeg" in c for _, c in procs.values()) and (workers == 1 or (len(pool) == 2 and tracker)):
                 break
             time.sleep(0.05)
-        assert driver.poll() is None and len(workers) == 2, "the build must be killed while its workers run"
+        assert driver.poll() is None, "the build must be killed while it decodes"
+        assert len(pool) == (2 if workers == 2 else 0)
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as the OOM killer or a scheduler would
         driver.wait()
         deadline = time.monotonic() + 20
@@ -351,3 +353,61 @@ def test_the_parent_watchdog_alone_ends_a_worker_whose_parent_died(tmp_path):
         except ProcessLookupError:
             pass
         driver.wait()
+
+
+# Names as an attacker or a clumsy user makes them: glob and URL syntax, option dashes, separators.
+_NAME_CHARS = "ab1[]*?!:|,;#%&$'\"=- ._~{}^"
+
+
+def _names():
+    from hypothesis import strategies as st
+
+    return st.text(_NAME_CHARS, min_size=1, max_size=12).filter(lambda n: n not in (".", "..") and not n.startswith("."))
+
+
+def test_fuzz_a_video_is_found_by_its_own_name_in_a_directory_of_any_name(tmp_path_factory):
+    from hypothesis import given
+
+    from lfvila.video.source import find_source
+
+    @given(_names(), _names(), _names())
+    def check(directory: str, video_id: str, other: str) -> None:
+        root = tmp_path_factory.mktemp("names") / directory
+        root.mkdir()
+        (root / f"{video_id}.mp4").write_bytes(b"")
+        if other != video_id:
+            (root / f"{other}.mkv").write_bytes(b"")  # a file a pattern reading of the names could pick
+        found = find_source(root, video_id, [])
+        assert found is not None and found.full == root / f"{video_id}.mp4"
+
+    check()
+
+
+def test_fuzz_ffmpeg_decodes_the_file_of_any_name(tmp_path, shared_data):
+    import os
+
+    from hypothesis import given
+
+    from lfvila.shards.fixtures import cut_clip
+
+    clip = cut_clip(shared_data / "videos/natural/kphotoalbum__movie.avi", tmp_path / "clip.mp4", 0, 1)
+    make_colour_video(tmp_path / "x.mp4", 1)  # a different video, for names that point elsewhere as a URL
+    want = [frame.y.tobytes() for _, frame in SegmentDecoder(clip, 0.0, 1, 3.0, 240, None, 1, time.monotonic() + 60)]
+    assert len(want) == 1
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative names, as with --videos .
+    try:
+        @given(_names())
+        def check(name: str) -> None:
+            if name in ("clip.mp4", "x.mp4"):
+                return
+            os.link(clip, name)
+            try:
+                decoder = SegmentDecoder(Path(name), 0.0, 1, 3.0, 240, None, 1, time.monotonic() + 60)
+                assert [frame.y.tobytes() for _, frame in decoder] == want, name
+            finally:
+                os.unlink(name)
+
+        check()
+    finally:
+        os.chdir(cwd)

@@ -151,3 +151,4 @@ def test_a_local_ray_started_by_lfvila_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= names and len(sockets) >= 5, sockets  # the servers were found
     assert [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback] == []
     assert lines["ENV"] == "None"  # the driver's environment is restored after the start
+    assert (home / ".ray" / "auth_token").is_file()  # Ray's token authentication is on for it (docs say so)
