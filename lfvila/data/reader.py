@@ -24,20 +24,22 @@ sample. Measured on this 2-core AMD EPYC VM, where it went, and what replaced it
   handing the freed 2.8 MB back to the kernel after each sample) faulted ~320 pages per sample.
   Members are now memoryviews, never copies; the planner copies the few frames it keeps, so
   plans never pin shard memory.
-* the kernel's copy into the read buffer (~0.4 ms per sample): a local shard read from its
-  start is memory-mapped instead (``_MappedFile``, ~50 faults per sample). Other streams
-  (``pipe:``, downloads) are read into 4 MiB chunks taken from a pool of idle ones (``_Chunk``),
-  page-aligned, with each stream byte at its in-page offset: a read landing 1-31 bytes past its
-  source's in-page offset, as it does into a malloc'd ``bytearray``, ran ~6x slower.
+* the kernel's copy into the read buffer (~0.4 ms per sample). Streams are read into 4 MiB
+  chunks taken from a pool of idle ones (``_Chunk``), page-aligned, with each stream byte at its
+  in-page offset: a read landing 1-31 bytes past its source's in-page offset, as it does into a
+  malloc'd ``bytearray``, ran ~6x slower. Local shards in the shard stage's layout skip the
+  chunks altogether (read by offsets, below). Local shards used to be memory-mapped instead of
+  read; a shard truncated while mapped killed the process with SIGBUS, so they are not any more
+  (the cost of that change, measured with bench/loader_throughput.py: BENCHMARKS.md).
 * per-header Python work: two ``sum()`` over 512 bytes for the checksum, octal parsing,
   copies. The walk over headers is now one ``int()`` per member; the checksums of up to 240
   headers are checked in one numpy gather.
 * one generator step per member: members come in one list per chunk or scan.
 * walking ~208 headers at all, when 32 frames are kept: the shard stage writes ``KEY.json`` first
   with ``frame_bytes`` (each frame's data length), so every frame's offset follows from the JSON.
-  A local (mapped) shard's sample in that layout is checked at its ends and jumped over
-  (:func:`_sample_by_offsets`); the frames a plan keeps are read with ``pread`` and checked
-  then. Anything that does not add up (other member order, no or a wrong ``frame_bytes``, pax or
+  A local shard's sample in that layout is checked at its ends (a few ``pread`` calls) and
+  jumped over (:func:`_sample_by_offsets`); the frames a plan keeps are read with ``pread`` and
+  checked then. Anything that does not add up (other member order, no or a wrong ``frame_bytes``, pax or
   long-name headers) reads that sample member by member: a lying JSON costs speed, never samples.
 
 ``read_shard`` on the benchmark shards (bench/_work/loader/corpus, 8 samples, process CPU time,
@@ -45,8 +47,8 @@ the old and new module timed alternately in one process, best of 30; the machine
 absolute numbers moved +-30% between runs): 2.87 -> 0.92 ms per sample (3.1x; medians 3.29 ->
 1.00).
 
-Reading by offsets, measured on the loader's item stream (read + plan: ``ShardStream.items(0, 1)``
-of ``build_loader(DataConfig(train_shards=..., num_workers=0, resampled=True, shuffle_buffer=16),
+Reading by offsets, measured on the loader's item stream when shards were still mapped (read +
+plan: ``ShardStream.items(0, 1)`` of ``build_loader(DataConfig(train_shards=..., num_workers=0, resampled=True, shuffle_buffer=16),
 "train")``, process CPU time per sample over 64 items, best and median of 40, variants alternated
 in one process; the benchmark shards above, and the same samples rewritten JSON first with
 ``frame_bytes``): before this change 1.40 ms (median 1.99), 49 page faults per sample; now, old
@@ -103,7 +105,11 @@ USUAL_FIELDS = np.r_[0:100, SIZE:SIZE + 12, CHKSUM:CHKSUM + 7, TYPEFLAG, PREFIX]
 
 
 class TarFormatError(Exception):
-    """The byte stream is not (or stops being) a valid tar archive."""
+    """The byte stream is not (or stops being) a valid tar archive (at stream ``offset``, where known)."""
+
+    def __init__(self, message: str, offset: int | None = None):
+        super().__init__(message)
+        self.offset = offset
 
 
 class ShardTimeout(Exception):
@@ -490,6 +496,51 @@ class _Damage:
         return f"{self.error} at byte {self.offset}; {self.resumed - self.offset} bytes skipped to the next valid header"
 
 
+def count_json_members(path: str) -> int:
+    """Regular-file members named ``*.json`` in the local tar ``path``, reading headers only (each
+    member's data is jumped over with ``pread``, as tarfile seeks over it), with the checks the
+    reader makes: a bad checksum, size or pax record, or a file ending inside a member, is a
+    TarFormatError (tarfile looped forever on a negative size and stopped counting silently at a
+    bad pax record)."""
+    count, at, long_name = 0, 0, None
+    with open(path, "rb") as f:
+        fd, end = f.fileno(), os.fstat(f.fileno()).st_size
+        while True:
+            header = os.pread(fd, BLOCK, at)
+            if header == ZERO_BLOCK or (at and not header):  # the end-of-archive block, or none
+                return count
+            problem = None
+            try:
+                size, checksum = _octal(header[SIZE:SIZE + 12]), _octal(header[CHKSUM:CHKSUM + 8])
+            except ValueError:
+                size = checksum = -1
+            if len(header) < BLOCK:
+                problem = "empty file" if not header else "unexpected end of data in a header"
+            elif checksum != sum(header) - sum(header[CHKSUM:CHKSUM + 8]) + 8 * ord(" "):
+                problem = "invalid header checksum"
+            elif not 0 <= size <= MAX_MEMBER_BYTES:
+                problem = f"invalid header: member size {size}"
+            elif at + BLOCK + size > end:
+                problem = "unexpected end of data in a member"
+            kind = header[TYPEFLAG] if problem is None else None
+            try:
+                if kind in REGULAR_TYPES:
+                    name = long_name or header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
+                    count += name.endswith(".json")
+                    long_name = None
+                elif kind == LONG_NAME_TYPE:
+                    long_name = os.pread(fd, size, at + BLOCK).rstrip(b"\0").decode("utf-8", "surrogateescape")
+                elif kind == PAX_TYPE:
+                    long_name = _pax_path(os.pread(fd, size, at + BLOCK)) or long_name
+                else:
+                    long_name = None
+            except TarFormatError as exc:
+                problem = str(exc)
+            if problem is not None:
+                raise TarFormatError(f"{problem} (header at byte {at})", offset=at)
+            at += BLOCK + ((size + BLOCK - 1) & -BLOCK)
+
+
 def iter_tar_members(stream, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, memoryview]]:
     """(name, data) of each regular file of a tar byte stream, in order.
 
@@ -629,9 +680,10 @@ class SampleFrames:
     ``KEY.NNNN.jpg``, size) and returns the data as bytes, or raises FrameMemberError. Only the
     frames asked for are ever read. Names as the shard stage writes them are checked fastest.
 
-    Frames are read with ``pread``, not from the mapping: the first touch of each mapped page
-    faults (~4-5 us per fault here, ~1 per frame) and unmapping pages costs too; the kernel's copy
-    of the ~15% of a sample's bytes that a plan keeps is cheaper."""
+    Frames are read with ``pread``. When shards were mapped, reading frames from the mapping was
+    measured slower: the first touch of each mapped page faults (~4-5 us per fault here, ~1 per
+    frame) and unmapping pages costs too; the kernel's copy of the ~15% of a sample's bytes that a
+    plan keeps is cheaper."""
 
     __slots__ = ("key", "sizes", "shard", "header_offsets")
 
@@ -889,7 +941,7 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
                         yield _error("duplicate_member", url, current["__key__"], f"{name} appears twice")
                         current = None
                         continue
-                    # Frames stay views into the mapped shard or read chunks: the planner copies the few
+                    # Frames stay views into the read chunks: the planner copies the few
                     # it keeps; anything else (the JSON) goes to consumers that want bytes.
                     current[suffix] = data if suffix.endswith(".jpg") else bytes(data)
         except Exception as exc:  # TarFormatError, pipe errors, network errors...

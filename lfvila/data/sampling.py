@@ -245,7 +245,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     return SamplePlan(
         key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
         texts=texts, frame_ids=[slot[i] for i in wanted],
-        # Copies: members read member by member are views into the reader's chunks or mapped shard,
+        # Copies: members read member by member are views into the reader's chunks,
         # which a plan must not pin (frames read by offsets already are bytes of their own).
         jpegs=copy_frames(frames, distinct) if frames is not None else [bytes(raw[names[i]]) for i in distinct],
         frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,

@@ -10,21 +10,22 @@ else from its tar headers (one ``KEY.json`` per sample, no member data read) for
 ``remote``, not checked. Measured on the 2-core VM (2026-12-02), 5,000 local shards of 4
 samples: 0.19 s with stats files, 0.23 s without (64 counted).
 
-Each shard gets a status from a fixed vocabulary: ``found``, ``missing``, ``unreadable`` (not a
-tar), ``remote``.
+Each shard gets a status from a fixed vocabulary: ``found``, ``damaged`` (a bad header or an end
+inside a member past its first header: the loader reads what is intact and counts the rest),
+``missing``, ``unreadable`` (not a tar), ``remote``. Headers are walked with the loader's checks
+(``reader.count_json_members``), not tarfile's, which looped forever on a negative member size.
 """
 from __future__ import annotations
 
 import json
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lfvila.data.reader import expand_shards
+from lfvila.data.reader import TarFormatError, count_json_members, expand_shards
 from lfvila.errors import ConfigError
 
-STATUSES = ("found", "missing", "unreadable", "remote")
+STATUSES = ("found", "damaged", "missing", "unreadable", "remote")
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -37,15 +38,16 @@ class ShardCheck:
     urls: list[str]
     status: list[str]
     samples: list[int | None]
-    reasons: dict[str, str]  # url -> why it is unreadable
+    reasons: dict[str, str]  # url -> why it is unreadable or damaged
 
     def count(self, status: str) -> int:
         return sum(s == status for s in self.status)
 
     @property
     def usable(self) -> int:
-        """Shards the loader may read: found locally and not known to be empty, or remote (unchecked)."""
-        return sum(s == "remote" or (s == "found" and n != 0) for s, n in zip(self.status, self.samples))
+        """Shards the loader may read: found locally and not known to be empty, damaged past their
+        first member (the loader reads what is intact), or remote (unchecked)."""
+        return sum(s in ("remote", "damaged") or (s == "found" and n != 0) for s, n in zip(self.status, self.samples))
 
     @property
     def n_samples(self) -> int:
@@ -54,7 +56,7 @@ class ShardCheck:
     def summary(self) -> str:
         """One line, e.g. ``train: 4 of 5 shards found, 1 missing (corpus/train-000004.tar); 32 samples``."""
         parts = [f"{self.count('found')} of {len(self.urls)} shards found"]
-        for status in ("missing", "unreadable"):
+        for status in ("damaged", "missing", "unreadable"):
             names = [u for u, s in zip(self.urls, self.status) if s == status]
             if names:
                 shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
@@ -74,9 +76,9 @@ def _is_remote(url: str) -> bool:
 
 
 def count_tar_samples(path: Path) -> int:
-    """Samples in a shard: members named ``KEY.json`` (headers only; member data is skipped)."""
-    with tarfile.open(path, "r:") as tar:
-        return sum(1 for member in tar if member.isfile() and member.name.endswith(".json"))
+    """Samples in a shard: members named ``KEY.json`` (headers only; member data is skipped).
+    Raises TarFormatError for a damaged tar (see reader.count_json_members)."""
+    return count_json_members(str(path))
 
 
 def _stats_samples(path: Path) -> int | None:
@@ -124,8 +126,8 @@ def check_shards(spec: str | list[str], split: str, max_counted: int = 64) -> Sh
         try:
             samples.append(count_tar_samples(path))
             status.append("found")
-        except (tarfile.TarError, OSError) as exc:
-            status.append("unreadable")
+        except (TarFormatError, OSError) as exc:
+            status.append("damaged" if getattr(exc, "offset", None) else "unreadable")
             samples.append(None)
             reasons[url] = str(exc)
     return ShardCheck(split=split, spec=spec, urls=urls, status=status, samples=samples, reasons=reasons)
