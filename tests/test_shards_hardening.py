@@ -411,3 +411,27 @@ def test_fuzz_ffmpeg_decodes_the_file_of_any_name(tmp_path, shared_data):
         check()
     finally:
         os.chdir(cwd)
+
+
+def test_an_oserror_writing_the_corpus_indexes_leaves_no_temporary_and_a_rerun_writes_them(tmp_path):
+    from lfvila.errors import TaskFailure
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_colour_video(videos / "colour.mp4", 4)
+    rows = [{"key": f"k{i}", "video_id": "colour", "sentences": sentences_every(0, 3, 1, "colour")} for i in range(3)]
+    write_longform(tmp_path / "ref" / "longform.parquet", rows)
+    build_shards(_cfg(), tmp_path / "ref", videos, workers=1)
+    out = tmp_path / "out"
+    write_longform(out / "longform.parquet", rows)
+    (out / "shards" / "index.parquet" / "x").mkdir(parents=True)  # the index cannot be renamed into place
+    (out / "shards" / ".status.parquet.123.tmp").write_bytes(b"left by a driver killed while writing it")
+    with pytest.raises(TaskFailure, match=r"every shard is complete, but the corpus indexes could not be written"):
+        build_shards(_cfg(), out, videos, workers=1)
+    assert not [p.name for p in (out / "shards").iterdir() if p.name.endswith(".tmp")]
+    shutil.rmtree(out / "shards" / "index.parquet")
+    build_shards(_cfg(), out, videos, workers=1)
+    names = sorted(p.name for p in (tmp_path / "ref" / "shards").iterdir())
+    assert sorted(p.name for p in (out / "shards").iterdir()) == names
+    for name in names + ["../corpus.json"]:
+        assert (out / "shards" / name).read_bytes() == (tmp_path / "ref" / "shards" / name).read_bytes(), name

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from lfvila.errors import InputError, TaskFailure
 from lfvila.shards.sample import RETRYABLE_REASONS
-from lfvila.shards.task import ShardTask, is_complete, paths, read_stats, run_shard_task, task_fingerprint
+from lfvila.shards.task import (
+    ShardTask,
+    atomic_write_bytes,
+    is_complete,
+    paths,
+    read_stats,
+    run_shard_task,
+    task_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,11 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
     run(todo, out, videos_dir, cfg, workers=workers, ray_address=ray_address)
 
     if all(is_complete(shard_dir, t) for t in tasks):
-        return write_corpus_indexes(out, tasks, cfg)
+        try:
+            return write_corpus_indexes(out, tasks, cfg)
+        except OSError as exc:  # disk full, ...: each file is renamed into place whole or not at all
+            raise TaskFailure(f"every shard is complete, but the corpus indexes could not be written ({exc}); "
+                              f"run the same command again to write them") from exc
     done = sum(is_complete(shard_dir, t) for t in tasks)
     log.info("%d of %d shards complete; indexes are written when all are", done, len(tasks))
     return {}
@@ -236,6 +248,12 @@ def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
     import pyarrow.parquet as pq
 
     shard_dir = out / "shards"
+    # Temporaries of an earlier attempt killed while writing these files (not those of shard tasks).
+    for pattern in (".status.parquet.*.tmp", ".index.parquet.*.tmp", ".*.wids.json.*.tmp"):
+        for stale in shard_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+    for stale in out.glob(".corpus.json.*.tmp"):
+        stale.unlink(missing_ok=True)
     status = pa.concat_tables([pq.read_table(paths(shard_dir, t.name)["status"]) for t in tasks]) if tasks else None
     if status is not None:
         _write_parquet(status, shard_dir / "status.parquet")
@@ -326,14 +344,13 @@ def format_summary(summary: dict) -> str:
 
 
 def _write_parquet(table, path: Path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())

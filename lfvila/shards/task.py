@@ -80,7 +80,8 @@ def is_complete(shard_dir: Path, task: ShardTask, retry_failed: bool = False) ->
     return not (retry_failed and stats["samples_failed"] > 0)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name (fsynced, renamed); on any failure the temporary goes."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -161,9 +162,9 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
 
     try:
         os.replace(tmp_tar, p["tar"])
-        _atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
+        atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
         stats = _shard_stats(task, outcomes, p["tar"].stat().st_size, cfg.video.fps)
-        _atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
     except BaseException:
         # Without its stats the shard is not complete: drop what was renamed, so a failed commit
         # (disk full on the status table) leaves no orphan holding the space a rerun needs.
