@@ -112,6 +112,11 @@ class TarFormatError(Exception):
         self.offset = offset
 
 
+class TarEndMissing(TarFormatError):
+    """The stream ends at a member boundary without the end-of-archive block every tar writer
+    puts there: it was cut, and whatever followed is lost (tarfile tolerates this silently)."""
+
+
 class ShardTimeout(Exception):
     """An http(s) shard did not arrive in time (connect, stall or total timeout)."""
 
@@ -507,7 +512,7 @@ def count_json_members(path: str) -> int:
         fd, end = f.fileno(), os.fstat(f.fileno()).st_size
         while True:
             header = os.pread(fd, BLOCK, at)
-            if header == ZERO_BLOCK or (at and not header):  # the end-of-archive block, or none
+            if header == ZERO_BLOCK:  # the end-of-archive block
                 return count
             problem = None
             try:
@@ -515,7 +520,8 @@ def count_json_members(path: str) -> int:
             except ValueError:
                 size = checksum = -1
             if len(header) < BLOCK:
-                problem = "empty file" if not header else "unexpected end of data in a header"
+                problem = "unexpected end of data in a header" if header else \
+                    "empty file" if not at else "no end-of-archive block (cut at a member boundary)"
             elif checksum != sum(header) - sum(header[CHKSUM:CHKSUM + 8]) + 8 * ord(" "):
                 problem = "invalid header checksum"
             elif not 0 <= size <= MAX_MEMBER_BYTES:
@@ -589,7 +595,8 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES, url: str | None = No
                     raise TarFormatError("unexpected end of data in a header")
                 if first:
                     raise TarFormatError("empty file")
-                return  # no end-of-archive blocks: tolerated, as tarfile does
+                raise TarEndMissing("the tar ends at a member boundary without its end-of-archive block: "
+                                    "cut there, the members after it are lost")
             first = False
             headers, need, error = window.scan()
             buf, view, base = window.chunk.buffer, window.chunk.view, window.base
@@ -947,8 +954,11 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
         except Exception as exc:  # TarFormatError, pipe errors, network errors...
             reason = "shard_timeout" if isinstance(exc, ShardTimeout) else \
                 "truncated_tar" if n_members else "shard_open_error"
-            failure = _error(reason, url, current["__key__"] if current else None, exc)
-            current = None
+            if isinstance(exc, TarEndMissing):  # cut between members: ``current`` is as complete as the tar shows
+                failure = _error(reason, url, None, exc)
+            else:
+                failure = _error(reason, url, current["__key__"] if current else None, exc)
+                current = None
     finally:
         # No yield in here: a consumer that stops early closes this generator, and the stream
         # (a pipe's process included) must be released without producing more items.
@@ -956,10 +966,10 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
             stream.close()
         except Exception as exc:  # a pipe: command that exited non-zero reports it on close
             close_errors.append(exc)
+    if current is not None:  # with a failure, only after TarEndMissing
+        yield current
     if failure is not None:
         yield failure
-    elif current is not None:
-        yield current
     if failure is None:
         for exc in close_errors:
             yield _error("shard_read_error", url, None, exc)
