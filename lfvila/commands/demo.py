@@ -5,7 +5,7 @@ alignment on the held-out split next to their chance levels, and where the shard
 preview sheet, the report and the TensorBoard logs are. Trains a fixed 300 steps (about 8
 minutes on 2 idle CPU cores; a slower machine is told so and still trains every step).
 
-``--steps 2`` is a quick check (under a minute on 2 CPU cores) that the whole chain runs from this
+``--steps 2`` is a quick check (about a minute on 2 CPU cores) that the whole chain runs from this
 install: every stage and output is the same, only the figures mean nothing yet. Sources and the
 recipe are packaged with lfvila, so the demo runs from any directory.
 
