@@ -1,8 +1,8 @@
 """Shard stage driver: plan shard tasks from ``OUT/longform.parquet``, run them, then write the indexes.
 
-Planning is deterministic: per split, the long-form videos in key order are cut into consecutive
-groups of ``shards.samples_per_shard``; group ``i`` of split ``s`` is shard ``{s}-{i:06d}``. Shard
-tasks are independent and write disjoint files, so they run anywhere: in this process, in local
+Planning (lfvila/shards/plan.py, bounded memory) is deterministic: per split, the long-form videos
+in key order are cut into consecutive groups of ``shards.samples_per_shard``; group ``i`` of split
+``s`` is shard ``{s}-{i:06d}``. Shard tasks are independent and write disjoint files, so they run anywhere: in this process, in local
 worker processes (``engine="local"``), or on a Ray cluster (``engine="ray"``) whose nodes see the
 same ``OUT`` and videos directory. ``shard_range="i/N"`` keeps every N-th task starting at i, for
 array jobs. When every shard of the corpus is complete, the driver writes ``shards/index.parquet``,
@@ -18,45 +18,15 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from lfvila.errors import InputError, TaskFailure
 from lfvila.shards.sample import RETRYABLE_REASONS
-from lfvila.shards.task import (
-    ShardTask,
-    atomic_write_bytes,
-    is_complete,
-    paths,
-    read_stats,
-    run_shard_task,
-    task_fingerprint,
-)
+from lfvila.shards.plan import ShardTask, plan_shard_tasks
+from lfvila.shards.task import atomic_write_bytes, is_complete, paths, read_stats, run_shard_task
 
 log = logging.getLogger(__name__)
-
-
-def plan_shard_tasks(cfg, out: Path) -> list[ShardTask]:
-    """All shard tasks of the corpus, splits in name order, each split's rows in key order."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(Path(out) / "longform.parquet").to_pylist()
-    by_split: dict[str, list[dict]] = {}
-    seen: set[str] = set()
-    for row in rows:
-        if "." in row["key"] or "/" in row["key"]:
-            raise ValueError(f"longform.parquet: key {row['key']!r} contains '.' or '/', not a WebDataset key")
-        if row["key"] in seen:
-            raise ValueError(f"longform.parquet: key {row['key']!r} occurs twice; keys must be unique")
-        seen.add(row["key"])
-        by_split.setdefault(row["split"], []).append(row)
-    size = cfg.shards.samples_per_shard
-    tasks = []
-    for split in sorted(by_split):
-        split_rows = sorted(by_split[split], key=lambda r: r["key"])
-        for index, lo in enumerate(range(0, len(split_rows), size)):
-            chunk = split_rows[lo:lo + size]
-            tasks.append(ShardTask(split, index, chunk, task_fingerprint(chunk, cfg)))
-    return tasks
 
 
 def parse_shard_range(text: str | None) -> tuple[int, int]:
@@ -254,17 +224,26 @@ def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
             stale.unlink(missing_ok=True)
     for stale in out.glob(".corpus.json.*.tmp"):
         stale.unlink(missing_ok=True)
-    status = pa.concat_tables([pq.read_table(paths(shard_dir, t.name)["status"]) for t in tasks]) if tasks else None
-    if status is not None:
-        _write_parquet(status, shard_dir / "status.parquet")
-        written = status.filter(pa.compute.equal(status["status"], "written"))
-        index = pa.table({
-            "key": written["key"], "split": written["split"],
-            "shard": pa.compute.binary_join_element_wise(written["shard"], pa.scalar(".tar"), ""),
-            "offset": written["offset"], "size": written["size"], "n_frames": written["n_frames"],
-            "duration": written["duration"], "n_sentences": written["n_sentences"],
-        })
-        _write_parquet(index, shard_dir / "index.parquet")
+    # Streamed one shard at a time (memory independent of the corpus), in row groups of the size
+    # pq.write_table uses, so the files are those a single write of all rows would give.
+    status_writer = _RowGroupWriter(shard_dir / "status.parquet")
+    index_writer = _RowGroupWriter(shard_dir / "index.parquet")
+    try:
+        for t in tasks:
+            status = pq.read_table(paths(shard_dir, t.name)["status"])
+            status_writer.write(status)
+            written = status.filter(pa.compute.equal(status["status"], "written"))
+            index_writer.write(pa.table({
+                "key": written["key"], "split": written["split"],
+                "shard": pa.compute.binary_join_element_wise(written["shard"], pa.scalar(".tar"), ""),
+                "offset": written["offset"], "size": written["size"], "n_frames": written["n_frames"],
+                "duration": written["duration"], "n_sentences": written["n_sentences"],
+            }))
+        status_writer.close()
+        index_writer.close()
+    finally:
+        status_writer.abort()
+        index_writer.abort()
 
     summary: dict = {"fps": cfg.video.fps, "frame_height": cfg.video.frame_height, "splits": {}}
     for split in sorted({t.split for t in tasks}):
@@ -343,13 +322,62 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_parquet(table, path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _RowGroupWriter:
+    """Parquet written table by table, byte-identical to one ``pq.write_table`` of all the tables
+    concatenated: rows are regrouped into row groups of exactly ``ROW_GROUP_ROWS`` (pyarrow's
+    default), the schema is the first table's (as ``pa.concat_tables``); nothing is written for no
+    table. Written under a temporary name, renamed by ``close``; ``abort`` removes the temporary."""
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    ROW_GROUP_ROWS = 1 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.writer = None
+        self.pending: list = []
+        self.pending_rows = 0
+        self.groups = 0
+
+    def write(self, table) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.ROW_GROUP_ROWS:
+            joined = pa.concat_tables(self.pending)
+            self.writer.write_table(joined.slice(0, self.ROW_GROUP_ROWS), row_group_size=self.ROW_GROUP_ROWS)
+            self.groups += 1
+            rest = joined.slice(self.ROW_GROUP_ROWS)
+            self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def close(self) -> None:
+        import pyarrow as pa
+
+        if self.writer is None:
+            return
+        if self.pending_rows or not self.groups:  # write_table writes one empty row group for no rows
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=self.ROW_GROUP_ROWS)
+        self.writer.close()
+        self.writer = None
+        with open(self.tmp, "rb") as f:  # on disk before the rename makes it the index
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Remove the temporary (after a failure, or a no-op after ``close``); never raises."""
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except OSError:
+            pass
+        self.writer = None
+        try:
+            self.tmp.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove %s: %s", self.tmp, e)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -15,41 +15,30 @@ import logging
 import os
 import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 # Settings that change how a build runs, not what it writes (RUNTIME_KEYS): changing them (say, a
 # longer timeout before --retry-failed) must not make every complete shard stale.
 from lfvila.build_config import RUNTIME_KEYS
+from lfvila.shards.plan import ShardTask
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ShardTask:
-    """A shard to build: its name and its manifest rows (in key order)."""
-
-    split: str
-    index: int
-    rows: list[dict]
-    fingerprint: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}-{self.index:06d}"
-
-
-
-
-def task_fingerprint(rows: list[dict], cfg) -> str:
-    """Hash of everything that determines a shard's bytes: its rows, the video/shard config, the version."""
+def fingerprint_settings(cfg) -> dict:
+    """The settings a shard's bytes depend on besides its rows: video/shard config, min_clips, version."""
     import lfvila
     from lfvila.config import to_dict
 
     video = {k: v for k, v in to_dict(cfg.video).items() if f"video.{k}" not in RUNTIME_KEYS}
-    blob = json.dumps({"rows": rows, "video": video, "shards": to_dict(cfg.shards),
-                       "min_clips": cfg.manifest.min_clips, "version": lfvila.__version__},
-                      sort_keys=True, default=str)
+    return {"video": video, "shards": to_dict(cfg.shards), "min_clips": cfg.manifest.min_clips,
+            "version": lfvila.__version__}
+
+
+def task_fingerprint(rows: list[dict], cfg) -> str:
+    """Hash of everything that determines a shard's bytes: its rows and ``fingerprint_settings``."""
+    blob = json.dumps({"rows": rows, **fingerprint_settings(cfg)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -120,6 +109,7 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     from lfvila.shards.sample import SampleOutcome, write_sample
     from lfvila.shards.tar import DeterministicTarWriter
 
+    rows = task.load_rows()  # from the plan, before anything of the shard is touched
     shard_dir = Path(out) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale(shard_dir, task.name)
@@ -130,7 +120,7 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     tar = DeterministicTarWriter(tmp_tar)
     outcomes: list[SampleOutcome] = []
     try:
-        for row in task.rows:
+        for row in rows:
             mark = tar.tell()
             try:
                 outcome = write_sample(row, Path(videos_dir), cfg, tar)

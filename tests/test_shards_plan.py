@@ -1,0 +1,110 @@
+"""Shard planning in bounded memory: the external sort gives exactly the in-memory plan's tasks."""
+from __future__ import annotations
+
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lfvila.shards.plan as plan_module
+from lfvila.build_config import BuildConfig
+from lfvila.config import load_config
+from lfvila.shards.build import _RowGroupWriter
+from lfvila.shards.fixtures import sentences_every, write_longform
+from lfvila.shards.plan import PLAN_DIR, plan_shard_tasks
+from lfvila.shards.task import task_fingerprint
+
+
+def _rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        vid = f"v{rng.randrange(10 ** 6):06d}"
+        start = rng.randrange(0, 500)
+        rows.append({"key": f"test~{vid}~{i:06d}", "video_id": vid, "split": rng.choice(["train", "train", "val", "test"]),
+                     "sentences": sentences_every(start, start + rng.randrange(8, 40), 2.0, vid, text=f"t{i}")})
+    rng.shuffle(rows)  # the manifest writes source order, not key order
+    return rows
+
+
+def _reference_plan(table_rows: list[dict], size: int) -> list[tuple[str, int, list[dict]]]:
+    """The definition: per split in name order, rows in key order, consecutive groups of ``size``."""
+    plan = []
+    for split in sorted({r["split"] for r in table_rows}):
+        rows = sorted((r for r in table_rows if r["split"] == split), key=lambda r: r["key"])
+        plan += [(split, i, rows[lo:lo + size]) for i, lo in enumerate(range(0, len(rows), size))]
+    return plan
+
+
+@pytest.mark.parametrize("sort_batch, per_shard", [(7, 4), (1000, 5), (1, 3)])
+def test_external_sort_plan_equals_the_definition(tmp_path, monkeypatch, sort_batch, per_shard):
+    monkeypatch.setattr(plan_module, "SORT_BATCH_ROWS", sort_batch)  # many runs to merge
+    monkeypatch.setattr(plan_module, "MERGE_BATCH_ROWS", 2)
+    write_longform(tmp_path / "longform.parquet", _rows(61))
+    cfg = load_config(BuildConfig, None, [f"shards.samples_per_shard={per_shard}"])
+    stored = pq.read_table(tmp_path / "longform.parquet").to_pylist()  # the rows as the old planner read them
+    expected = _reference_plan(stored, per_shard)
+    tasks = plan_shard_tasks(cfg, tmp_path)
+    assert [(t.split, t.index) for t in tasks] == [(s, i) for s, i, _ in expected]
+    for task, (_, _, rows) in zip(tasks, expected):
+        assert task.load_rows() == rows
+        assert task.fingerprint == task_fingerprint(rows, cfg)
+        assert task.name == f"{task.split}-{task.index:06d}"
+    assert not list((tmp_path / PLAN_DIR).glob("*/runs")) and not list((tmp_path / PLAN_DIR).glob(".*.tmp"))
+
+
+def test_plan_is_reused_and_replaced_when_the_manifest_changes(tmp_path):
+    write_longform(tmp_path / "longform.parquet", _rows(20))
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4"])
+    first = plan_shard_tasks(cfg, tmp_path)
+    plan_dirs = list((tmp_path / PLAN_DIR).iterdir())
+    assert len(plan_dirs) == 1
+    marker = plan_dirs[0] / "plan.json"
+    stamp = marker.stat().st_mtime_ns
+    assert plan_shard_tasks(cfg, tmp_path) == first and marker.stat().st_mtime_ns == stamp  # reused, not redone
+    other = load_config(BuildConfig, None, ["shards.samples_per_shard=4", "video.fps=2"])
+    assert [t.fingerprint for t in plan_shard_tasks(other, tmp_path)] != [t.fingerprint for t in first]
+    write_longform(tmp_path / "longform.parquet", _rows(9, seed=1))
+    os.utime(tmp_path / "longform.parquet", ns=(stamp + 10 ** 9, stamp + 10 ** 9))
+    again = plan_shard_tasks(cfg, tmp_path)
+    assert sum(t.n_rows for t in again) == 9
+    assert len(list((tmp_path / PLAN_DIR).iterdir())) == 1  # the older plans are gone
+
+
+@pytest.mark.parametrize("where", ["same run", "other runs", "other splits"])
+def test_a_repeated_key_is_refused_wherever_its_copies_are(tmp_path, monkeypatch, where):
+    monkeypatch.setattr(plan_module, "SORT_BATCH_ROWS", 1000 if where == "same run" else 3)
+    rows = _rows(12)
+    twin = dict(rows[0], split="val" if rows[0]["split"] != "val" else "train") if where == "other splits" else dict(rows[0])
+    rows.insert(9, twin)
+    write_longform(tmp_path / "longform.parquet", rows)
+    with pytest.raises(ValueError, match="occurs twice"):
+        plan_shard_tasks(load_config(BuildConfig, None, []), tmp_path)
+    assert not list((tmp_path / PLAN_DIR).iterdir())  # no half-written plan left
+
+
+def test_a_key_that_is_not_a_webdataset_key_is_refused(tmp_path):
+    rows = _rows(5)
+    rows[3]["key"] = "test~a.b~000001"
+    write_longform(tmp_path / "longform.parquet", rows)
+    with pytest.raises(ValueError, match="contains '.' or '/'"):
+        plan_shard_tasks(load_config(BuildConfig, None, []), tmp_path)
+
+
+@pytest.mark.parametrize("sizes", [[0], [3, 0, 4], [5, 5], [2, 9, 1, 0, 7], [12]])
+def test_row_group_writer_is_byte_identical_to_one_write_of_everything(tmp_path, monkeypatch, sizes):
+    monkeypatch.setattr(_RowGroupWriter, "ROW_GROUP_ROWS", 5)
+    start, tables = 0, []
+    for n in sizes:
+        tables.append(pa.table({"key": [f"k{i}" for i in range(start, start + n)], "x": list(range(start, start + n))},
+                               schema=pa.schema([("key", pa.string()), ("x", pa.int64())])))
+        start += n
+    pq.write_table(pa.concat_tables(tables), tmp_path / "one.parquet", row_group_size=5)
+    writer = _RowGroupWriter(tmp_path / "streamed.parquet")
+    for t in tables:
+        writer.write(t)
+    writer.close()
+    assert (tmp_path / "streamed.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
