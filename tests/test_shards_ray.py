@@ -59,7 +59,10 @@ def test_ray_cluster_build_equals_local_build(tmp_path):
     build_shards(load_config(BuildConfig, None, ["shards.samples_per_shard=2"]), local, videos, workers=1)
 
     ray_tmp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/lfvila-rayXXXX"], text=True).strip())
-    env = dict(os.environ, PYTHON=sys.executable, RAY_TMP=str(ray_tmp), OUT=str(remote), VIDEOS=str(videos))
+    home = tmp_path / "home"  # a user's ~/.ray/auth_token must not change the test's cluster
+    home.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, RAY_TMP=str(ray_tmp), OUT=str(remote), VIDEOS=str(videos),
+               HOME=str(home))
     try:
         proc = subprocess.run([*_namespace_prefix(), "bash", "-c", CLUSTER_SCRIPT], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
