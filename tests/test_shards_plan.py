@@ -38,10 +38,12 @@ def _reference_plan(table_rows: list[dict], size: int) -> list[tuple[str, int, l
     return plan
 
 
-@pytest.mark.parametrize("sort_batch, per_shard", [(7, 4), (1000, 5), (1, 3)])
-def test_external_sort_plan_equals_the_definition(tmp_path, monkeypatch, sort_batch, per_shard):
+@pytest.mark.parametrize("sort_batch, per_shard, fan_in", [(7, 4, 32), (1000, 5, 32), (1, 3, 2), (3, 4, 3)])
+def test_external_sort_plan_equals_the_definition(tmp_path, monkeypatch, sort_batch, per_shard, fan_in):
     monkeypatch.setattr(plan_module, "SORT_BATCH_ROWS", sort_batch)  # many runs to merge
     monkeypatch.setattr(plan_module, "MERGE_BATCH_ROWS", 2)
+    monkeypatch.setattr(plan_module, "RUN_ROW_GROUP_ROWS", 3)
+    monkeypatch.setattr(plan_module, "MAX_FAN_IN", fan_in)  # 2 and 3: several merge passes
     write_longform(tmp_path / "longform.parquet", _rows(61))
     cfg = load_config(BuildConfig, None, [f"shards.samples_per_shard={per_shard}"])
     stored = pq.read_table(tmp_path / "longform.parquet").to_pylist()  # the rows as the old planner read them

@@ -7,10 +7,11 @@ The manifest writes ``longform.parquet`` in source order, so key order takes a s
 external merge sort so that memory does not grow with the corpus (LF-VILA-8M has 8.5M long-form
 videos of 4-12 sentences each; as Python dicts they would not fit): the table is read in batches of
 ``SORT_BATCH_ROWS`` rows, each batch sorted by (split, key) and written as a run file; the runs are
-merged row by row into ``OUT/.plan/<digest>/<split>.parquet``, one row group per shard. A task
-carries only its name, fingerprint and plan file, and reads its row group when it runs. Peak
-memory: one batch while sorting, one small batch per run while merging, one shard's rows while
-fingerprinting (``bench/shard_planning.py`` measures it).
+merged row by row (at most ``MAX_FAN_IN`` at once, in more passes when there are more) into
+``OUT/.plan/<digest>/<split>.parquet``, one row group per shard. A task carries only its name,
+fingerprint and plan file, and reads its row group when it runs. Peak memory: one batch while
+sorting, one small row group per merged run, one shard's rows while fingerprinting, whatever the
+corpus size (``bench/shard_planning.py`` measures it).
 
 ``<digest>`` covers ``longform.parquet``'s size and modification time and every setting the
 task fingerprints cover, so reruns and the parts of an array job reuse one plan; a plan directory
@@ -29,8 +30,10 @@ from pathlib import Path
 
 PLAN_DIR = ".plan"
 PLAN_FILE = "plan.json"
-SORT_BATCH_ROWS = 1 << 16  # rows per sorted run (~65k long-form videos: some 100 MB of Python rows)
-MERGE_BATCH_ROWS = 256  # rows read at a time from each run while merging
+SORT_BATCH_ROWS = 1 << 16  # rows sorted at a time into a run (~65k long-form videos, ~80 MB in Arrow)
+RUN_ROW_GROUP_ROWS = 1024  # a run is read back one row group at a time: keep them small
+MERGE_BATCH_ROWS = 256  # rows taken at a time from a run's row group while merging
+MAX_FAN_IN = 32  # runs merged at once; more runs are first merged into longer ones (more passes)
 _PLAN_VERSION = 1
 
 
@@ -119,9 +122,37 @@ def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
         for key in table["key"].to_pylist():
             _check_key(key)
         path = work / f"run-{n:06d}.parquet"
-        pq.write_table(table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")])), path)
+        pq.write_table(table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")])), path,
+                       row_group_size=RUN_ROW_GROUP_ROWS)
         runs.append(path)
     return runs, source.schema_arrow
+
+
+def _merged(runs: list[Path], work: Path, schema):
+    """All rows of the sorted ``runs`` in key order: (key, row); at most MAX_FAN_IN runs open at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    generation = 0
+    while len(runs) > MAX_FAN_IN:  # merge groups of runs into longer runs until few enough are left
+        generation += 1
+        longer = []
+        for n in range(0, len(runs), MAX_FAN_IN):
+            group, path = runs[n:n + MAX_FAN_IN], work / f"run-g{generation}-{n:06d}.parquet"
+            with pq.ParquetWriter(path, schema) as writer:
+                rows = []
+                for _, row in heapq.merge(*(_run_rows(p) for p in group), key=lambda item: item[0]):
+                    rows.append(row)
+                    if len(rows) == RUN_ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                        rows = []
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            for p in group:
+                p.unlink()
+            longer.append(path)
+        runs = longer
+    return heapq.merge(*(_run_rows(p) for p in runs), key=lambda item: item[0])
 
 
 def _run_rows(path: Path):
@@ -176,7 +207,7 @@ def _write_plan(longform: Path, plan_dir: Path, cfg) -> None:
     splits: dict[str, _SplitPlan] = {}
     previous = None
     try:
-        for key, row in heapq.merge(*(_run_rows(p) for p in runs), key=lambda item: item[0]):
+        for key, row in _merged(runs, work, schema):
             if key == previous:
                 raise ValueError(f"longform.parquet: key {key!r} occurs twice; keys must be unique")
             previous = key
