@@ -110,3 +110,51 @@ def test_row_group_writer_is_byte_identical_to_one_write_of_everything(tmp_path,
     writer.close()
     assert (tmp_path / "streamed.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_limit_plans_the_first_n_longform_videos_of_each_split(tmp_path):
+    write_longform(tmp_path / "longform.parquet", _rows(40))
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=3"])
+    stored = pq.read_table(tmp_path / "longform.parquet").to_pylist()
+    first = {split: sorted(r["key"] for r in stored if r["split"] == split)[:5] for split in ("train", "val", "test")}
+    tasks = plan_shard_tasks(cfg, tmp_path, limit=5)
+    got = {}
+    for t in tasks:
+        got.setdefault(t.split, []).extend(r["key"] for r in t.load_rows())
+    assert got == first
+    assert [t.n_rows for t in tasks if t.split == "train"] == [3, 2]
+    assert len(plan_shard_tasks(cfg, tmp_path)) > len(tasks)  # without the limit: the whole corpus
+
+
+def test_limited_build_then_full_build_equals_a_full_build(tmp_path):
+    from lfvila.shards.build import build_shards
+    from lfvila.shards.fixtures import make_colour_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_colour_video(videos / "colour.mp4", 6)
+    rows = [{"key": f"r{i}", "video_id": "colour", "split": "train" if i % 3 else "val",
+             "sentences": sentences_every(0.2 * i, 0.2 * i + 3, 1.0, "colour")} for i in range(7)]
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=2", "video.fps=1"])
+    for corpus in ("limited", "whole"):
+        write_longform(tmp_path / corpus / "longform.parquet", rows)
+    partial = build_shards(cfg, tmp_path / "limited", videos, limit=3)
+    assert partial["limit"] == {"longform_videos_per_split": 3}
+    assert partial["splits"]["train"]["samples_planned"] == 3 and partial["splits"]["val"]["samples_planned"] == 3
+    completed = build_shards(cfg, tmp_path / "limited", videos)
+    whole = build_shards(cfg, tmp_path / "whole", videos)
+    assert "limit" not in completed and completed == whole
+    names = sorted(p.name for p in (tmp_path / "whole" / "shards").iterdir())
+    assert sorted(p.name for p in (tmp_path / "limited" / "shards").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "limited" / "shards" / name).read_bytes() == (tmp_path / "whole" / "shards" / name).read_bytes()
+
+
+def test_cli_limit_must_be_positive(tmp_path, capsys):
+    from lfvila.cli import main
+
+    write_longform(tmp_path / "c" / "longform.parquet", _rows(3))
+    (tmp_path / "v").mkdir()
+    assert main(["build", "--out", str(tmp_path / "c"), "--stage", "shards", "--videos", str(tmp_path / "v"),
+                 "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err

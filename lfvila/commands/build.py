@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
                         help="static partition for array jobs: build only part I of N (0-based)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a corpus of other inputs already in --out (its shards are removed)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="quick partial corpus: shards of only the first N long-form videos (in key order) of each "
+                             "split; a later build without --limit completes it")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo complete shards holding failed samples (missing video, timeout, error)")
 
@@ -54,6 +57,8 @@ def run(args) -> int:
     # Everything the user gave is checked before any heavy work.
     if manifest_stage:
         check_sources(args.source)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.stage == "shards" and args.videos is None:
         raise UserError("--videos DIR is needed for the shard stage")
     if shard_stage and args.videos is not None and not Path(args.videos).is_dir():
@@ -88,7 +93,7 @@ def run(args) -> int:
 
     summary = build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
                            ray_address=args.ray_address, shard_range=args.shard_range,
-                           retry_failed=args.retry_failed)
+                           retry_failed=args.retry_failed, limit=args.limit)
     if not summary:
         _print_advice(advice)
         return 0

@@ -44,10 +44,12 @@ def parse_shard_range(text: str | None) -> tuple[int, int]:
 
 def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: str = "local",
                  ray_address: str | None = None, shard_range: str | None = None,
-                 retry_failed: bool = False) -> dict:
+                 retry_failed: bool = False, limit: int | None = None) -> dict:
     """Build the shards of ``out`` from its manifest and ``videos_dir``; return the corpus video summary.
 
     Complete shards are skipped (with ``retry_failed``, shards holding failed samples are redone).
+    With ``limit``, a quick partial corpus: the first ``limit`` long-form videos (in key order) of
+    each split; ``corpus.json`` records it, and a later build without it completes the corpus.
     The summary (also written to ``corpus.json`` under ``video``) is only final when every shard is
     complete; with a ``shard_range`` it is written by whichever part finishes last.
     """
@@ -59,7 +61,7 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     part, total = parse_shard_range(shard_range)
-    tasks = plan_shard_tasks(cfg, out)
+    tasks = plan_shard_tasks(cfg, out, limit)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_shards(shard_dir, tasks)
@@ -75,7 +77,7 @@ def build_shards(cfg, out: Path, videos_dir: Path, *, workers: int = 1, engine: 
 
     if all(is_complete(shard_dir, t) for t in tasks):
         try:
-            return write_corpus_indexes(out, tasks, cfg)
+            return write_corpus_indexes(out, tasks, cfg, limit)
         except OSError as exc:  # disk full, ...: each file is renamed into place whole or not at all
             raise TaskFailure(f"every shard is complete, but the corpus indexes could not be written ({exc}); "
                               f"run the same command again to write them") from exc
@@ -212,7 +214,7 @@ def _run_ray(todo: list[ShardTask], out: Path, videos_dir: Path, cfg, *, workers
     progress.close()
 
 
-def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
+def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg, limit: int | None = None) -> dict:
     """Write index.parquet, status.parquet, per-split wids indexes and corpus.json's ``video`` section."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -246,6 +248,8 @@ def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg) -> dict:
         index_writer.abort()
 
     summary: dict = {"fps": cfg.video.fps, "frame_height": cfg.video.frame_height, "splits": {}}
+    if limit is not None:  # a partial corpus says so (the key is absent from a whole one)
+        summary["limit"] = {"longform_videos_per_split": limit}
     for split in sorted({t.split for t in tasks}):
         split_stats = [read_stats(shard_dir, t.name) for t in tasks if t.split == split]
         summary["splits"][split] = _sum_stats(split_stats)

@@ -63,24 +63,27 @@ class ShardTask:
         return rows
 
 
-def plan_shard_tasks(cfg, out: Path) -> list[ShardTask]:
-    """All shard tasks of the corpus, splits in name order, each split's rows in key order."""
+def plan_shard_tasks(cfg, out: Path, limit: int | None = None) -> list[ShardTask]:
+    """All shard tasks of the corpus, splits in name order, each split's rows in key order; with
+    ``limit``, only the first ``limit`` long-form videos (in key order) of each split."""
     from lfvila.shards.task import fingerprint_settings
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     out = Path(out)
     longform = out / "longform.parquet"
     stat = longform.stat()
     settings = fingerprint_settings(cfg)
     digest = hashlib.sha256(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "settings": settings,
-                                        "plan_version": _PLAN_VERSION}, sort_keys=True, default=str).encode()
-                            ).hexdigest()[:20]
+                                        "limit": limit, "plan_version": _PLAN_VERSION},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:20]
     root = out / PLAN_DIR
     plan_dir = root / digest
     tasks = _read_plan(plan_dir)
     if tasks is None:
         tmp = root / f".{digest}.{uuid.uuid4().hex}.tmp"
         try:
-            _write_plan(longform, tmp, cfg)
+            _write_plan(longform, tmp, cfg, limit)
             try:
                 os.replace(tmp, plan_dir)
             except OSError:  # another part of an array job renamed its identical plan first
@@ -176,8 +179,12 @@ class _SplitPlan:
         self.writer = pq.ParquetWriter(plan_dir / self.file, schema)
         self.chunk: list[dict] = []
         self.tasks: list[dict] = []
+        self.rows = 0
 
-    def add(self, row: dict, size: int, cfg) -> None:
+    def add(self, row: dict, size: int, cfg, limit: int | None) -> None:
+        if limit is not None and self.rows >= limit:
+            return
+        self.rows += 1
         self.chunk.append(row)
         if len(self.chunk) == size:
             self.flush(cfg)
@@ -194,7 +201,7 @@ class _SplitPlan:
             self.chunk = []
 
 
-def _write_plan(longform: Path, plan_dir: Path, cfg) -> None:
+def _write_plan(longform: Path, plan_dir: Path, cfg, limit: int | None = None) -> None:
     """Sort ``longform`` into ``plan_dir/<split>.parquet`` (one row group per shard) and plan.json.
 
     The runs are merged by key over all splits at once, so a key repeated anywhere is caught where
@@ -213,7 +220,7 @@ def _write_plan(longform: Path, plan_dir: Path, cfg) -> None:
             previous = key
             if row["split"] not in splits:
                 splits[row["split"]] = _SplitPlan(plan_dir, row["split"], schema)
-            splits[row["split"]].add(row, size, cfg)
+            splits[row["split"]].add(row, size, cfg, limit)
         for plan in splits.values():
             plan.flush(cfg)
     finally:
