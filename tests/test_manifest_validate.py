@@ -10,7 +10,9 @@ import pytest
 from lfvila.build_config import BuildConfig
 from lfvila.manifest.build import build_manifest
 from lfvila.manifest.config import ManifestConfig
-from lfvila.manifest.records import NO_SUBTITLES, REJECT_REASONS, clean_text, parse_time, unsafe_id_reason
+from lfvila.manifest.records import (
+    NO_RECORDS, NO_SUBTITLES, REJECT_REASONS, TOO_DEEP, TOO_LARGE, clean_text, parse_time, unsafe_id_reason,
+)
 
 
 def _clip(vid, n, start="00:00:01.000", end="00:00:05.000", text="a sentence"):
@@ -61,7 +63,8 @@ def test_every_reject_reason_from_hdvila_lines(tmp_path):
     ])
     clips, rejects, corpus = _build(tmp_path, [f"hdvila:{meta}"], duration_tolerance_s=0.01)
     reasons = sorted(r["reason"] for r in rejects if r["stage"] != "merge")
-    assert set(reasons) == set(REJECT_REASONS) - {NO_SUBTITLES}  # no_subtitles: tests/test_manifest_subtitle_text.py
+    # no_subtitles: tests/test_manifest_subtitle_text.py; the caps' reasons: tests/test_manifest_hardening.py
+    assert set(reasons) == set(REJECT_REASONS) - {NO_SUBTITLES, TOO_LARGE, TOO_DEEP, NO_RECORDS}
     # The kept clips v1.6 and v1.11 are not adjacent: each is a run of 1, left out by the merge.
     assert sorted((r["clip_id"], r["reason"]) for r in rejects if r["stage"] == "merge") == [
         ("v1.11.mp4", "run_too_short"), ("v1.6.mp4", "run_too_short")]

@@ -24,16 +24,17 @@ from tqdm import tqdm
 import lfvila
 from lfvila.build_config import BuildConfig
 from lfvila.config import to_dict
-from lfvila.errors import ConfigError
+from lfvila.errors import ConfigError, InputError
 from lfvila.manifest.asr import build_sentences
 from lfvila.manifest.fastpath import check_batch
 from lfvila.manifest.merge import longform_key, merge_video, pieces_of, run_too_short_detail, split_of
 from lfvila.manifest.records import (
     MALFORMED_RECORD, MERGE_REJECT_REASONS, NOT_IN_RUNS, PIECE_TOO_SHORT, REJECT_REASONS, RUN_CLIP_REASONS, RUN_TOO_SHORT, Clip, RawVideo, Reject,
-    has_invalid_utf8,
+    has_invalid_utf8, shown_utf8,
 )
 from lfvila.manifest.runs_file import RunProblem, RunsIndex, place_runs
 from lfvila.manifest.sources import SourceSpec, get_adapter, parse_source_spec
+from lfvila.manifest.sources._io import require_regular_file
 from lfvila.manifest.sources.hdvila import items_of_line
 from lfvila.manifest.tables import CLIPS_SCHEMA, REJECTS_SCHEMA, LongformSink, TableSink
 from lfvila.manifest.validate import validate_video
@@ -122,6 +123,7 @@ def describe_input(spec: SourceSpec) -> dict:
     paths = adapter.input_files(spec.path, spec.options)
     files = []
     for f in paths:
+        require_regular_file(f, f"source {spec.spec!r}")
         name = str(f.relative_to(spec.path)) if spec.path.is_dir() else f.name
         files.append({"path": name, "size": f.stat().st_size, "sha256": _sha256_file(f)})
     if len(files) == 1 and paths[0] == spec.path:
@@ -163,7 +165,7 @@ class _Writers:
         for name, value in zip(Reject._fields, r):
             if isinstance(value, str) and has_invalid_utf8(value):
                 # Rejected bytes are shown, not re-raised: invalid UTF-8 becomes U+FFFD here.
-                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                value = shown_utf8(value)
             cols[name].append(value)
         self.rejects.maybe_flush()
 
@@ -251,6 +253,8 @@ class _SourceBuild:
                 self.add_video(item)
             else:
                 self.add_line_batch(item)
+        if counts.input_records == 0:  # not an empty success: the wrong file, format or path
+            raise InputError(f"source {spec.spec!r} yielded no records: is it the right file, in {spec.format} format?")
         if counts.input_records != counts.accepted_records + counts.rejected:
             raise RuntimeError(f"{spec.spec}: accounting broken: {counts.input_records} input records != "
                                f"{counts.accepted_records} accepted + {counts.rejected} rejected")
@@ -493,8 +497,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     runs_file = cfg.manifest.runs_file
     if runs_file and not any(spec.format == "hdvila" for spec in specs):
         raise ConfigError("manifest.runs_file lists HD-VILA clip ids: it needs an hdvila: source")
+    inputs = [describe_input(spec) for spec in specs]  # before OUT is made: an unusable input leaves nothing
     out.mkdir(parents=True, exist_ok=True)
-    inputs = [describe_input(spec) for spec in specs]
     total_bytes = sum(i["size"] for i in inputs)
     # Indexed before the table writers open their temporary files: a missing or unreadable runs
     # file leaves nothing behind in OUT.

@@ -2,7 +2,8 @@
 
 HD-VILA-100M is ~100M clips, and per-clip Python (time parsing, id and text checks, tuples) was
 most of the manifest stage's cost. ``check_batch`` decides, for a whole ``LineBatch`` at once,
-which videos are *clean*: every clip would pass validation unchanged and in order, so the slow
+which videos are *clean*: every clip would pass validation unchanged and in order (within the
+same caps: clip numbers of at most 9 digits, texts of at most MAX_TEXT_CHARS), so the slow
 path would keep all of them as they are. Clean videos are written straight from the batch's
 columns; any other video is handed back to the per-record path (``validate_video``), which
 produces its rejects exactly as before. The conditions are deliberately narrower than validation
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lfvila.manifest.records import _FAST_SAFE_ID
+from lfvila.manifest.records import MAX_TEXT_CHARS, _FAST_SAFE_ID
 from lfvila.manifest.sources.hdvila import LineBatch
 
 # "<video_id>.<n>.mp4" with n of 1-9 ASCII digits (the release's form; int32 clip_index).
@@ -100,6 +101,7 @@ def check_batch(batch: LineBatch, max_id_length: int, seen_video_ids: set) -> Ch
     numbers = pc.cast(pc.fill_null(pc.struct_field(parts, "number"), "0"), pa.int64()).to_numpy()
     texts = pa.array(batch.texts, pa.string())
     ok &= pc.match_substring_regex(texts, _CLEAN_TEXT).to_numpy(zero_copy_only=False)
+    ok &= pc.binary_length(texts).to_numpy() <= MAX_TEXT_CHARS  # clean texts are ASCII: bytes == characters
     start_ok, starts = parse_hms(batch.starts)
     end_ok, ends = parse_hms(batch.ends)
     ok &= start_ok & end_ok & (ends > starts)

@@ -3,16 +3,32 @@
 ActivityNet, YouCook2 and HowTo100M ``caption.json`` are single JSON objects keyed by video id;
 HowTo100M's is several GB. ``iter_object_items`` reads chunks and decodes one value at a time with
 the C JSON decoder, so memory is bounded by the largest single video's entry.
+
+Nothing in the file escapes as anything but ``JsonStreamError`` (the structure is broken: the rest of
+the file cannot be resynchronised) or an ``EntryProblem`` yielded in place of one entry's value
+(the entry is over ``MAX_ENTRY_CHARS``, nested deeper than ``MAX_JSON_DEPTH``, or its brackets match
+but the decoder refuses it: a number over Python's 4300-digit limit, a bad literal or escape). Values
+under keys that are not on ``path`` are skipped by a scanner that never decodes them. A UTF-8 BOM at
+the start is an encoding mark, not data; objects concatenated in one file (``cat a.json b.json``)
+are read one after the other.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
+
+from lfvila.manifest.records import MALFORMED_RECORD, MAX_ENTRY_CHARS, MAX_JSON_DEPTH, TOO_DEEP, TOO_LARGE
 
 _DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
-_MAX_VALUE_CHARS = 1 << 30  # a single value larger than this is reported as malformed
+_STRUCTURE = re.compile(r'["\[\]{}]')
+_RUNS = re.compile(r'"|[\[{]+|[\]}]+')  # a quote, or a run of opening or of closing brackets
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # the rest of a string after its opening quote
+_STRING_CHARS = re.compile(r'[^"\\]*')  # string content up to a quote or backslash
+_SCALAR = re.compile(r'[^,\]}:\s"\[{]*')
+_OPENER = str.maketrans("]}", "[{")
 
 
 class JsonStreamError(ValueError):
@@ -21,6 +37,55 @@ class JsonStreamError(ValueError):
     def __init__(self, message: str, line: int):
         super().__init__(f"line {line}: {message}")
         self.line = line
+
+
+class MissingKeyError(JsonStreamError):
+    """A top-level object without the key of ``path`` (e.g. a YouCook2 source given an ActivityNet file)."""
+
+
+class EntryProblem(NamedTuple):
+    """Yielded instead of a value that was skipped: its reject reason and why (the entry is one reject)."""
+
+    reason: str
+    detail: str
+
+
+def json_depth(text: str | bytes, start: int = 0, end: int | None = None, stop_above: int | None = None) -> int:
+    """Deepest bracket nesting of ``text[start:end]``, brackets inside strings not counted (the scan
+    stops as soon as the depth passes ``stop_above``)."""
+    end = len(text) if end is None else end
+    if isinstance(text, bytes):
+        text = text[start:end].decode("utf-8", "surrogateescape")
+        start, end = 0, len(text)
+    limit = end if stop_above is None else stop_above
+    depth = deepest = 0
+    i = start
+    search, rest = _RUNS.search, _STRING_REST.match
+    while (m := search(text, i, end)) is not None:
+        run, i = m.group(), m.end()
+        if run == '"':
+            s = rest(text, i, end)
+            if s is None:
+                break
+            i = s.end()
+        elif run[0] in "[{":
+            depth += len(run)
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        else:
+            depth -= len(run)
+    return deepest
+
+
+def too_deep(text: str | bytes, start: int = 0, end: int | None = None) -> bool:
+    """True when ``text[start:end]`` nests deeper than MAX_JSON_DEPTH (cheap unless it has many brackets)."""
+    if isinstance(text, bytes):
+        opens = text.count(b"[", start, end) + text.count(b"{", start, end)
+    else:
+        opens = text.count("[", start, end) + text.count("{", start, end)
+    return opens > MAX_JSON_DEPTH and json_depth(text, start, end, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
 
 
 class _Buffer:
@@ -35,6 +100,7 @@ class _Buffer:
         self.line = 1  # line number at self.pos
         self.eof = False
         self._pending = b""  # an incomplete UTF-8 sequence at a chunk boundary
+        self._start = True  # a BOM may come first
 
     def fill(self) -> bool:
         """Read one more chunk; False at end of file."""
@@ -52,6 +118,13 @@ class _Buffer:
                 return True
             return False
         data = self._pending + data
+        if self._start:
+            if len(data) < 3 and b"\xef\xbb\xbf".startswith(data):
+                self._pending = data  # maybe a BOM cut by a tiny chunk
+                return True
+            self._start = False
+            if data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
         cut = len(data)
         # Keep a trailing partial multi-byte character for the next chunk.
         for back in range(1, min(4, len(data)) + 1):
@@ -93,51 +166,182 @@ class _Buffer:
         self.advance(self.pos + 1)
 
     def decode_value(self) -> object:
+        """The value at the current position, or an ``EntryProblem`` when it was skipped (module doc)."""
         self.skip_ws()
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError as e:
-                # An incomplete value at the end of the window: read more and retry; the chunk
-                # size doubles so a huge value costs O(n log n), not O(n^2).
-                if len(self.text) - self.pos < _MAX_VALUE_CHARS and self.fill():
-                    self.chunk_bytes = min(self.chunk_bytes * 2, 1 << 26)
-                    continue
-                raise JsonStreamError(e.msg, self.line + self.text.count("\n", self.pos, e.pos)) from None
-            if end >= len(self.text) and not self.eof:
-                # A number at the window's end may continue in the next chunk.
-                if self.fill():
-                    continue
+            except (ValueError, RecursionError):  # incomplete in the window, malformed, too deep, huge int
+                return self._decode_slow()
+            if end >= len(self.text) and not self.eof and self.fill():
+                continue  # a number at the window's end may continue in the next chunk
+            if end - self.pos > MAX_ENTRY_CHARS:
+                self.advance(end)
+                return EntryProblem(TOO_LARGE, f"entry of {end - self.pos} characters, over the cap of {MAX_ENTRY_CHARS}")
+            if too_deep(self.text, self.pos, end):
+                self.advance(end)
+                return EntryProblem(TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH} levels")
             self.advance(end)
             return value
 
+    def _decode_slow(self) -> object:
+        end, deepest = self.skip_value(MAX_ENTRY_CHARS)
+        if end is None or end - self.pos > MAX_ENTRY_CHARS:
+            if end is not None:
+                self.advance(end)
+            return EntryProblem(TOO_LARGE, f"entry over the cap of {MAX_ENTRY_CHARS} characters")
+        if deepest > MAX_JSON_DEPTH:
+            self.advance(end)
+            return EntryProblem(TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            value, stop = _DECODER.raw_decode(self.text, self.pos)
+        except (ValueError, RecursionError) as e:
+            message = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(":")[0]
+            self.advance(end)
+            return EntryProblem(MALFORMED_RECORD, f"value does not decode ({message})")
+        self.advance(end)
+        if stop != end:
+            return EntryProblem(MALFORMED_RECORD, "value does not decode (unexpected data inside it)")
+        return value
+
+    def skip_value(self, keep_chars: int | None) -> tuple[int | None, int]:
+        """Find the end of the value at ``pos`` without decoding it: (end index in ``text``, deepest nesting).
+
+        The window keeps the value while it is at most ``keep_chars`` long (None: never keep it); a
+        longer one is dropped as it is read (memory stays one chunk), and then the end is None with
+        ``pos`` after the value. Broken structure (unmatched brackets, end of file inside the value)
+        is a ``JsonStreamError``. Only brackets and strings are checked: ``decode_value`` decodes
+        what it keeps.
+        """
+        start_line = self.line
+        stack = bytearray()
+        deepest = 0
+        keep = keep_chars is not None
+        i = self.pos
+        in_string = False
+        scalar = None  # decided at the first character: a number or literal, not "[{
+        scalar_chars = 0
+        while True:
+            if i >= len(self.text):
+                if keep and i - self.pos > keep_chars:
+                    keep = False
+                if not keep:
+                    self.advance(i)
+                off = i - self.pos
+                if not self.fill():
+                    if scalar and scalar_chars:  # a number or literal ending the file
+                        return self._skipped(self.pos + off, keep), 0
+                    raise JsonStreamError("end of file inside a value", start_line)
+                i = self.pos + off
+                continue
+            if scalar is None:
+                scalar = self.text[i] not in '"[{'
+            if scalar:
+                j = _SCALAR.match(self.text, i).end()
+                scalar_chars += j - i
+                if j >= len(self.text) and not self.eof:
+                    i = j
+                    continue
+                if not scalar_chars:
+                    raise JsonStreamError(f"expected a value, got {self.text[i:i + 20]!r}", self.line)
+                return self._skipped(j, keep), 0
+            if in_string:
+                i = _STRING_CHARS.match(self.text, i).end()
+                if i >= len(self.text):
+                    continue
+                if self.text[i] == "\\":
+                    if i + 1 >= len(self.text):
+                        if self.eof:
+                            raise JsonStreamError("end of file inside a string", start_line)
+                        off = i - self.pos
+                        if not keep:
+                            self.advance(i)
+                            off = 0
+                        if not self.fill():
+                            raise JsonStreamError("end of file inside a string", start_line)
+                        i = self.pos + off
+                        continue
+                    i += 2
+                    continue
+                i += 1  # the closing quote
+                in_string = False
+                if not stack:
+                    return self._skipped(i, keep), deepest
+                continue
+            m = _RUNS.search(self.text, i)
+            if m is None:
+                i = len(self.text)
+                continue
+            run, i = m.group(), m.end()
+            if run == '"':
+                in_string = True
+            elif run[0] in "[{":
+                stack += run.encode()
+                deepest = max(deepest, len(stack))
+            else:
+                k = min(len(run), len(stack))  # closes past the value's end belong to the enclosing object
+                opened = run[:k].translate(_OPENER).encode()[::-1]
+                if not k or stack[len(stack) - k:] != opened:
+                    raise JsonStreamError(f"unmatched {run[0]!r}", self.line + self.text.count("\n", self.pos, m.start()))
+                del stack[len(stack) - k:]
+                if not stack:
+                    return self._skipped(m.start() + k, keep), deepest
+
+    def _skipped(self, end: int, keep: bool) -> int | None:
+        if keep:
+            return end
+        self.advance(end)
+        return None
+
 
 def iter_object_items(f: BinaryIO, path: tuple[str, ...] = (), *, chunk_bytes: int = 1 << 20,
-                      progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, object, int]]:
+                      progress: Callable[[int], None] | None = None) -> Iterator[tuple[str | None, object, int]]:
     """Yield ``(key, value, line)`` of the object found at ``path`` (nested keys) inside a JSON file.
 
-    Raises ``JsonStreamError`` (with a line number) on malformed JSON; items before it were yielded.
+    ``value`` is an ``EntryProblem`` for an entry that could not be decoded (module doc); ``key`` is
+    None when the key itself was. Raises ``JsonStreamError`` (with a line number) on malformed JSON,
+    ``MissingKeyError`` when a top-level object has no ``path``; items before either were yielded.
     """
     buf = _Buffer(f, chunk_bytes, progress)
-    yield from _iter_object(buf, path)
+    while True:
+        line = buf.line
+        found = yield from _iter_object(buf, path)
+        if path and not found:
+            raise MissingKeyError(f"the JSON object has no {'/'.join(path)!r} key", line)
+        c = buf.peek()
+        if not c:
+            return
+        if c != "{":
+            raise JsonStreamError(f"unexpected data after the JSON object: {buf.text[buf.pos:buf.pos + 20]!r}", buf.line)
 
 
-def _iter_object(buf: _Buffer, path: tuple[str, ...]) -> Iterator[tuple[str, object, int]]:
+def _iter_object(buf: _Buffer, path: tuple[str, ...]) -> Iterator[tuple[str | None, object, int]]:
+    """Items of the object at ``buf`` (or of its ``path``); returns whether ``path`` was found."""
     buf.expect("{")
+    found = False
     if buf.peek() == "}":
         buf.advance(buf.pos + 1)
-        return
+        return found
     while True:
         if buf.peek() != '"':
             raise JsonStreamError("expected a string key", buf.line)
+        key_line = buf.line
         key = buf.decode_value()
         buf.expect(":")
-        if path:
+        if isinstance(key, EntryProblem):
+            buf.skip_ws()
+            buf.skip_value(None)
+            yield None, EntryProblem(key.reason, f"key: {key.detail}"), key_line
+        elif path:
             if key == path[0]:
                 buf.skip_ws()
-                yield from _iter_object(buf, path[1:])
+                found = True
+                inner = yield from _iter_object(buf, path[1:])
+                if len(path) > 1 and not inner:
+                    found = False
             else:
-                buf.decode_value()
+                buf.skip_ws()
+                buf.skip_value(None)  # never decoded: any size or depth costs one chunk of memory
         else:
             buf.skip_ws()
             line = buf.line
@@ -148,5 +352,5 @@ def _iter_object(buf: _Buffer, path: tuple[str, ...]) -> Iterator[tuple[str, obj
             continue
         if sep == "}":
             buf.advance(buf.pos + 1)
-            return
+            return found
         raise JsonStreamError(f"expected ',' or '}}', got {sep or 'end of file'!r}", buf.line)

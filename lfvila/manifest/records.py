@@ -22,8 +22,12 @@ BEYOND_DURATION = "beyond_duration"  # ends past the known video duration by mor
 EMPTY_TEXT = "empty_text"  # no text after normalisation (or no text for the clip in a text file)
 DUPLICATE_CLIP = "duplicate_clip"  # same clip id, same (start, end, text), or a video seen before
 NO_SUBTITLES = "no_subtitles"  # hdvila ?subtitles=DIR: no caption file for the clip's video (and no other text)
+TOO_LARGE = "too_large"  # a line, JSON entry, caption cue or text over its size cap (below); detail names the cap
+TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_JSON_DEPTH
+NO_RECORDS = "no_records"  # a file of a directory source that holds no record (a whole source with none is an InputError)
 REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGATIVE_TIME,
-                  END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP, NO_SUBTITLES)
+                  END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP, NO_SUBTITLES,
+                  TOO_LARGE, TOO_DEEP, NO_RECORDS)
 # Merge rejects (stage "merge"): valid, kept clips (they stay in clips.parquet) that end up in no
 # long-form video; one row per clip, so kept_clips == clips_in_longform + merge rejects.
 RUN_TOO_SHORT = "run_too_short"  # its run of consecutive clips has fewer than min_clips clips
@@ -37,6 +41,16 @@ RUN_CLIP_REJECTED = "run_clip_rejected"  # in the metadata but rejected by valid
 RUN_CLIP_OTHER_VIDEO = "run_clip_other_video"  # a clip of another video than the run's first clip
 RUN_CLIP_DUPLICATE = "run_clip_duplicate"  # already in an earlier run of the file
 RUN_CLIP_REASONS = (MALFORMED_RECORD, RUN_CLIP_MISSING, RUN_CLIP_REJECTED, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_DUPLICATE)
+
+# Caps that bound the work and memory one record can cost (docs/failure-model.md). Real records are
+# far below each: an HD-VILA line ~3 KB, an ActivityNet / HowTo100M entry < 1 MB, a caption cue or
+# clip sentence < 1 KB. A record over a cap is one ``too_large`` reject; the file goes on.
+MAX_LINE_BYTES = 1 << 24  # one line of a line-based file (hdvila metadata and text file, CSV, caption track, runs file)
+MAX_ENTRY_CHARS = 1 << 24  # one entry (a video's value) of a single-object JSON file
+MAX_JSON_DEPTH = 64  # nesting of one JSON line or entry (real ones: 4-5); far below the decoders' recursion limits
+MAX_TEXT_CHARS = 1 << 16  # one clip text or ASR fragment (a caption cue's words, a CSV row's text)
+MAX_CUE_CHARS = 4 * MAX_TEXT_CHARS  # a caption cue's payload as written: per-word timing tags take ~3x the words
+MAX_CLIP_NUMBER = (1 << 31) - 1  # n of an hdvila <video_id>.<n>.mp4 (clip_index is int32)
 
 # Float noise in released annotations (e.g. 66.22000000001 for 66.22): an end past the duration by
 # less than this is the same time, snapped to the duration and counted separately from "clamped".
@@ -87,6 +101,7 @@ class Clip(NamedTuple):
 
 
 _TWO_DIGITS_COLON = {f"{i:02d}:": i for i in range(100)}
+_MAX_TIME_CHARS = 64  # a time string longer than this is not a time (e.g. a 400-digit hour field)
 _HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
 
 
@@ -99,13 +114,21 @@ def parse_time(value: object) -> float:
                 return _TWO_DIGITS_COLON[value[:3]] * 3600 + _TWO_DIGITS_COLON[value[3:6]] * 60 + float(value[6:])
             except (KeyError, ValueError):
                 pass
+        if len(value) > _MAX_TIME_CHARS:  # also keeps int() below Python's 4300-digit limit
+            raise ValueError(f"not a time: {len(value)} characters")
         m = _HMS.match(value.strip())
-        if m:
-            t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
-        else:
-            t = float(value)
+        try:
+            if m:
+                t = int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3).replace(",", "."))
+            else:
+                t = float(value)
+        except OverflowError:
+            raise ValueError(f"out of range: {value[:40]!r}") from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = float(value)
+        try:
+            t = float(value)
+        except OverflowError:  # an integer beyond float range (a JSON 1 followed by 400 zeros)
+            raise ValueError("out of range: an integer beyond float range") from None
     else:
         raise ValueError(f"not a time: {value!r}")
     if not math.isfinite(t):
@@ -126,6 +149,17 @@ def has_invalid_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown_utf8(text: str) -> str:
+    """``text`` as valid UTF-8 for a table: escaped invalid bytes and lone surrogates become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte, e.g. from a JSON "\ud800"
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def clean_text(text: str) -> str:

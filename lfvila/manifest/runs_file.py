@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lfvila.errors import InputError
+from lfvila.manifest.jsonstream import too_deep
 from lfvila.manifest.records import (
-    MALFORMED_RECORD, RUN_CLIP_DUPLICATE, RUN_CLIP_MISSING, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_REJECTED,
+    MALFORMED_RECORD, MAX_JSON_DEPTH, MAX_LINE_BYTES, RUN_CLIP_DUPLICATE, RUN_CLIP_MISSING, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_REJECTED,
 )
 from lfvila.manifest.sources._io import iter_lines
 
@@ -62,10 +63,14 @@ def video_of(clip_id: str) -> str | None:
     return m.group(1) if m else None
 
 
-def parse_line(text: str) -> list[str]:
+def parse_line(text: str | None) -> list[str]:
     """The clip ids of one runs-file line (any of the three spellings); ValueError when malformed."""
+    if text is None:
+        raise ValueError(f"line over the cap of {MAX_LINE_BYTES} bytes (not read)")
     stripped = text.strip()
     if stripped.startswith("["):
+        if too_deep(stripped):
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         items = json.loads(stripped)
         if not isinstance(items, list):
             raise ValueError("expected a JSON list")
@@ -106,7 +111,7 @@ class RunsIndex:
         conn.execute("CREATE TABLE runs (video_id TEXT, line INTEGER, clip_ids TEXT)")
         batch: list[tuple] = []
         for line_no, text in iter_lines(self.path, None):
-            if not text.strip():
+            if text is not None and not text.strip():
                 continue
             try:
                 clip_ids = parse_line(text)

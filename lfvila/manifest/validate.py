@@ -2,7 +2,7 @@
 
 Checks run in this order and the first failure names the reject reason: the video's id (invalid
 UTF-8, unsafe, seen before in this source), its duration, then per clip: clip id (invalid UTF-8,
-unsafe), text (invalid UTF-8), timestamps (bad, negative, end not after start, beyond the video's
+unsafe), text (over MAX_TEXT_CHARS, invalid UTF-8), timestamps (bad, negative, end not after start, beyond the video's
 duration), text (empty after normalisation), duplicates (same clip id, or same start, end and text).
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import (
     BAD_TIMESTAMP, BEYOND_DURATION, DUPLICATE_CLIP, EMPTY_TEXT, END_NOT_AFTER_START, FLOAT_NOISE_S, INVALID_UTF8,
-    NEGATIVE_TIME, UNSAFE_ID, _FAST_SAFE_ID, _PRINTABLE_ASCII, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, unsafe_id_reason,
+    MAX_TEXT_CHARS, NEGATIVE_TIME, TOO_LARGE, UNSAFE_ID, _FAST_SAFE_ID, _PRINTABLE_ASCII, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, shown_utf8,
+    unsafe_id_reason,
 )
 
 
@@ -35,7 +36,7 @@ def _value(v: object) -> str | None:
         return None
     s = v if isinstance(v, str) else repr(v)
     if has_invalid_utf8(s):
-        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        s = shown_utf8(s)
     return s[:500]
 
 
@@ -88,6 +89,9 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
             if (why := unsafe_id_reason(clip_id, max_id)) is not None:
                 reject(raw, UNSAFE_ID, f"clip_id: {why}", clip_id)
                 continue
+        if type(text) is str and len(text) > MAX_TEXT_CHARS:
+            reject(raw, TOO_LARGE, f"text of {len(text)} characters, over the cap of {MAX_TEXT_CHARS}", text)
+            continue
         if type(text) is str and _PRINTABLE_ASCII(text) and "  " not in text and text[:1] != " " and text[-1:] != " ":
             clean = text  # already clean printable ASCII: the common case, kept cheap
         elif isinstance(text, str):

@@ -10,7 +10,7 @@ The public release has spans but no text: ``hdvila:META?subtitles=DIR`` takes ea
 the video's caption track ``DIR/<video_id>.<lang>.vtt`` (yt-dlp's naming; the first of the
 ``lang`` option's comma-separated languages that exists, default ``en,en-US,en-GB``, then
 ``DIR/<video_id>.vtt``). The track is parsed, de-duplicated and word-timed exactly as the
-``subtitles`` source does (``subtitles.parse_cues``, ``asr.dedupe_words``: per-word timing tags
+``subtitles`` source does (``subtitles.parse_track``, ``asr.dedupe_words``: per-word timing tags
 where present, else interpolation by character position), and each word goes to the one clip
 whose span holds its start time (see ``assign_words``). A clip's own text or ``?text`` wins; a clip
 of a video without a caption file is a ``no_subtitles`` reject, one whose span holds no word an
@@ -30,12 +30,13 @@ import orjson
 
 from lfvila.manifest.asr import dedupe_words
 from lfvila.manifest.config import AsrConfig, ManifestConfig
+from lfvila.manifest.jsonstream import too_deep
 from lfvila.manifest.records import (
-    INVALID_UTF8, MALFORMED_RECORD, DUPLICATE_CLIP, NO_SUBTITLES, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time,
-    unsafe_id_reason,
+    DUPLICATE_CLIP, INVALID_UTF8, MALFORMED_RECORD, MAX_CLIP_NUMBER, MAX_JSON_DEPTH, MAX_LINE_BYTES, NO_SUBTITLES,
+    TOO_DEEP, TOO_LARGE, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time, shown_utf8, unsafe_id_reason,
 )
-from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, read_text
-from lfvila.manifest.sources.subtitles import parse_cues
+from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, raw_lines
+from lfvila.manifest.sources.subtitles import parse_track
 from lfvila.manifest.validate import validate_video
 
 IS_ASR = False
@@ -55,6 +56,11 @@ def input_files(path: Path, options: dict) -> list[Path]:
 
 def _reject(video_id, clip_id, stage, reason, detail, value, file, line) -> Reject:
     return Reject(SOURCE, video_id, clip_id, stage, reason, detail, None if value is None else str(value)[:500], file, line)
+
+
+def _too_long(line_no: int, file: str, stage: str = "parse", what: str = "line") -> Reject:
+    return _reject(None, None, stage, TOO_LARGE, f"{what} {line_no}: over the cap of {MAX_LINE_BYTES} bytes (not read)",
+                   None, file, line_no)
 
 
 def read(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict) -> Iterator[RawVideo | Reject]:
@@ -92,12 +98,20 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
                   obj: object = None) -> Iterator[RawVideo | Reject]:
     """The RawVideo and parse Rejects of one metadata line (``obj``: the line already decoded)."""
     if obj is None:
+        if line is None:
+            yield _too_long(line_no, file)
+            return
         if not line.strip():
+            return
+        if too_deep(line):
+            yield _reject(None, None, "parse", TOO_DEEP, f"line {line_no}: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                          line.strip(), file, line_no)
             return
         try:
             obj = json.loads(line)
-        except ValueError as e:
-            yield _reject(None, None, "parse", MALFORMED_RECORD, f"line {line_no}: invalid JSON ({e})", line.strip(), file, line_no)
+        except ValueError as e:  # also an integer over Python's 4300-digit limit
+            yield _reject(None, None, "parse", MALFORMED_RECORD, f"line {line_no}: invalid JSON ({str(e)[:200]})",
+                          line.strip(), file, line_no)
             return
     if not (isinstance(obj, dict) and isinstance(obj.get("video_id"), str) and isinstance(obj.get("clip"), list)):
         yield _reject(None, None, "parse", MALFORMED_RECORD,
@@ -122,6 +136,11 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
         if not (clip_id.startswith(prefix) and clip_id.endswith(".mp4") and middle.isdigit() and middle.isascii()):
             yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
                           f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
+            continue
+        if len(middle) > 10 or int(middle) > MAX_CLIP_NUMBER:  # the length test keeps int() off huge digit runs
+            yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
+                          f"line {line_no}: clip number of {clip_id[:80]!r} is over {MAX_CLIP_NUMBER} (clip_index is int32)",
+                          clip_id, file, line_no)
             continue
         text = entry.get("text")
         if text is None and texts:
@@ -169,12 +188,11 @@ def read_batches(path: Path, options: dict, progress: Callable[[int], None] | No
     batch = LineBatch([], [], [], [], [], [], [], [])
     n_clips = 0
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if progress is not None:
-                progress(len(raw))
+        for line_no, raw in enumerate(raw_lines(f, progress), 1):
             plain = False
             try:
-                obj = loads(raw)
+                # orjson allows 1024 levels, json fewer: a deep line goes to items_of_line, which rejects it
+                obj = None if raw is None or too_deep(raw) else loads(raw)
             except decode_error:
                 obj = None
             else:
@@ -198,7 +216,7 @@ def read_batches(path: Path, options: dict, progress: Callable[[int], None] | No
                     n_clips = 0
                 # Re-decoded with the json module, exactly as ``read`` does (orjson differs on
                 # NaN, huge numbers, lone surrogates): the fast path only changes speed.
-                yield from items_of_line(line_no, raw.decode("utf-8", "surrogateescape"), file)
+                yield from items_of_line(line_no, None if raw is None else raw.decode("utf-8", "surrogateescape"), file)
                 continue
             batch.line_nos.append(line_no)
             batch.objs.append(obj)
@@ -280,7 +298,8 @@ def _with_subtitle_text(items: Iterator[RawVideo | Reject], options: dict, progr
                     kept.append(c)
             yield item._replace(clips=kept)
             continue
-        cues = parse_cues(read_text(track, progress), item.video_id)
+        problems: list = []  # lines of the track that are not cues: counted with its rejected cues
+        cues = parse_track(track, item.video_id, progress, problems)
         fragments = validate_video(RawVideo(item.video_id, None, cues, str(track)), "subtitles", _CUE_CHECKS, set())
         timed = dedupe_words(fragments, asr_cfg)
         missing = [k for k, c in enumerate(item.clips) if c.text is None]
@@ -290,7 +309,7 @@ def _with_subtitle_text(items: Iterator[RawVideo | Reject], options: dict, progr
             clips[k] = clips[k]._replace(text=" ".join(timed.words[i] for i in indices))
         stats["subtitle_tracks"] += 1
         stats["subtitle_cues"] += len(cues)
-        stats["subtitle_cues_rejected"] += len(fragments.rejects)
+        stats["subtitle_cues_rejected"] += len(fragments.rejects) + len(problems)
         stats["subtitle_words"] += len(timed.words)
         stats["subtitle_words_in_clips"] += sum(map(len, per_clip))
         yield item._replace(clips=clips)
@@ -306,6 +325,8 @@ def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
 def _parse_text_line(line: str) -> tuple[str, str]:
     """(clip_id, text) of one JSON-lines or TSV line; ValueError when malformed."""
     if line.lstrip().startswith("{"):
+        if too_deep(line):
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         obj = json.loads(line)
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) or not isinstance(obj.get("text"), str):
             raise ValueError("expected {\"clip_id\": str, \"text\": str}")
@@ -325,6 +346,9 @@ def _load_texts(conn: sqlite3.Connection, path: Path, progress, stats: dict) -> 
     batch: list[tuple] = []
     rows = 0
     for line_no, line in iter_lines(path, progress):
+        if line is None:
+            yield _too_long(line_no, file, "text", "text file line")
+            continue
         if not line.strip() or (line_no == 1 and line.rstrip("\r\n") == "clip_id\ttext"):
             continue
         try:
@@ -334,7 +358,7 @@ def _load_texts(conn: sqlite3.Connection, path: Path, progress, stats: dict) -> 
             continue
         if has_invalid_utf8(clip_id) or has_invalid_utf8(text):
             yield _reject(None, None, "text", INVALID_UTF8, f"text file line {line_no}: bytes that are not UTF-8",
-                          line.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace"), file, line_no)
+                          shown_utf8(line.strip()), file, line_no)
             continue
         parts = clip_id.rsplit(".", 2)
         if len(parts) != 3 or parts[2] != "mp4" or not parts[1].isdigit():
