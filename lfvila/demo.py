@@ -165,10 +165,10 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
     t = time.perf_counter()
     trainer, before, after = train_tiny(out, train_shards, val_shards, settings)
     seconds["train + eval"] = time.perf_counter() - t
-    from lfvila.trainer.checkpoint import latest_checkpoint
+    from lfvila.trainer.checkpoint import newest_checkpoint
 
     return DemoResult(corpus=corpus, train_shards=train_shards, val_shards=val_shards, preview=preview,
-                      report=report, run_dir=trainer.out, checkpoint=latest_checkpoint(trainer.ckpt_root),
+                      report=report, run_dir=trainer.out, checkpoint=newest_checkpoint(trainer.ckpt_root),
                       before=before, after=after, seconds=seconds,
                       expected_train_minutes=settings.expected_train_minutes)
 

@@ -23,3 +23,7 @@ class InputError(UserError, FileNotFoundError):
 class TaskFailure(UserError, RuntimeError):
     """Tasks that failed as a whole (disk full, read-only output, a lost worker): the message names them
     and their causes; finished tasks are kept and a rerun of the same command redoes only these."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint is incomplete, damaged, tampered with or cannot be loaded without running code."""

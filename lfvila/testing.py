@@ -136,3 +136,30 @@ def model_pixels(batch: dict) -> "torch.Tensor":
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
     return (video * std + mean) * 255
+
+
+class CommandPickle:
+    """An object whose unpickling runs ``touch PATH`` (``os.system``): what a planted checkpoint
+    file would hold. Tests check that loading refuses it and ``PATH`` never appears."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.path))}",))
+
+
+def rehash_checkpoint_file(checkpoint: str | Path, name: str) -> None:
+    """Record file ``name``'s current size and sha256 in the checkpoint's ``meta.json``, as whoever
+    planted or altered the file would, so the checkpoint still verifies."""
+    import hashlib
+    import json
+
+    checkpoint = Path(checkpoint)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    data = (checkpoint / name).read_bytes()
+    meta["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "meta.json").write_text(json.dumps(meta))

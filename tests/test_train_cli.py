@@ -182,3 +182,108 @@ def test_killed_before_the_first_checkpoint_the_rerun_logs_each_step_once(tmp_pa
     result = lfvila(*args)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["step"] for line in losses.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def _steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+
+
+def test_resume_auto_falls_back_past_a_damaged_checkpoint_and_refuses_one_that_runs_code(tmp_path, shards):
+    import torch
+
+    from lfvila.testing import CommandPickle, rehash_checkpoint_file
+
+    out = tmp_path / "run"
+    args = small_run_args(shards, out, "--set", "data.val_shards=''", "--set", "trainer.max_steps=4",
+                          "--set", "trainer.ckpt_every=2", "--set", "trainer.log_every=1",
+                          "--set", "trainer.keep_last=3", "--set", "trainer.tensorboard=false")
+    first = lfvila(*args)
+    assert first.returncode == 0, first.stderr
+    reference = _steps(out)
+    older, newest = out / "checkpoints" / "step_00000002", out / "checkpoints" / "step_00000004"
+    model = newest / "model.pt"
+    model.write_bytes(model.read_bytes()[:1000])  # e.g. a copy cut short
+
+    resumed = lfvila(*args, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipping damaged checkpoint {newest} ({model} is 1000 bytes" in resumed.stderr
+    assert f"resumed from {older} at step 2" in resumed.stderr
+    assert _steps(out) == reference  # steps 3 and 4 again, bit for bit, each once
+
+    # the re-written step 4 gets a rank file whose unpickling runs a command, checksums made to match
+    marker = tmp_path / "marker"
+    rank = newest / "rank_00000.pt"
+    torch.save({"rng": CommandPickle(marker), "loader": {}, "step": 4}, rank)
+    rehash_checkpoint_file(newest, "rank_00000.pt")
+    evil = lfvila(*args, "--resume", "auto")
+    assert evil.returncode == 2, evil.stderr
+    assert f"lfvila train: error: {rank} holds a pickled object" in evil.stderr and "refused" in evil.stderr
+    assert "Traceback" not in evil.stderr and not marker.exists()
+    # (nothing intact at all: one error naming every damaged file, in test_trainer_checkpoint.py)
+
+
+def _planted_checkpoint(short_run, tmp_path: Path, val_shards) -> Path:
+    """A copy of the short run's final checkpoint whose config.yaml names ``val_shards``, its
+    checksum in meta.json updated (as whoever planted it would), so it verifies."""
+    import shutil
+
+    import yaml
+
+    from lfvila.testing import rehash_checkpoint_file
+
+    out, trained = short_run
+    assert trained.returncode == 0, trained.stderr
+    ckpt = tmp_path / "step_00000004"
+    shutil.copytree(out / "checkpoints" / "step_00000004", ckpt)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    config["data"]["val_shards"] = val_shards
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    rehash_checkpoint_file(ckpt, "config.yaml")
+    return ckpt
+
+
+def test_eval_never_runs_a_pipe_command_from_a_checkpoints_config(short_run, shards, tmp_path):
+    marker = tmp_path / "marker"
+    command = f"pipe:touch {marker}; cat {shards['val'][0]}"
+    ckpt = _planted_checkpoint(short_run, tmp_path, command)
+    refused = lfvila("eval", "--checkpoint", str(ckpt))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"lfvila eval: error: {ckpt / 'config.yaml'}: data.val_shards holds "
+                                     f"{command!r}, which would run a command")
+    assert "--data 'pipe:touch" in refused.stderr and "Traceback" not in refused.stderr
+    assert not marker.exists()
+    # the same command given by the user (here in the user's own config file) is theirs to run
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(json.dumps({"data": {"val_shards": command}}))
+    mine = lfvila("eval", "--checkpoint", str(ckpt), "--config", str(recipe), "--set", "data.num_workers=0")
+    assert mine.returncode == 0, mine.stderr
+    assert marker.exists() and "4 samples from pipe:touch" in mine.stdout
+
+
+def test_checkpoint_val_shards_that_would_run_a_command_are_refused_in_any_spelling(tmp_path):
+    import shutil
+
+    from lfvila.errors import ConfigError
+    from lfvila.trainer.evaluate import checkpoint_eval_config
+
+    shutil.copy(TINY, tmp_path / "config.yaml")
+
+    def val_shards(saved, **kwargs):
+        import yaml
+
+        config = yaml.safe_load(Path(TINY).read_text())
+        config["data"]["val_shards"] = saved
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        return checkpoint_eval_config(tmp_path, **kwargs).data.val_shards
+
+    for saved in ["pipe:touch x", " PIPE:touch x", "{a.tar,pipe:touch x}", ["a.tar", "pipe:touch x"],
+                  "a.tar::pipe:touch x", "gs://bucket/a.tar", "Pipe:touch x"]:
+        with pytest.raises(ConfigError, match="which would run a command"):
+            val_shards(saved)
+    for saved in ["val-{000000..000001}.tar", "file:///data/a.tar", "https://host/a.tar", ["a.tar", "b.tar"],
+                  "/data/pipe:x.tar"]:
+        assert val_shards(saved) == saved
+    # the user's own values are used as given, whatever form the override takes
+    assert val_shards("pipe:x", val_shards="pipe:cat a.tar") == "pipe:cat a.tar"
+    assert val_shards("pipe:x", overrides=["data.val_shards=pipe:cat b.tar"]) == "pipe:cat b.tar"
+    assert val_shards("pipe:x", overrides=['data={"val_shards": "c.tar"}']) == "c.tar"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lfvila.testing import CommandPickle, rehash_checkpoint_file
 from lfvila.trainer import checkpoint as ckpt
 
 
@@ -89,3 +90,121 @@ def test_resumed_loss_log_keeps_one_record_per_step(tmp_path):
     assert [line for line in log.read_text().splitlines()] == [f'{{"step": {s}, "loss": {s / 10}}}' for s in (1, 2, 3)]
     drop_loss_records_after(tmp_path / "missing.jsonl", 3)  # no log yet: nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_rank_state_is_tensors_and_plain_values_and_loads_weights_only(tmp_path):
+    """The RNG states go through torch.load(weights_only=True) and still restore every stream."""
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    np.random.randn()  # a cached Gaussian is part of NumPy's state too
+    path = _save(tmp_path, 1)
+    expected = (random.random(), np.random.randn(), torch.rand(3).tolist())
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    state = torch.load(path / "rank_00000.pt", weights_only=True)
+    ckpt.restore_rng_state(state["rng"])
+    assert (random.random(), np.random.randn(), torch.rand(3).tolist()) == expected
+
+
+@pytest.mark.parametrize("name", ["rank_00000.pt", "model.pt", "train_state.pt"])
+def test_a_pickle_that_runs_code_is_refused_not_run(tmp_path, name):
+    path = _save(tmp_path / "ckpts", 3)
+    marker = tmp_path / "marker"
+    torch.save({"rng": CommandPickle(marker), "loader": {}, "step": 3}, path / name)
+    # checksums not updated: the file is damaged as far as verification goes
+    assert ckpt.verify_checkpoint(path)
+    with pytest.raises(ckpt.CheckpointError, match="damaged"):
+        ckpt.load_checkpoint(path, rank=0, world_size=1)
+    rehash_checkpoint_file(path, name)
+    assert ckpt.verify_checkpoint(path) == []
+    with pytest.raises(ckpt.CheckpointError, match=rf"{name} holds a pickled object .*\(posix.system\): refused"):
+        ckpt.load_checkpoint(path, rank=0, world_size=1)
+    if name == "model.pt":
+        with pytest.raises(ckpt.CheckpointError, match="holds a pickled object"):
+            ckpt.load_model_weights(path)
+    assert not marker.exists()
+
+
+def _truncate(file):
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip_byte(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def _edit_meta(change):
+    def edit(file):
+        import json
+
+        meta = json.loads(file.read_text())
+        change(meta)
+        file.write_text(json.dumps(meta))
+    return edit
+
+
+def _to_dir(file):
+    file.unlink()
+    file.mkdir()
+
+
+CORRUPTIONS = {  # name: (file damaged, how, what the warning says)
+    "model truncated": ("model.pt", _truncate, "truncated?"),
+    "rank file truncated": ("rank_00000.pt", _truncate, "truncated?"),
+    "train state zero bytes": ("train_state.pt", lambda f: f.write_bytes(b""), "is 0 bytes"),
+    "model missing": ("model.pt", lambda f: f.unlink(), "is missing"),
+    "rank file missing": ("rank_00000.pt", lambda f: f.unlink(), "is missing"),
+    "config missing": ("config.yaml", lambda f: f.unlink(), "is missing"),
+    "model byte flipped": ("model.pt", _flip_byte, "(corrupt)"),
+    "model is a directory": ("model.pt", _to_dir, "not a regular file"),
+    "meta truncated": ("meta.json", _truncate, "not valid JSON"),
+    "meta zero bytes": ("meta.json", lambda f: f.write_bytes(b""), "is empty"),
+    "meta missing": ("meta.json", lambda f: f.unlink(), "is missing"),
+    "meta not an object": ("meta.json", lambda f: f.write_text("[]"), "not a JSON object"),
+    "meta without checksums": ("meta.json", _edit_meta(lambda m: m.pop("files")), "lists no file sizes"),
+    "meta of another step": ("meta.json", _edit_meta(lambda m: m.update(step=2)), "says step 2"),
+    "meta drops a rank file": ("meta.json", _edit_meta(lambda m: m["files"].pop("rank_00000.pt")),
+                               "does not list rank_00000.pt"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_intact_one(tmp_path, caplog, corruption):
+    name, damage, says = CORRUPTIONS[corruption]
+    _save(tmp_path, 2, keep_last=5)
+    newest = _save(tmp_path, 4, keep_last=5)
+    damage(newest / name)
+    with caplog.at_level("WARNING", logger="lfvila.trainer.checkpoint"):
+        assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step_00000002"
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert str(newest / name) in warning and says in warning, warning
+    with pytest.raises(ckpt.CheckpointError, match="damaged"):
+        ckpt.load_checkpoint(newest, rank=0, world_size=1) if name != "meta.json" else ckpt.require_intact(newest)
+    # with the older one damaged too, nothing is chosen: the error names both checkpoints' files
+    (tmp_path / "step_00000002" / "model.pt").unlink()
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.latest_checkpoint(tmp_path)
+    assert str(newest / name) in str(error.value) and says in str(error.value)
+    assert str(tmp_path / "step_00000002" / "model.pt") + " is missing" in str(error.value)
+
+
+def test_an_unreadable_file_that_verifies_is_named(tmp_path):
+    path = _save(tmp_path, 1)
+    _truncate(path / "train_state.pt")
+    rehash_checkpoint_file(path, "train_state.pt")  # e.g. damaged before it was hashed
+    with pytest.raises(ckpt.CheckpointError, match=r"train_state.pt is not a readable torch file"):
+        ckpt.load_checkpoint(path, rank=0, world_size=1)
+
+
+def test_meta_records_every_file_and_the_save_leaves_nothing_behind(tmp_path):
+    import hashlib
+    import json
+
+    path = _save(tmp_path, 6)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["format"] == ckpt.FORMAT and meta["step"] == 6
+    assert sorted(meta["files"]) == ["config.yaml", "model.pt", "rank_00000.pt", "train_state.pt"]
+    for name, record in meta["files"].items():
+        data = (path / name).read_bytes()
+        assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006"]

@@ -4,8 +4,11 @@ Prints, as the demo does, a table of paragraph-to-video and video-to-paragraph R
 median rank, within-video clip-to-sentence alignment accuracy and held-out losses (and stage-2
 accuracies for a stage-2 checkpoint), each next to its chance level, rounded to 2 decimals.
 Writes them to CKPT/eval-<hash>.json with the checkpoint and the data evaluated (never over the
-training run's own CKPT/eval.json). --checkpoint may name a run directory: its newest checkpoint
-is evaluated. No readable shard is an error (exit 2), and so is evaluating 0 samples (exit 1).
+training run's own CKPT/eval.json). --checkpoint may name a run directory: its newest
+intact checkpoint is evaluated. The val shards are --data, else --config RECIPE's
+data.val_shards, else the checkpoint's own; a pipe: (command) URL is used only when it comes
+from the user's command line or own config file, never from a checkpoint's config.yaml. No
+readable shard is an error (exit 2), and so is evaluating 0 samples (exit 1).
 
 --task retrieval evaluates paragraph-to-video retrieval over the whole test set instead
 (lfvila.eval.retrieval): each video read whole (data.sampling=whole_video), text-to-video and
@@ -16,6 +19,7 @@ a stage-1 checkpoint (zero-shot) or a retrieval fine-tuned one, in one process o
 Example:
   lfvila eval --checkpoint runs/tiny --data 'corpus/shards/val-{000000..000001}.tar'
   lfvila eval --checkpoint runs/tiny/checkpoints/step_00000200
+  lfvila eval --checkpoint runs/tiny --config train/my_run.yaml
   lfvila eval --task retrieval --checkpoint runs/tiny --data 'anet/shards/val-{000000..000004}.tar' --out anet_zs
 """
 from __future__ import annotations
@@ -26,9 +30,13 @@ def add_arguments(parser) -> None:
                         help="pretrain: the held-out pre-training figures; retrieval: paragraph-to-video retrieval "
                              "over the whole test set (default: the checkpoint's own task.name)")
     parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint directory (step_NNNNNNNN), or a run directory: its newest checkpoint")
+                        help="a checkpoint directory (step_NNNNNNNN), or a run directory: its newest intact checkpoint")
     parser.add_argument("--data", default=None, metavar="URLS",
-                        help="val shard URLs (brace pattern or '::'-joined); default: the checkpoint's data.val_shards")
+                        help="val shard URLs (brace pattern or '::'-joined); default: --config's data.val_shards, "
+                             "else the checkpoint's (never a pipe: command from there)")
+    parser.add_argument("--config", default=None, metavar="RECIPE",
+                        help="take the val shards from this YAML's data.val_shards (e.g. the recipe the run was "
+                             "trained with) instead of the checkpoint's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a value of the checkpoint's config, e.g. --set data.batch_size=8")
     parser.add_argument("--max-batches", type=int, default=None,
@@ -38,36 +46,52 @@ def add_arguments(parser) -> None:
                              "(default CKPT/retrieval-<hash>)")
 
 
+def _recipe_val_shards(path: str) -> str | list[str]:
+    """``data.val_shards`` of the user's own YAML ``path``."""
+    import yaml
+
+    from lfvila.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} cannot be read as YAML: {exc}") from None
+    spec = ((recipe or {}).get("data") or {}).get("val_shards") if isinstance(recipe, dict) else None
+    if not spec:
+        raise ConfigError(f"config file {path} sets no data.val_shards")
+    return spec
+
+
 def run(args) -> int:
-    import json
     import sys
     from pathlib import Path
-
-    import yaml
 
     from lfvila.data.shardcheck import check_shards
     from lfvila.errors import ConfigError, InputError
     from lfvila.trainer.checkpoint import resolve_checkpoint
-    from lfvila.trainer.evaluate import evaluate_checkpoint, metric_table
+    from lfvila.trainer.evaluate import checkpoint_eval_config, evaluate_checkpoint, metric_table
     from lfvila.trainer.parallel import teardown_distributed
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    with open(checkpoint / "config.yaml", encoding="utf-8") as f:
-        saved = yaml.safe_load(f) or {}
-    spec = args.data if args.data else (saved.get("data") or {}).get("val_shards")
+    # The data comes from the user (--data, --config, --set); the checkpoint's own val shards only
+    # when they run no command (checkpoint_eval_config refuses pipe: from there).
+    val_shards = args.data or (_recipe_val_shards(args.config) if args.config else None)
+    overrides = list(args.overrides)
+    cfg = checkpoint_eval_config(checkpoint, overrides=overrides, val_shards=val_shards)
+    spec = cfg.data.val_shards
     if not spec:
         raise ConfigError(f"{checkpoint}: no val shards in its config; pass --data URLS")
     check = check_shards(spec, "val")
     if check.usable == 0:
         raise InputError(f"no readable val shard in {spec!r}: {check.summary()}")
-    if (args.task or (saved.get("task") or {}).get("name", "pretrain")) == "retrieval":
-        return run_retrieval(args, checkpoint, spec, check)
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.val_shards={json.dumps(args.data)}")
+    if (args.task or cfg.task.name) == "retrieval":
+        return run_retrieval(args, checkpoint, spec, check, val_shards)
     try:
         metrics, path = evaluate_checkpoint(checkpoint, overrides=overrides, max_batches=args.max_batches,
-                                            out=Path(args.out) if args.out else None)
+                                            out=Path(args.out) if args.out else None, val_shards=val_shards)
     finally:
         teardown_distributed()
     if metrics.get("n_samples", 0) == 0:
@@ -84,7 +108,7 @@ def run(args) -> int:
     return 0
 
 
-def run_retrieval(args, checkpoint, spec, check) -> int:
+def run_retrieval(args, checkpoint, spec, check, val_shards) -> int:
     import sys
     from pathlib import Path
 
@@ -96,7 +120,7 @@ def run_retrieval(args, checkpoint, spec, check) -> int:
     if args.max_batches is not None:
         raise ConfigError("--max-batches does not apply to --task retrieval: the metrics are over the whole test set")
     try:
-        result, path, _ = evaluate_retrieval_checkpoint(checkpoint, data=args.data or None, overrides=args.overrides,
+        result, path, _ = evaluate_retrieval_checkpoint(checkpoint, data=val_shards, overrides=args.overrides,
                                                         out=Path(args.out) if args.out else None)
     finally:
         teardown_distributed()

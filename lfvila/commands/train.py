@@ -59,7 +59,7 @@ def run(args) -> int:
     from lfvila.config import load_config
     from lfvila.data.shardcheck import check_shards
     from lfvila.errors import ConfigError, InputError
-    from lfvila.trainer.checkpoint import latest_checkpoint
+    from lfvila.trainer.checkpoint import newest_checkpoint
     from lfvila.trainer.config import TrainConfig
     from lfvila.trainer.loop import Trainer
     from lfvila.trainer.parallel import teardown_distributed
@@ -97,7 +97,7 @@ def run(args) -> int:
         try:
             metrics = trainer.fit()
         except KeyboardInterrupt:
-            last = latest_checkpoint(trainer.ckpt_root)
+            last = newest_checkpoint(trainer.ckpt_root)
             done = f"last checkpoint {last}" if last is not None else "no checkpoint written yet"
             message = (f"lfvila train: interrupted at step {trainer.step}/{cfg.trainer.max_steps}; {done}; "
                        f"continue with: {_continue_command(args, trainer.ctx.world_size)}")
@@ -105,7 +105,7 @@ def run(args) -> int:
                 log.warning("%s", message)
             return 130
         if is_main:
-            for line in end_lines(trainer, metrics, latest_checkpoint(trainer.ckpt_root)):
+            for line in end_lines(trainer, metrics, newest_checkpoint(trainer.ckpt_root)):
                 log.info(line)
     finally:
         if handler is not None:

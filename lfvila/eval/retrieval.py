@@ -142,31 +142,24 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
     outputs go to ``out`` (default ``CKPT/retrieval-<hash of the data>``). Returns ``(result, the
     retrieval.json path or None off rank 0, the provenance written)``.
     """
-    import yaml
-
-    from lfvila.config import apply_overrides, from_dict
     from lfvila.data import build_loader
     from lfvila.errors import ConfigError
     from lfvila.models.lfvila import build_model
-    from lfvila.trainer.checkpoint import MODEL, read_meta, resolve_checkpoint
-    from lfvila.trainer.config import TrainConfig
+    from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
+    from lfvila.trainer.evaluate import checkpoint_eval_config
     from lfvila.trainer.loop import seed_everything
     from lfvila.trainer.parallel import setup_distributed
 
     path = resolve_checkpoint(path)
     meta = read_meta(path)
-    with open(path / "config.yaml", encoding="utf-8") as f:
-        saved = yaml.safe_load(f)
-    extra = list(WHOLE_VIDEO)
-    if data:
-        extra.append(f"data.val_shards={json.dumps(data)}")
-    cfg = from_dict(TrainConfig, apply_overrides(saved, extra + list(overrides or [])))
+    # the checkpoint's own val shards only when they run no command (see checkpoint_eval_config)
+    cfg = checkpoint_eval_config(path, overrides=list(WHOLE_VIDEO) + list(overrides or []), val_shards=data or None)
     if not cfg.data.val_shards:
         raise ConfigError(f"{path}: no val shards in its config; pass --data URLS")
     ctx = setup_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     model = build_model(cfg.model)
-    model.load_state_dict(torch.load(path / MODEL, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_file(path / MODEL))
     model.to(ctx.device)
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None

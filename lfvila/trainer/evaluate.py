@@ -284,31 +284,89 @@ def metric_table(columns: list[tuple[str, dict[str, Any]]], names: Iterable[str]
     return lines
 
 
-def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
-                        out: Path | None = None) -> tuple[dict[str, float], Path | None]:
-    """Evaluate a checkpoint with its own config (plus ``overrides``) on its val shards.
+# URL schemes a checkpoint's own config may name as val shards: ones read without running a
+# command. ``pipe:CMD`` runs CMD in a shell (webdataset's gopen), and gs:, ais:, hf:, scp: ...
+# run external tools; such a URL is used only when the user gave it (command line or own config).
+_SAFE_SCHEMES = ("", "file", "http", "https")
+_FROM_CHECKPOINT = "\0val_shards of the checkpoint\0"
 
-    ``path``: a checkpoint, or a run / checkpoints directory (its newest checkpoint is taken).
+
+def command_urls(spec: str | list[str]) -> list[str]:
+    """The URLs of shard spec ``spec`` that opening would run a command for (``pipe:`` and the like),
+    scheme parsed as webdataset's ``gopen`` parses it (case and leading blanks ignored)."""
+    from urllib.parse import urlparse
+
+    from lfvila.data.reader import expand_shards
+
+    return [url for url in expand_shards(spec) if urlparse(url).scheme not in _SAFE_SCHEMES]
+
+
+def checkpoint_eval_config(path: Path, *, overrides: list[str] | None = None,
+                           val_shards: str | list[str] | None = None) -> Any:
+    """The :class:`TrainConfig` to evaluate checkpoint ``path`` with: its ``config.yaml``, then
+    ``overrides``, then ``val_shards`` when given (the caller's, e.g. ``--data``).
+
+    The checkpoint's config is data, not a recipe the user wrote: when the val shards come from it
+    (neither ``overrides`` nor ``val_shards`` set them), a URL that would run a command
+    (:func:`command_urls`, e.g. ``pipe:...``) is refused with a ``ConfigError`` saying how to pass
+    it explicitly."""
+    import copy
+    import shlex
+
+    import yaml
+
+    from lfvila.config import apply_overrides, from_dict
+    from lfvila.errors import ConfigError
+    from lfvila.trainer.checkpoint import CONFIG
+    from lfvila.trainer.config import TrainConfig
+
+    try:
+        saved = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path / CONFIG} cannot be read as YAML: {exc}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("data", {}), dict):
+        raise ConfigError(f"{path / CONFIG} is not a training config (a mapping with a data section)")
+    overrides = list(overrides or [])
+    if val_shards is not None:
+        overrides.append(f"data.val_shards={json.dumps(val_shards)}")
+    # Whether the caller set the val shards, whatever the form of its overrides (data.val_shards=,
+    # data={...}): apply them over a marker in place of the checkpoint's value.
+    probe = apply_overrides({**copy.deepcopy(saved), "data": {**saved.get("data", {}), "val_shards": _FROM_CHECKPOINT}},
+                            overrides)
+    if (probe.get("data") or {}).get("val_shards") == _FROM_CHECKPOINT:
+        spec = saved.get("data", {}).get("val_shards") or ""
+        commands = command_urls(spec) if isinstance(spec, (str, list)) and spec else []
+        if commands:
+            shown = spec if isinstance(spec, str) else "::".join(spec)
+            raise ConfigError(
+                f"{path / CONFIG}: data.val_shards holds {commands[0]!r}, which would run a command; lfvila runs "
+                "pipe: (and other command) URLs only from your own command line or config file, never from a "
+                f"checkpoint. To evaluate on it anyway, pass it yourself: --data {shlex.quote(shown)} (or "
+                "--config RECIPE whose data.val_shards names the shards)")
+    return from_dict(TrainConfig, apply_overrides(saved, overrides))
+
+
+def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
+                        out: Path | None = None,
+                        val_shards: str | list[str] | None = None) -> tuple[dict[str, float], Path | None]:
+    """Evaluate a checkpoint with its own config (plus ``overrides``) on ``val_shards`` or else
+    the val shards of its config (see :func:`checkpoint_eval_config`: never a command URL from there).
+
+    ``path``: a checkpoint, or a run / checkpoints directory (its newest intact checkpoint is taken).
     Writes the metrics JSON on rank 0 to ``out`` or ``CKPT/eval-<hash of the data>.json``, never
     the training run's own ``CKPT/eval.json``; the JSON also records which checkpoint and data
     (``val_shards``, ``max_batches``) were evaluated. Returns ``(metrics, json_path)``.
     """
     import hashlib
 
-    import yaml
-
-    from lfvila.config import apply_overrides, from_dict
     from lfvila.data import build_loader
-    from lfvila.trainer.checkpoint import MODEL, read_meta, resolve_checkpoint
-    from lfvila.trainer.config import TrainConfig
+    from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
     from lfvila.trainer.loop import build_task, seed_everything, write_eval_json
     from lfvila.trainer.parallel import setup_distributed
 
     path = resolve_checkpoint(path)
     meta = read_meta(path)
-    with open(path / "config.yaml", encoding="utf-8") as f:
-        saved = yaml.safe_load(f)
-    cfg = from_dict(TrainConfig, apply_overrides(saved, list(overrides or [])))
+    cfg = checkpoint_eval_config(path, overrides=overrides, val_shards=val_shards)
     if not cfg.data.val_shards:
         from lfvila.errors import ConfigError
 
@@ -316,7 +374,7 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     ctx = setup_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
     task = build_task(cfg)
-    task.model.load_state_dict(torch.load(path / MODEL, map_location="cpu", weights_only=True))
+    task.model.load_state_dict(load_file(path / MODEL))
     task.model.to(ctx.device)
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None

@@ -110,7 +110,7 @@ class Trainer:
         self.ctx = ctx or setup_distributed(cfg.trainer.device)
         self.out = Path(cfg.trainer.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-        if resume is None and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+        if resume is None and ckpt.newest_checkpoint(self.ckpt_root) is not None:
             # A fresh run would interleave its checkpoints and loss log with the old run's.
             from lfvila.errors import ConfigError
 
@@ -183,12 +183,12 @@ class Trainer:
                      len(result.missing_keys), len(result.unexpected_keys))
 
     def _resume(self, resume: str) -> None:
-        path = ckpt.latest_checkpoint(self.ckpt_root) if resume == "auto" else Path(resume)
+        path = self._choose_checkpoint(resume)
         if path is None:
             if self.ctx.is_main:
                 log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
             return
-        state = ckpt.load_checkpoint(path, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        state = ckpt.load_checkpoint(path, rank=self.ctx.rank, world_size=self.ctx.world_size, verify=False)
         self.model.load_state_dict(state["model"])
         train_state = state["train_state"]
         self.optimizer.load_state_dict(train_state["optimizer"])
@@ -199,6 +199,35 @@ class Trainer:
         ckpt.restore_rng_state(state["rank_state"]["rng"])
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", path, self.step)
+
+    def _choose_checkpoint(self, resume: str) -> Path | None:
+        """The verified checkpoint to resume from (None: ``auto`` found none), decided on rank 0.
+
+        Rank 0 alone reads and hashes the files (once, not once per rank) and tells the others
+        the step it chose, so every rank loads the same checkpoint; when it finds none intact it
+        raises the error naming the files and the others raise too instead of waiting."""
+        NONE, FAILED = -1, -2
+        chosen, error = NONE, None
+        if self.ctx.is_main:
+            try:
+                if resume == "auto":
+                    found = ckpt.latest_checkpoint(self.ckpt_root)
+                    chosen = NONE if found is None else ckpt.read_meta(found)["step"]
+                else:
+                    ckpt.require_intact(resume)
+                    chosen = 0
+            except Exception as exc:
+                chosen, error = FAILED, exc
+        chosen = int(self.ctx.broadcast_from_main(torch.tensor([chosen], dtype=torch.int64)).item())
+        if error is not None:
+            raise error
+        if chosen == FAILED:
+            from lfvila.errors import CheckpointError
+
+            raise CheckpointError(f"rank 0 found no usable checkpoint for --resume {resume} (its error says why)")
+        if chosen == NONE:
+            return None
+        return ckpt.checkpoint_path(self.ckpt_root, chosen) if resume == "auto" else Path(resume)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
