@@ -48,6 +48,7 @@ def test_a_short_fine_tune_starts_from_stage_1_and_evaluates_retrieval(demo_corp
     again = _retrieval(run, demo_corpus["val"], tmp_path / "eval")
     assert again["n_videos"] == 20 and again["step"] == 2
     assert again["metrics"] == pytest.approx({k: v for k, v in metrics.items() if k not in ("step", "n_videos")})
+    assert main(["eval", "--task", "pretrain", "--checkpoint", str(run), "--data", demo_corpus["val"][0]]) == 2
 
 
 @pytest.mark.slow

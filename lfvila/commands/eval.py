@@ -87,6 +87,9 @@ def run(args) -> int:
     check = check_shards(spec, "val")
     if check.usable == 0:
         raise InputError(f"no readable val shard in {spec!r}: {check.summary()}")
+    if args.task == "pretrain" and cfg.task.name == "retrieval":
+        raise ConfigError(f"{checkpoint} is a retrieval fine-tune: its figures are --task retrieval's "
+                          "(the pre-training figures need the pre-training window samples)")
     if (args.task or cfg.task.name) == "retrieval":
         return run_retrieval(args, checkpoint, spec, check, val_shards)
     try:
