@@ -3,8 +3,8 @@
 Runs the trainer's own step (forward, backward, clipping, AdamW; bf16 autocast on GPU) on
 synthetic batches already in memory, so the number is the model's training rate, not the
 loader's (bench/loader_throughput.py measures that). FLOPs per step come from
-``torch.utils.flop_counter`` over one real step (forward + backward); MFU divides the
-achieved FLOP/s by the device's dense bf16 peak.
+``torch.utils.flop_counter`` over one real forward + backward, counted by the trainer as for its
+log line; MFU divides the achieved FLOP/s by the device's dense bf16 peak (``lfvila.trainer.flops``).
 
 Examples:
   python bench/train_throughput.py --config train/stage1_paper.yaml --stage 1          # one GPU
@@ -18,10 +18,6 @@ import json
 import time
 
 import torch
-
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets (SXM parts).
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
 
 # Frames as the shard stage stores them by default (240p, 16:9): what a `resize_on: device` batch
 # carries to the device, where batch_to_device crops and resizes them to the crop size.
@@ -79,13 +75,6 @@ class _Stream:
         return {}
 
 
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -111,11 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = trainer.ctx.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(batches, _Window())
-    flops_per_step = counter.get_total_flops()
+    trainer.train_step(batches, _Window())  # the first step counts the FLOPs per sample (the log line's)
+    flops_per_step = trainer.flops_per_sample * cfg.data.batch_size * cfg.trainer.grad_accum
     for _ in range(args.warmup):
         trainer.train_step(batches, _Window())
     sync()
@@ -128,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - start
     samples = args.steps * cfg.data.batch_size * cfg.trainer.grad_accum
     achieved = flops_per_step * args.steps / elapsed / 1e12
-    peak = peak_tflops(device)
+    peak = trainer.peak_tflops  # the table of lfvila.trainer.flops, or trainer.peak_tflops
     result = {
         "config": args.config, "stage": args.stage, "overrides": args.overrides,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -107,6 +107,9 @@ class TrainerConfig:
     expected_minutes: float | None = None
     # DDP must be told when some trainable parameters get no gradient in a step.
     find_unused_parameters: bool = False
+    # The device's peak TFLOP/s for the MFU of the log line (None: the dense bf16 peak of an A100,
+    # H100 or H200 by its name; a CPU or another GPU then logs "MFU n/a").
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
@@ -128,6 +131,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}")
         if self.expected_minutes is not None and not self.expected_minutes > 0:
             raise ValueError(f"trainer.expected_minutes must be > 0 or null, got {self.expected_minutes}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"trainer.peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if not self.out_dir:
             raise ValueError("trainer.out_dir must not be empty")
 

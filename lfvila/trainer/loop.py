@@ -31,6 +31,7 @@ from lfvila.data.device import batch_to_device
 from lfvila.trainer import checkpoint as ckpt
 from lfvila.trainer.batch import batch_size
 from lfvila.trainer.config import TrainConfig
+from lfvila.trainer.flops import device_peak_tflops, format_throughput, training_step_flops
 from lfvila.trainer.optim import build_optimizer, build_scheduler
 from lfvila.trainer.parallel import DistContext, setup_distributed
 
@@ -152,6 +153,9 @@ class Trainer:
         self.tb = None
         self.loss_log = None
         self.last_losses: dict[str, float] = {}
+        # FLOPs of one sample's forward + backward, counted on the first batch (see _count_flops)
+        self.flops_per_sample: float | None = None
+        self.peak_tflops, self.peak_source = device_peak_tflops(self.ctx.device, tcfg.peak_tflops)
 
     # ---- setup helpers -------------------------------------------------------------------
 
@@ -234,6 +238,30 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
 
+    def _count_flops(self, batch: dict[str, Any]) -> float:
+        """FLOPs per sample of one forward + backward of ``batch``, counted once, before the first step.
+
+        Runs the task uncompiled and outside DDP, with the random streams forked, and takes the
+        backward with ``autograd.grad`` (no ``.grad`` written): training computes exactly what it
+        would have without the count (every rank counts; the gathers are collectives).
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cuda = self.ctx.device.type == "cuda"
+
+        def losses() -> dict[str, torch.Tensor]:
+            with self.autocast():
+                return self.task.losses(batch)
+
+        with torch.random.fork_rng(devices=[self.ctx.device] if cuda else []):
+            flops = training_step_flops(losses, params) / batch_size(batch)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.ctx.device)
+        if self.ctx.is_main:
+            peak = f"{self.peak_tflops:g} TFLOP/s ({self.peak_source})" if self.peak_tflops else self.peak_source
+            log.info("flops: %.4g GFLOP per sample (forward + backward, FlopCounterMode on the first batch); "
+                     "MFU peak: %s", flops / 1e9, peak)
+        return flops
+
     # ---- one step --------------------------------------------------------------------------
 
     def forward_backward(self, batch: dict[str, Any], *, sync: bool) -> dict[str, torch.Tensor]:
@@ -256,6 +284,10 @@ class Trainer:
             window.data_wait_s += time.perf_counter() - waited
             window.samples += batch_size(batch) * self.ctx.world_size
             batch = batch_to_device(batch, self.ctx.device)
+            if self.flops_per_sample is None:
+                counting = time.perf_counter()
+                self.flops_per_sample = self._count_flops(batch)
+                window.started += time.perf_counter() - counting  # not part of the measured rate
             losses = self.forward_backward(batch, sync=micro == accum - 1)
             for name, value in losses.items():
                 sums[name] = sums[name] + value if name in sums else value
@@ -392,8 +424,15 @@ class Trainer:
         samples_per_s = window.samples / max(elapsed, 1e-9)
         wait_frac = window.data_wait_s / max(elapsed, 1e-9)
         memory = self._memory_gb()
+        # TFLOP/s and MFU per device, as torchtitan reports them
+        flops_text, tflops, mfu = format_throughput(self.flops_per_sample, samples_per_s / self.ctx.world_size,
+                                                    self.peak_tflops)
         if self.tb is not None:
             self.tb.add_scalar("perf/samples_per_s", samples_per_s, self.step)
+            if tflops is not None:
+                self.tb.add_scalar("perf/tflops_per_device", tflops, self.step)
+            if mfu is not None:
+                self.tb.add_scalar("perf/mfu", mfu, self.step)
             self.tb.add_scalar("perf/data_wait_fraction", wait_frac, self.step)
             self.tb.add_scalar("perf/memory_gb", memory, self.step)
             if grad_norm is not None:
@@ -405,7 +444,7 @@ class Trainer:
         # the loader's skip counters by reason, job totals
         skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
         line = (f"step {self.step}/{self.cfg.trainer.max_steps} | loss {sum(mean.values()):.4f} ({loss_text}) "
-                f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s | data wait {wait_frac:.0%} "
+                f"| lr {window.step_losses[-1][2]:.3g} | {samples_per_s:.1f} samples/s{flops_text} | data wait {wait_frac:.0%} "
                 f"| {'gpu' if self.ctx.device.type == 'cuda' else 'rss'} mem {memory:.2f}G"
                 + (f" | grad norm {grad_norm:.3g}" if grad_norm is not None else "")
                 + f" | skipped {sum(counters.values())}" + (f" ({skipped})" if skipped else ""))
