@@ -1,5 +1,6 @@
 """HTWA video encoder: shapes (paper and tiny), parameters, gradients, modes, pooling, key mapping."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,3 +264,54 @@ def test_cost_benchmark_counts_attention_flops_exactly():
     assert flops["attention_gflops"] * 1e9 == pytest.approx(expected)
     assert flops["gflops"] > flops["attention_gflops"]
     assert htwa_cost.windows_for("full", 64, cfg.windows)[0] == (64, 3, 5)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (True, (True,) * 4), (False, (False,) * 4), (2, (True, True, False, False)), (0, (False,) * 4),
+    ([True, False, True, False], (True, False, True, False)),
+])
+def test_grad_checkpointing_per_stage_spec(spec, expected):
+    assert VideoEncoderConfig.tiny(grad_checkpointing=spec).checkpoint_stages == expected
+    model = VideoEncoder(VideoEncoderConfig.tiny(grad_checkpointing=spec))
+    assert tuple(stage.grad_checkpointing for stage in model.layers) == expected
+
+
+@pytest.mark.parametrize("spec", [5, -1, [True, False], [1, 0, 1, 0], "yes"])
+def test_grad_checkpointing_bad_spec_names_the_field(spec):
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        VideoEncoderConfig.tiny(grad_checkpointing=spec)
+
+
+def test_grad_checkpointing_per_stage_recomputes_those_stages_with_identical_results():
+    """Checkpointed stages run their blocks twice (forward, then again in backward) and the
+    others once; outputs and gradients equal the plain model's bitwise, stochastic depth included
+    (training mode: the recomputation replays the saved RNG state)."""
+    x = torch.randn(2, 3, 8, 48, 80)
+    runs = []
+    for spec in (False, [True, False, True, False]):
+        torch.manual_seed(0)
+        model = VideoEncoder(VideoEncoderConfig.tiny(drop_path=0.3, grad_checkpointing=spec)).train()
+        calls = [0] * len(model.layers)
+        for i, stage in enumerate(model.layers):
+            stage.blocks[0].register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        torch.manual_seed(1)
+        out = model(x)
+        (out.final.square().mean() + out.clip_source.mean()).backward()
+        runs.append((out.final.detach(), [p.grad for p in model.parameters()], calls))
+    (plain_out, plain_grads, plain_calls), (ckpt_out, ckpt_grads, ckpt_calls) = runs
+    assert plain_calls == [1, 1, 1, 1]
+    assert ckpt_calls == [2, 1, 2, 1]
+    assert torch.equal(plain_out, ckpt_out)
+    for a, b in zip(plain_grads, ckpt_grads):
+        assert torch.equal(a, b)
+
+
+def test_grad_checkpointing_from_the_recipe():
+    from lfvila.config import load_config
+    from lfvila.trainer.config import TrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "train" / "tiny.yaml"
+    cfg = load_config(TrainConfig, recipe, ["model.video.grad_checkpointing=[true, true, false, false]"])
+    assert cfg.model.video.checkpoint_stages == (True, True, False, False)
+    assert load_config(TrainConfig, recipe, ["model.video.grad_checkpointing=3"]).model.video.checkpoint_stages == (
+        True, True, True, False)

@@ -65,7 +65,9 @@ class VideoEncoderConfig:
     local_tap_window: int = 8
     local_tap_stage: int | None = None  # explicit tap stage, overrides local_tap_window
     token_pool: tuple[int, int] = (2, 3)  # per-frame max-pool kernel (h, w), stride 1
-    grad_checkpointing: bool = False
+    # Activation checkpointing per stage: True / False for all stages, an int N for the first N
+    # stages (the widest maps, most activation memory), or one bool per stage.
+    grad_checkpointing: bool | int | tuple[bool, ...] = False
 
     def __post_init__(self):
         def fail(field: str, why: str):
@@ -121,6 +123,20 @@ class VideoEncoderConfig:
                                       "exactly one merge from the tap stage on")
         if len(self.token_pool) != 2 or any(k < 1 for k in self.token_pool):
             fail("token_pool", f"expected 2 positive ints (h, w), got {self.token_pool}")
+        if isinstance(self.grad_checkpointing, (list, tuple)):
+            self.grad_checkpointing = tuple(self.grad_checkpointing)
+        try:
+            checkpoint_stages(self.grad_checkpointing, n)
+            bad_checkpointing = None
+        except ValueError as e:
+            bad_checkpointing = str(e)
+        if bad_checkpointing:
+            fail("grad_checkpointing", bad_checkpointing)
+
+    @property
+    def checkpoint_stages(self) -> tuple[bool, ...]:
+        """Whether each stage recomputes its activations in backward (from ``grad_checkpointing``)."""
+        return checkpoint_stages(self.grad_checkpointing, len(self.widths))
 
     @property
     def tap_stage(self) -> int | None:
@@ -159,6 +175,20 @@ class VideoEncoderConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+
+def checkpoint_stages(spec: bool | int | tuple[bool, ...] | list[bool], n_stages: int) -> tuple[bool, ...]:
+    """One bool per stage from a checkpointing spec: a bool (every stage), an int N (the first N
+    stages) or a sequence of ``n_stages`` bools."""
+    if isinstance(spec, bool):
+        return (spec,) * n_stages
+    if isinstance(spec, int):
+        if not 0 <= spec <= n_stages:
+            raise ValueError(f"a number of stages must lie in [0, {n_stages}], got {spec}")
+        return (True,) * spec + (False,) * (n_stages - spec)
+    if isinstance(spec, (list, tuple)) and len(spec) == n_stages and all(isinstance(v, bool) for v in spec):
+        return tuple(spec)
+    raise ValueError(f"expected a bool, a number of stages or {n_stages} bools (one per stage), got {spec!r}")
 
 
 class VideoEncoderOutput(NamedTuple):
@@ -248,7 +278,7 @@ class Stage(nn.Module):
     """``depth`` blocks at one width and temporal window; odd blocks shift by half a window in space."""
 
     def __init__(self, dim: int, depth: int, heads: int, window: Size3, merge: bool, mlp_ratio: float,
-                 qkv_bias: bool, drop_paths: list[float], grad_checkpointing: bool = False):
+                 qkv_bias: bool, drop_paths: list[float]):
         super().__init__()
         # Spatial shift only: HTWA never shifts in time.
         shift = (0, window[1] // 2, window[2] // 2)
@@ -257,7 +287,7 @@ class Stage(nn.Module):
             for j in range(depth)
         )
         self.downsample = PatchMerging(dim) if merge else None
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing = False  # set by VideoEncoder.set_grad_checkpointing
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -266,7 +296,8 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, C) -> (B, T, H', W', C')
         if self.grad_checkpointing and torch.is_grad_enabled():
-            # Keep only the stage input; recompute its activations in backward.
+            # Keep only the stage input; recompute its activations in backward (with the same
+            # random numbers: stochastic depth draws again from the saved RNG state).
             return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
@@ -286,8 +317,8 @@ class VideoEncoder(nn.Module):
         for i, depth in enumerate(cfg.depths):
             first = sum(cfg.depths[:i])
             self.layers.append(Stage(cfg.widths[i], depth, cfg.heads[i], cfg.windows[i], cfg.merges[i],
-                                     cfg.mlp_ratio, cfg.qkv_bias, rates[first:first + depth],
-                                     cfg.grad_checkpointing))
+                                     cfg.mlp_ratio, cfg.qkv_bias, rates[first:first + depth]))
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
         self.norm = nn.LayerNorm(cfg.out_dim)
         # The local clip tap exists only when used, so every parameter always receives a gradient.
         self.tap_stage = cfg.tap_stage if cfg.clip_features == "local" else None
@@ -296,10 +327,13 @@ class VideoEncoder(nn.Module):
             self.local_norm = nn.LayerNorm(cfg.out_dim)
         self.apply(_init_weights)
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each stage's activations in backward (trades ~30 % compute for memory)."""
-        for stage in self.layers:
-            stage.grad_checkpointing = enabled
+    def set_grad_checkpointing(self, enabled: bool | int | tuple[bool, ...] = True) -> None:
+        """Recompute the activations of the chosen stages in backward (trades ~30 % compute for memory).
+
+        ``enabled``: True / False for every stage, N for the first N, or one bool per stage.
+        """
+        for stage, on in zip(self.layers, checkpoint_stages(enabled, len(self.layers))):
+            stage.grad_checkpointing = on
 
     def forward(self, video: torch.Tensor) -> VideoEncoderOutput:
         """video: float (B, 3, T, H, W), normalised -> features (B, T, h, w, out_dim), h = H/32 at the paper config."""
