@@ -219,6 +219,13 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint_and_refuses_one_that_r
     assert evil.returncode == 2, evil.stderr
     assert f"lfvila train: error: {rank} holds a pickled object" in evil.stderr and "refused" in evil.stderr
     assert "Traceback" not in evil.stderr and not marker.exists()
+    # plain values, but not what lfvila wrote: an error naming the file and the part, no traceback
+    torch.save({"rng": {"python": 5}, "loader": {"format": "?"}, "step": 4}, rank)
+    rehash_checkpoint_file(newest, "rank_00000.pt")
+    odd = lfvila(*args, "--resume", "auto")
+    assert odd.returncode == 2, odd.stderr
+    assert f"lfvila train: error: {rank}: cannot restore the loader position from it" in odd.stderr
+    assert "Traceback" not in odd.stderr
     # (nothing intact at all: one error naming every damaged file, in test_trainer_checkpoint.py)
 
 

@@ -208,3 +208,82 @@ def test_meta_records_every_file_and_the_save_leaves_nothing_behind(tmp_path):
         data = (path / name).read_bytes()
         assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006"]
+
+
+def test_fuzz_any_meta_json_is_a_list_of_problems_never_a_crash(tmp_path_factory):
+    """Whatever meta.json holds (any JSON, or a valid record with any field replaced), verification
+    returns the problems naming meta.json or a file, and a checkpoint it passes is the intact one."""
+    import json
+
+    from hypothesis import given, strategies as st
+
+    root = tmp_path_factory.mktemp("fuzz_meta")
+    path = _save(root, 5)
+    original = json.loads((path / "meta.json").read_text())
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=14), inner, max_size=3), max_leaves=8)
+    names = st.sampled_from(["model.pt", "rank_00000.pt", "config.yaml", "../meta.json", "", "x"]) | st.text(max_size=6)
+    edits = st.one_of(
+        values.map(lambda v: ("whole", v)),
+        st.tuples(st.sampled_from(["format", "step", "world_size", "files"]), values).map(lambda t: ("field",) + t),
+        st.tuples(names, values).map(lambda t: ("file",) + t),
+        st.tuples(names, st.sampled_from(["size", "sha256"]), values).map(lambda t: ("record",) + t),
+    )
+
+    @given(edits)
+    def check(edit):
+        meta = json.loads(json.dumps(original))
+        if edit[0] == "whole":
+            meta = edit[1]
+        elif edit[0] == "field":
+            meta[edit[1]] = edit[2]
+        elif edit[0] == "file":
+            meta["files"][edit[1]] = edit[2]
+        elif edit[1] in meta["files"]:
+            meta["files"][edit[1]][edit[2]] = edit[3]
+        (path / "meta.json").write_text(json.dumps(meta))
+        problems = ckpt.verify_checkpoint(path)
+        assert isinstance(problems, list) and all(isinstance(p, str) and str(path) in p for p in problems)
+        if not problems:  # only what leaves every recorded file as it is
+            assert {k: meta[k] for k in ("format", "step", "world_size")} == {
+                k: original[k] for k in ("format", "step", "world_size")}
+            assert all(meta["files"].get(k) == v for k, v in original["files"].items())
+
+    try:
+        check()
+    finally:
+        (path / "meta.json").write_text(json.dumps(original))
+
+
+def test_fuzz_damaged_pt_bytes_are_caught_by_the_checksum_and_never_crash_the_load(tmp_path_factory):
+    """Bytes of a .pt overwritten: verification always flags it, and reading it anyway (as after a
+    forged meta.json) either returns plain data or raises CheckpointError naming the file."""
+    from hypothesis import given, strategies as st
+
+    root = tmp_path_factory.mktemp("fuzz_pt")
+    path = _save(root, 7)
+    originals = {name: (path / name).read_bytes() for name in ("model.pt", "rank_00000.pt", "train_state.pt")}
+
+    @given(st.sampled_from(sorted(originals)), st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
+                                                                   st.integers(0, 255)), min_size=1, max_size=4),
+           st.none() | st.floats(0, 1))
+    def check(name, writes, cut):
+        data = bytearray(originals[name])
+        for where, byte in writes:
+            data[int(where * len(data))] = byte
+        if cut is not None:
+            data = data[: int(cut * len(data))]
+        if bytes(data) == originals[name]:
+            return
+        (path / name).write_bytes(bytes(data))
+        try:
+            assert ckpt.verify_checkpoint(path), "a changed file verified"
+            try:
+                ckpt.load_file(path / name)
+            except ckpt.CheckpointError as exc:
+                assert str(path / name) in str(exc)
+        finally:
+            (path / name).write_bytes(originals[name])
+
+    check()

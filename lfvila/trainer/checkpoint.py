@@ -297,9 +297,9 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
                 "written by an older lfvila or not by lfvila)"]
     step, world_size, files = meta.get("step"), meta.get("world_size"), meta["files"]
     match = _STEP_DIR.match(path.name)
-    if not isinstance(step, int) or (match and int(match.group(1)) != step):
+    if not _is_int(step) or (match and int(match.group(1)) != step):
         return [f"{where} says step {step!r}, the directory name says {path.name}"]
-    if not isinstance(world_size, int) or world_size < 1:
+    if not _is_int(world_size) or world_size < 1:
         return [f"{where} has no valid world_size ({world_size!r})"]
     problems = []
     expected = [MODEL, TRAIN_STATE, CONFIG] + [rank_file(r) for r in range(world_size)]
@@ -309,7 +309,7 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
         file = path / name
         if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
             problems.append(f"{where} lists {name!r}, which is not a file name in the checkpoint")
-        elif not isinstance(record, dict) or not isinstance(record.get("size"), int) \
+        elif not isinstance(record, dict) or not _is_int(record.get("size")) \
                 or not isinstance(record.get("sha256"), str):
             problems.append(f"{where}: the entry of {name} has no integer size and sha256 string")
         elif not file.exists():
@@ -328,6 +328,10 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
         if actual != expected_sha:
             problems.append(f"{file} has sha256 {actual[:12]}..., {META} recorded {expected_sha[:12]}... (corrupt)")
     return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a step or a size
 
 
 def require_intact(path: str | os.PathLike) -> None:

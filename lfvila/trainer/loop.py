@@ -193,14 +193,30 @@ class Trainer:
                 log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
             return
         state = ckpt.load_checkpoint(path, rank=self.ctx.rank, world_size=self.ctx.world_size, verify=False)
-        self.model.load_state_dict(state["model"])
-        train_state = state["train_state"]
-        self.optimizer.load_state_dict(train_state["optimizer"])
-        self.scheduler.load_state_dict(train_state["scheduler"])
-        self.scaler.load_state_dict(train_state["scaler"])
-        self.step = train_state["step"]
-        self.loader.load_state_dict(state["rank_state"]["loader"])
-        ckpt.restore_rng_state(state["rank_state"]["rng"])
+        rank_file = ckpt.rank_file(self.ctx.rank)
+        parts = [  # (file, what, how it is restored)
+            (ckpt.MODEL, "model", lambda: self.model.load_state_dict(state["model"])),
+            (ckpt.TRAIN_STATE, "optimizer", lambda: self.optimizer.load_state_dict(state["train_state"]["optimizer"])),
+            (ckpt.TRAIN_STATE, "scheduler", lambda: self.scheduler.load_state_dict(state["train_state"]["scheduler"])),
+            (ckpt.TRAIN_STATE, "grad scaler", lambda: self.scaler.load_state_dict(state["train_state"]["scaler"])),
+            (rank_file, "loader position", lambda: self.loader.load_state_dict(state["rank_state"]["loader"])),
+            (rank_file, "RNG states", lambda: ckpt.restore_rng_state(state["rank_state"]["rng"])),
+        ]
+        for name, what, restore in parts:
+            try:
+                restore()
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+                from lfvila.errors import CheckpointError
+
+                detail = " ".join(str(exc).split())  # load_state_dict lists its mismatches on several lines
+                raise CheckpointError(f"{path / name}: cannot restore the {what} from it ({type(exc).__name__}: "
+                                      f"{detail[:300]}); was it written with another model or config?") from None
+        self.step = state["train_state"].get("step")
+        if type(self.step) is not int or self.step != state["meta"]["step"]:
+            from lfvila.errors import CheckpointError
+
+            raise CheckpointError(f"{path / ckpt.TRAIN_STATE}: step {self.step!r}, meta.json says "
+                                  f"{state['meta']['step']}")
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
