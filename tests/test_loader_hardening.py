@@ -8,6 +8,7 @@ import json
 import random
 import tarfile
 
+import numpy as np
 import pytest
 
 from lfvila.data import DataConfig, build_loader
@@ -520,3 +521,42 @@ def test_shard_check_walks_damaged_headers_without_hanging(tmp_path, bad):
     assert check.status == ["damaged"] and check.usable == 1 and "header at byte" in check.reasons[str(path)]
     path.write_bytes(good + after + b"\0" * 1024)
     assert check_shards([str(path)], "train").samples == [2]
+
+
+def test_fuzz_sample_json_fields_are_a_plan_or_a_counted_skip():
+    """Any JSON value in any field of a real sample's KEY.json (and extra keys): planning and
+    sizing the sample either succeed with a frame size the JPEGs have, or raise SkipSample; never
+    another exception, never a size the frames do not have."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from lfvila.data.collate import render_geometry
+    from lfvila.data.sampling import SkipSample, plan_sample
+
+    base = sample("j", 5, n_sentences=3)
+    meta = json.loads(base["json"])
+    cfg = DataConfig(n_sentences=2, frames_per_sentence=2, resize_on="device")
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 20, 10 ** 20), st.floats(allow_nan=True),
+                        st.text(max_size=5), st.sampled_from([0, 1, 24, 40, 10 ** 9, -1, 2 ** 63]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                              max_size=4), max_leaves=8)
+    fields = st.sampled_from(["width", "height", "frame_times", "sentences", "frame_bytes", "fps", "key"])
+    sentence_fields = st.sampled_from(["text", "start", "end", "frame_start", "frame_end"])
+
+    @given(edits=st.lists(st.tuples(fields, values), max_size=3),
+           sentence_edits=st.lists(st.tuples(st.integers(0, 2), sentence_fields, values), max_size=3))
+    def check(edits, sentence_edits):
+        edited = json.loads(base["json"])
+        for i, name, value in sentence_edits:
+            edited["sentences"][i][name] = value
+        for name, value in edits:
+            edited[name] = value
+        raw = {**base, "__url__": "u", "json": json.dumps(edited).encode()}
+        try:
+            plan = plan_sample(raw, cfg, np.random.default_rng(0), True, (0,))
+            factor, hw = render_geometry(plan, cfg)
+        except SkipSample:
+            return
+        assert plan.frame_hw == (meta["height"], meta["width"]) and hw == plan.frame_hw and factor == 1
+
+    check()
