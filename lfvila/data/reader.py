@@ -105,11 +105,14 @@ USUAL_FIELDS = np.r_[0:100, SIZE:SIZE + 12, CHKSUM:CHKSUM + 7, TYPEFLAG, PREFIX]
 
 
 class TarFormatError(Exception):
-    """The byte stream is not (or stops being) a valid tar archive (at stream ``offset``, where known)."""
+    """The byte stream is not (or stops being) a valid tar archive (at stream ``offset``, where
+    known). ``member``: the name in the bad header when the rest of it (checksum) is intact, so
+    that the sample it belongs to is known; ``pax``: the bad header is a pax extended header,
+    which belongs to the member after it."""
 
-    def __init__(self, message: str, offset: int | None = None):
+    def __init__(self, message: str, offset: int | None = None, member: str | None = None, pax: bool = False):
         super().__init__(message)
-        self.offset = offset
+        self.offset, self.member, self.pax = offset, member, pax
 
 
 class TarEndMissing(TarFormatError):
@@ -468,7 +471,10 @@ class _StreamWindow:
                     error = TarFormatError("invalid header")
                     break
             if not 0 <= size <= MAX_MEMBER_BYTES:  # int() takes a sign: a negative size never advances
-                error = TarFormatError(f"invalid header: member size {size}")
+                header = self.chunk.blocks[at // BLOCK:at // BLOCK + 1]  # (1, 512)
+                intact = next(_bad_checksums(header), None) is None
+                name = buf[at:buf.find(b"\0", at, at + 100) % (at + 101)].decode("utf-8", "surrogateescape")
+                error = TarFormatError(f"invalid header: member size {size}", member=name if intact else None)
                 break
             add_offset(at)
             next_at = at + BLOCK + ((size + BLOCK - 1) & -BLOCK)  # data padded to whole blocks
@@ -625,6 +631,7 @@ def _member_batches(stream, chunk_bytes: int = CHUNK_BYTES, url: str | None = No
                     try:
                         long_name = _pax_path(buf[data:data + size]) or long_name
                     except TarFormatError as exc:  # the members before it still come out
+                        exc.pax = True
                         window.start, need, error = at, BLOCK, exc
                         break
                 else:
@@ -888,10 +895,11 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
     that breaks part-way (truncated download, corrupt header) yields its complete samples, then one
     ``truncated_tar`` record for the sample being read when it broke; an http(s) shard that times
     out (see :class:`HttpTimeouts`) likewise ends in one ``shard_timeout`` record. A bad header
-    (checksum, size, pax record) is one ``bad_tar_header`` record for the sample being read when
-    it was met (which may have been complete), and reading goes on at the next valid header (a
-    sample whose headers all lay in the damaged bytes cannot be seen, so it is not counted; the
-    record's detail says how many bytes were skipped). Samples of a local shard
+    (checksum, size, pax record) is one ``bad_tar_header`` record and reading goes on at the next
+    valid header. The record stands for the sample the header's name gives when its checksum
+    holds, else for the sample being read when it was met (which may have been complete); a bad
+    pax record drops no sample by itself. A sample whose headers all lay in the damaged bytes
+    cannot be seen, so it is not counted; the record's detail says how many bytes were skipped. Samples of a local shard
     may come read by offsets (see the module docstring); a corrupt header among the frames such
     a sample jumped over surfaces only if a plan takes that frame (FrameMemberError), and the rest
     of the shard is still read.
@@ -911,11 +919,21 @@ def _shard_items(url: str, timeouts: HttpTimeouts) -> Iterator[dict]:
             cut: str | None = None  # the key of a sample cut by damage: its members after it are dropped too
             for batch in _member_batches(stream, url=url, resync=True):
                 if type(batch) is _Damage:
-                    # The damaged header may be any member of ``current`` (complete or not: it
-                    # cannot be told) or of a sample that follows (counted by its own reason then).
-                    cut = current["__key__"] if current is not None else None
+                    error = batch.error
+                    if error.pax:  # a bad pax record: the member it describes keeps its plain name
+                        yield _error("bad_tar_header", url, None, batch)
+                        continue
+                    # A header whose checksum holds names its member: its sample is cut (``current``,
+                    # when it is that one, else complete as far as the tar shows). Otherwise the
+                    # damaged header may be any member of ``current`` (complete or not: it cannot
+                    # be told) or of a sample that follows (counted by its own reason then).
+                    named = split_member_name(error.member)[0] if error.member is not None else None
+                    if current is not None and named is not None and named != current["__key__"]:
+                        yield current
+                    elif current is not None:
+                        named = current["__key__"]
+                    cut, current = named, None
                     yield _error("bad_tar_header", url, cut, batch)
-                    current = None
                     continue
                 if type(batch) is dict:  # a whole sample, read by offsets
                     n_members += 1
