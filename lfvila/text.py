@@ -22,5 +22,13 @@ def resolve_bert_dir(spec: str) -> Path:
     else:
         path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
-        raise ValueError(f"bert_dir {spec!r}: {path} has no config.json (expected a Hugging Face BERT directory)")
+        from lfvila.errors import ConfigError
+
+        raise ConfigError(f"bert_dir {spec!r}: {path} has no config.json (expected a Hugging Face BERT directory: "
+                          f"{BERT_DOWNLOAD_HINT.format(path=path)})")
     return path
+
+
+# What to fetch when a recipe's BERT directory is absent (the paper's text encoder is BERT-large uncased).
+BERT_DOWNLOAD_HINT = ("download BERT-large uncased there, e.g. `huggingface-cli download google-bert/bert-large-uncased "
+                      "config.json vocab.txt model.safetensors --local-dir {path}`, or set model.text.bert_dir")

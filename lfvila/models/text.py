@@ -282,7 +282,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path / "model.safetensors"))
     if (path / "pytorch_model.bin").is_file():
         return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise ValueError(f"{path}: no model.safetensors or pytorch_model.bin")
+    from lfvila.errors import ConfigError
+    from lfvila.text import BERT_DOWNLOAD_HINT
+
+    raise ConfigError(f"bert_dir {path}: no model.safetensors or pytorch_model.bin "
+                      f"({BERT_DOWNLOAD_HINT.format(path=path)}; or model.text.init_from_pretrained: false)")
 
 
 def bert_layer_target(index: int, rest: str, cfg: TextEncoderConfig) -> str | None:

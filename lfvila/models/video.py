@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -68,6 +70,9 @@ class VideoEncoderConfig:
     # Activation checkpointing per stage: True / False for all stages, an int N for the first N
     # stages (the widest maps, most activation memory), or one bool per stage.
     grad_checkpointing: bool | int | tuple[bool, ...] = False
+    # A 2D Swin checkpoint (Microsoft's .pth or timm's .safetensors / .pth) the trainer inflates into
+    # the encoder when a run starts fresh (the paper: Swin-B ImageNet-22k); see load_swin2d.
+    init_2d: str | None = None
 
     def __post_init__(self):
         def fail(field: str, why: str):
@@ -499,3 +504,80 @@ def inflate_swin2d_state_dict(swin2d: dict[str, torch.Tensor], cfg: VideoEncoder
             out[f"local_merge.{name}"] = out[f"layers.{merge_after_tap}.downsample.{name}"]
         out["local_norm.weight"], out["local_norm.bias"] = out["norm.weight"], out["norm.bias"]
     return out
+
+
+SWIN2D_DOWNLOAD_HINT = (
+    "download the 2D Swin-B ImageNet-22k weights there: Microsoft's swin_base_patch4_window7_224_22k.pth "
+    "(github.com/microsoft/Swin-Transformer, release v1.0.0) or timm's swin_base_patch4_window7_224.ms_in22k "
+    "model.safetensors (huggingface.co/timm), or set model.video.init_2d: null")
+# 2D keys with no 3D counterpart by design: the classifier, and buffers the encoder recomputes.
+_SWIN2D_IGNORED = re.compile(r"(head\..*|.*relative_position_index|.*attn_mask|.*relative_coords_table)")
+
+
+@dataclass
+class Swin2dLoadReport:
+    """What :func:`load_swin2d` did: the key layout it read, encoder keys loaded and left at their
+    initialisation (``missing``), and 2D keys that found no place (``unexpected``)."""
+
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def read_swin2d_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a 2D Swin file: ``.safetensors``, or a ``torch.save``d dict (weights only),
+    bare or under ``"model"`` / ``"state_dict"`` (a DDP ``module.`` prefix stripped)."""
+    from lfvila.errors import InputError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"model.video.init_2d: {path} not found; {SWIN2D_DOWNLOAD_HINT}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def swin2d_layout(state: dict[str, torch.Tensor]) -> str:
+    """``"microsoft"``: stage i ends with its patch merging (``layers.0.downsample`` .. ``layers.2``);
+    ``"timm"`` (timm >= 0.9): stage i starts with the merging before it (``layers.1`` .. ``layers.3``).
+
+    Both hold the mergings in the same order with the same neighbour order, so the inflation
+    (mergings taken in order) reads either.
+    """
+    downs = sorted({int(m[1]) for k in state if (m := re.fullmatch(r"layers\.(\d+)\.downsample\..+", k))})
+    if not downs:
+        raise ValueError("not a Swin checkpoint: no layers.N.downsample.* keys")
+    return "microsoft" if downs[0] == 0 else "timm"
+
+
+@torch.no_grad()
+def load_swin2d(encoder: "VideoEncoder", path: str | Path) -> Swin2dLoadReport:
+    """Initialise ``encoder`` from the 2D Swin checkpoint at ``path`` (inflated, see
+    :func:`inflate_swin2d_state_dict`); shapes that differ raise ``ValueError`` naming the key."""
+    state = read_swin2d_checkpoint(path)
+    report = Swin2dLoadReport(layout=swin2d_layout(state))
+    inflated = inflate_swin2d_state_dict(state, encoder.cfg)
+    own = encoder.state_dict()
+    for key, value in inflated.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        if own[key].shape != value.shape:
+            raise ValueError(f"model.video.init_2d {path}: {key} inflates to {tuple(value.shape)}, "
+                             f"the encoder has {tuple(own[key].shape)}")
+        own[key].copy_(value)
+        report.loaded.append(key)
+    used = re.compile(r"layers\.\d+\.(blocks\.\d+|downsample)\..+|patch_embed\.(proj|norm)\..+|norm\.(weight|bias)")
+    report.unexpected += sorted(k for k in state if not used.fullmatch(k) and not _SWIN2D_IGNORED.fullmatch(k))
+    report.missing = sorted(k for k in own if k not in inflated)
+    return report

@@ -126,8 +126,16 @@ class Trainer:
         self.task = build_task(cfg)
         self.model = self.task.model.to(self.ctx.device)
         self._freeze_untrained()
-        if tcfg.init_from and resume is None:
-            self._init_weights(tcfg.init_from)
+        # Decided before any initialisation: `--resume auto` with no checkpoint yet is a fresh start,
+        # which takes the recipe's initial weights like a run without --resume.
+        resume_from = None if resume is None else self._choose_checkpoint(resume)
+        if resume_from is None:
+            if resume is not None and self.ctx.is_main:
+                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
+            if cfg.model.video.init_2d:
+                self._init_video_2d(cfg.model.video.init_2d)
+            if tcfg.init_from:
+                self._init_weights(tcfg.init_from)
         self.optimizer = build_optimizer(self._trainable_named(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tcfg.max_steps)
         use_cuda = self.ctx.device.type == "cuda"
@@ -148,8 +156,8 @@ class Trainer:
                                   stage=cfg.task.stage)
         self.loader = loader
         seed_everything(tcfg.seed + 1_000_003 * self.ctx.rank + 1)
-        if resume is not None:
-            self._resume(resume)
+        if resume_from is not None:
+            self._resume(resume_from)
         self.tb = None
         self.loss_log = None
         self.last_losses: dict[str, float] = {}
@@ -186,12 +194,20 @@ class Trainer:
             log.info("initialised %d tensors from %s (%d missing, %d unexpected)", loaded, spec,
                      len(result.missing_keys), len(result.unexpected_keys))
 
-    def _resume(self, resume: str) -> None:
-        path = self._choose_checkpoint(resume)
-        if path is None:
-            if self.ctx.is_main:
-                log.info("--resume auto: no checkpoint under %s, starting from step 0", self.ckpt_root)
-            return
+    def _init_video_2d(self, path: str) -> None:
+        """The video encoder from a 2D Swin checkpoint, inflated to 3D (``model.video.init_2d``)."""
+        from lfvila.models.video import load_swin2d
+
+        report = load_swin2d(self.model.video, path)
+        if not report.loaded:
+            raise ValueError(f"model.video.init_2d {path}: no tensor of the checkpoint fits the video encoder")
+        if self.ctx.is_main:
+            log.info("video encoder: %d tensors inflated from the 2D Swin checkpoint %s (%s key layout); "
+                     "%d keep their initialisation%s, %d unused%s", len(report.loaded), path, report.layout,
+                     len(report.missing), f" ({', '.join(report.missing[:3])})" if report.missing else "",
+                     len(report.unexpected), f" ({', '.join(report.unexpected[:3])})" if report.unexpected else "")
+
+    def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, rank=self.ctx.rank, world_size=self.ctx.world_size, verify=False)
         rank_file = ckpt.rank_file(self.ctx.rank)
         parts = [  # (file, what, how it is restored)
