@@ -158,3 +158,16 @@ def test_cli_limit_must_be_positive(tmp_path, capsys):
     assert main(["build", "--out", str(tmp_path / "c"), "--stage", "shards", "--videos", str(tmp_path / "v"),
                  "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
+
+
+def test_fingerprint_from_the_rows_json_equals_task_fingerprint():
+    """The planner hashes rows it encoded once; the hash must be task_fingerprint's exactly."""
+    from lfvila.shards.task import fingerprint_of_rows_json, fingerprint_settings_json, row_json
+
+    rows = _rows(5)
+    rows[0]["sentences"][0]["text"] = 'quotes " \\ back\\slash, unicode é 漢字 \u2028 and \x00'
+    rows[1]["video_duration"] = None
+    rows[2]["start"] = 1e300
+    cfg = load_config(BuildConfig, None, ["video.fps=2.5"])
+    rows_json = "[" + ", ".join(row_json(r) for r in rows) + "]"
+    assert fingerprint_of_rows_json(rows_json, fingerprint_settings_json(cfg)) == task_fingerprint(rows, cfg)

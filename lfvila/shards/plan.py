@@ -6,11 +6,12 @@ groups of ``shards.samples_per_shard``; group ``i`` of split ``s`` is shard ``{s
 The manifest writes ``longform.parquet`` in source order, so key order takes a sort, done as an
 external merge sort so that memory does not grow with the corpus (LF-VILA-8M has 8.5M long-form
 videos of 4-12 sentences each; as Python dicts they would not fit): the table is read in batches of
-``SORT_BATCH_ROWS`` rows, each batch sorted by (split, key) and written as a run file; the runs are
-merged row by row (at most ``MAX_FAN_IN`` at once, in more passes when there are more) into
-``OUT/.plan/<digest>/<split>.parquet``, one row group per shard. A task carries only its name,
-fingerprint and plan file, and reads its row group when it runs. Peak memory: one batch while
-sorting, one small row group per merged run, one shard's rows while fingerprinting, whatever the
+``SORT_BATCH_ROWS`` rows, each row encoded once as the JSON its shard's fingerprint hashes, each
+batch sorted by key and written as a run of (key, JSON) pairs; the runs are merged (at most
+``MAX_FAN_IN`` at once, in more passes when there are more) into ``OUT/.plan/<digest>/<split>.plan``,
+one compressed JSON record per shard, and the shard's fingerprint is the hash of that same JSON. A
+task carries only its name, fingerprint and where its record is, and reads it when it runs. Peak
+memory: one batch while sorting, one small row group per merged run, one shard's rows, whatever the
 corpus size (``bench/shard_planning.py`` measures it).
 
 ``<digest>`` covers ``longform.parquet``'s size and modification time and every setting the
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,33 +36,62 @@ SORT_BATCH_ROWS = 1 << 16  # rows sorted at a time into a run (~65k long-form vi
 RUN_ROW_GROUP_ROWS = 1024  # a run is read back one row group at a time: keep them small
 MERGE_BATCH_ROWS = 256  # rows taken at a time from a run's row group while merging
 MAX_FAN_IN = 32  # runs merged at once; more runs are first merged into longer ones (more passes)
-_PLAN_VERSION = 1
+_PLAN_VERSION = 2
 
 
 @dataclass
 class ShardTask:
     """A shard to build: its name, the fingerprint of what it writes, and where its rows are.
 
-    ``plan_file`` is a per-split plan whose row group ``index`` holds the shard's manifest rows in
-    key order (``load_rows``)."""
+    ``plan_file`` holds at ``offset`` (``size`` bytes) the zlib-compressed JSON list of the shard's
+    manifest rows in key order; ``fields`` restores the table's column order (``load_rows``)."""
 
     split: str
     index: int
     fingerprint: str
     plan_file: str
     n_rows: int
+    offset: int = 0
+    size: int = 0
+    fields: tuple = ()
 
     @property
     def name(self) -> str:
         return f"{self.split}-{self.index:06d}"
 
     def load_rows(self) -> list[dict]:
-        import pyarrow.parquet as pq
-
-        rows = pq.ParquetFile(self.plan_file).read_row_group(self.index).to_pylist()
+        """The shard's rows, equal to (and in the key order of) ``longform.parquet``'s ``to_pylist``."""
+        with open(self.plan_file, "rb") as f:
+            data = os.pread(f.fileno(), self.size, self.offset)
+        rows = json.loads(zlib.decompress(data))
         if len(rows) != self.n_rows:
-            raise RuntimeError(f"{self.plan_file}: row group {self.index} has {len(rows)} rows, planned {self.n_rows}")
-        return rows
+            raise RuntimeError(f"{self.plan_file}: shard {self.name} has {len(rows)} rows, planned {self.n_rows}")
+        return [_in_order(row, self.fields) for row in rows]
+
+
+def _in_order(row: dict, fields) -> dict:
+    """``row`` with its keys in the table's order (JSON sorted them); nested struct lists too."""
+    out = {}
+    for name, nested in fields:
+        value = row[name]
+        if nested and isinstance(value, list):
+            value = [{k: item[k] for k in nested} if isinstance(item, dict) else item for item in value]
+        out[name] = value
+    return out
+
+
+def _field_order(schema) -> tuple:
+    """(column, struct field names or ()) per column: the key order of ``to_pylist`` rows."""
+    import pyarrow as pa
+
+    order = []
+    for field in schema:
+        kind = field.type
+        nested = ()
+        if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+            nested = tuple(kind.value_type.field(i).name for i in range(kind.value_type.num_fields))
+        order.append((field.name, nested))
+    return tuple(order)
 
 
 def plan_shard_tasks(cfg, out: Path, limit: int | None = None) -> list[ShardTask]:
@@ -103,8 +134,9 @@ def _read_plan(plan_dir: Path) -> list[ShardTask] | None:
         doc = json.loads((plan_dir / PLAN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return [ShardTask(t["split"], t["index"], t["fingerprint"], str(plan_dir / t["file"]), t["rows"])
-            for t in doc["tasks"]]
+    fields = tuple((name, tuple(nested)) for name, nested in doc["fields"])
+    return [ShardTask(t["split"], t["index"], t["fingerprint"], str(plan_dir / t["file"]), t["rows"], t["offset"],
+                      t["size"], fields) for t in doc["tasks"]]
 
 
 def _check_key(key: str) -> None:
@@ -113,17 +145,21 @@ def _check_key(key: str) -> None:
 
 
 def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
-    """Run files of ``longform``, each at most SORT_BATCH_ROWS rows sorted by key."""
+    """Run files of ``longform``: at most SORT_BATCH_ROWS (key, row JSON) pairs each, sorted by key."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from lfvila.shards.task import row_json
+
     source = pq.ParquetFile(longform)
     runs = []
     for n, batch in enumerate(source.iter_batches(batch_size=SORT_BATCH_ROWS)):
-        table = pa.Table.from_batches([batch], schema=source.schema_arrow)
-        for key in table["key"].to_pylist():
-            _check_key(key)
+        rows = batch.to_pylist()
+        for row in rows:
+            _check_key(row["key"])
+        table = pa.table({"key": batch.column("key"), "split": batch.column("split"),
+                          "row": pa.array([row_json(r) for r in rows], pa.large_string())})
         path = work / f"run-{n:06d}.parquet"
         pq.write_table(table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")])), path,
                        row_group_size=RUN_ROW_GROUP_ROWS)
@@ -131,11 +167,20 @@ def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
     return runs, source.schema_arrow
 
 
-def _merged(runs: list[Path], work: Path, schema):
-    """All rows of the sorted ``runs`` in key order: (key, row); at most MAX_FAN_IN runs open at once."""
+def _run_rows(path: Path):
+    """(key, split, row JSON) of one sorted run, streamed."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_BATCH_ROWS):
+        yield from zip(*(batch.column(name).to_pylist() for name in ("key", "split", "row")))
+
+
+def _merged(runs: list[Path], work: Path):
+    """All (key, split, row JSON) of the sorted ``runs`` in key order; at most MAX_FAN_IN runs open at once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("row", pa.large_string())])
     generation = 0
     while len(runs) > MAX_FAN_IN:  # merge groups of runs into longer runs until few enough are left
         generation += 1
@@ -143,89 +188,84 @@ def _merged(runs: list[Path], work: Path, schema):
         for n in range(0, len(runs), MAX_FAN_IN):
             group, path = runs[n:n + MAX_FAN_IN], work / f"run-g{generation}-{n:06d}.parquet"
             with pq.ParquetWriter(path, schema) as writer:
-                rows = []
-                for _, row in heapq.merge(*(_run_rows(p) for p in group), key=lambda item: item[0]):
-                    rows.append(row)
-                    if len(rows) == RUN_ROW_GROUP_ROWS:
-                        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                        rows = []
-                if rows:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                items = []
+                for item in heapq.merge(*(_run_rows(p) for p in group)):
+                    items.append(item)
+                    if len(items) == RUN_ROW_GROUP_ROWS:
+                        writer.write_table(pa.table(list(zip(*items)), schema=schema))
+                        items = []
+                if items:
+                    writer.write_table(pa.table(list(zip(*items)), schema=schema))
             for p in group:
                 p.unlink()
             longer.append(path)
         runs = longer
-    return heapq.merge(*(_run_rows(p) for p in runs), key=lambda item: item[0])
-
-
-def _run_rows(path: Path):
-    """Rows of one sorted run, streamed: (key, row)."""
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_BATCH_ROWS):
-        for row in batch.to_pylist():
-            yield row["key"], row
+    return heapq.merge(*(_run_rows(p) for p in runs))
 
 
 class _SplitPlan:
-    """One split's plan file, written one shard (row group) at a time."""
+    """One split's plan file, written one shard (one compressed JSON record) at a time."""
 
-    def __init__(self, plan_dir: Path, split: str, schema):
-        import pyarrow.parquet as pq
-
+    def __init__(self, plan_dir: Path, split: str, settings_json: tuple[str, str]):
         if "/" in split or split.startswith(".") or not split:
             raise ValueError(f"longform.parquet: split {split!r} cannot name a shard")
-        self.split, self.schema, self.file = split, schema, f"{split}.parquet"
-        self.writer = pq.ParquetWriter(plan_dir / self.file, schema)
-        self.chunk: list[dict] = []
+        self.split, self.settings_json, self.file = split, settings_json, f"{split}.plan"
+        self.out = open(plan_dir / self.file, "wb")
+        self.chunk: list[str] = []
         self.tasks: list[dict] = []
         self.rows = 0
 
-    def add(self, row: dict, size: int, cfg, limit: int | None) -> None:
+    def add(self, row: str, size: int, limit: int | None) -> None:
         if limit is not None and self.rows >= limit:
             return
         self.rows += 1
         self.chunk.append(row)
         if len(self.chunk) == size:
-            self.flush(cfg)
+            self.flush()
 
-    def flush(self, cfg) -> None:
-        import pyarrow as pa
-
-        from lfvila.shards.task import task_fingerprint
+    def flush(self) -> None:
+        from lfvila.shards.task import fingerprint_of_rows_json
 
         if self.chunk:
-            self.writer.write_table(pa.Table.from_pylist(self.chunk, schema=self.schema), row_group_size=len(self.chunk))
+            rows = "[" + ", ".join(self.chunk) + "]"  # what json.dumps of the list of rows writes
+            data = zlib.compress(rows.encode(), 1)
             self.tasks.append({"split": self.split, "index": len(self.tasks), "file": self.file,
-                               "rows": len(self.chunk), "fingerprint": task_fingerprint(self.chunk, cfg)})
+                               "rows": len(self.chunk), "offset": self.out.tell(), "size": len(data),
+                               "fingerprint": fingerprint_of_rows_json(rows, self.settings_json)})
+            self.out.write(data)
             self.chunk = []
 
 
 def _write_plan(longform: Path, plan_dir: Path, cfg, limit: int | None = None) -> None:
-    """Sort ``longform`` into ``plan_dir/<split>.parquet`` (one row group per shard) and plan.json.
+    """Sort ``longform`` into ``plan_dir/<split>.plan`` (one record per shard) and plan.json.
 
     The runs are merged by key over all splits at once, so a key repeated anywhere is caught where
     its copies meet; each row goes to its split's plan, which stays in key order."""
+    from lfvila.shards.task import fingerprint_settings_json
+
     plan_dir.mkdir(parents=True)
     work = plan_dir / "runs"
     work.mkdir()
     runs, schema = _sorted_runs(longform, work)
-    size = cfg.shards.samples_per_shard
+    size, settings_json = cfg.shards.samples_per_shard, fingerprint_settings_json(cfg)
     splits: dict[str, _SplitPlan] = {}
     previous = None
     try:
-        for key, row in _merged(runs, work, schema):
+        for key, split, row in _merged(runs, work):
             if key == previous:
                 raise ValueError(f"longform.parquet: key {key!r} occurs twice; keys must be unique")
             previous = key
-            if row["split"] not in splits:
-                splits[row["split"]] = _SplitPlan(plan_dir, row["split"], schema)
-            splits[row["split"]].add(row, size, cfg, limit)
+            if split not in splits:
+                splits[split] = _SplitPlan(plan_dir, split, settings_json)
+            splits[split].add(row, size, limit)
         for plan in splits.values():
-            plan.flush(cfg)
+            plan.flush()
+            plan.out.flush()
+            os.fsync(plan.out.fileno())
     finally:
         for plan in splits.values():
-            plan.writer.close()
+            plan.out.close()
     shutil.rmtree(work)
     tasks = [t for split in sorted(splits) for t in splits[split].tasks]
-    (plan_dir / PLAN_FILE).write_text(json.dumps({"longform": str(longform), "tasks": tasks}) + "\n")
+    (plan_dir / PLAN_FILE).write_text(json.dumps({"longform": str(longform), "fields": _field_order(schema),
+                                                  "tasks": tasks}) + "\n")

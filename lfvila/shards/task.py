@@ -42,6 +42,29 @@ def task_fingerprint(rows: list[dict], cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# The planner encodes each row once (row_json) and hashes the shard's rows without encoding them
+# again: json.dumps writes a value the same wherever it sits, so the blob of task_fingerprint is
+# the settings' JSON with the rows' JSON put where "rows" goes (tests/test_shards_plan.py checks).
+_ROWS_PLACEHOLDER = "\u0000rows\u0000"
+
+
+def row_json(row: dict) -> str:
+    """One manifest row as task_fingerprint's JSON encodes it inside the list of rows."""
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+def fingerprint_settings_json(cfg) -> tuple[str, str]:
+    """task_fingerprint's JSON before and after the rows."""
+    template = json.dumps({"rows": _ROWS_PLACEHOLDER, **fingerprint_settings(cfg)}, sort_keys=True, default=str)
+    before, after = template.split(json.dumps(_ROWS_PLACEHOLDER))
+    return before, after
+
+
+def fingerprint_of_rows_json(rows_json: str, settings_json: tuple[str, str]) -> str:
+    """task_fingerprint of the rows whose JSON list is ``rows_json`` (``"[" + ", ".join(row_json) + "]"``)."""
+    return hashlib.sha256((settings_json[0] + rows_json + settings_json[1]).encode()).hexdigest()
+
+
 def paths(shard_dir: Path, name: str) -> dict[str, Path]:
     return {"tar": shard_dir / f"{name}.tar", "status": shard_dir / f"{name}.status.parquet",
             "stats": shard_dir / f"{name}.stats.json"}
