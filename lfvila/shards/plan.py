@@ -32,7 +32,8 @@ from pathlib import Path
 
 PLAN_DIR = ".plan"
 PLAN_FILE = "plan.json"
-SORT_BATCH_ROWS = 1 << 16  # rows sorted at a time into a run (~65k long-form videos, ~80 MB in Arrow)
+SORT_BATCH_ROWS = 1 << 14  # rows sorted at a time into a run (~16k long-form videos, ~20 MB of JSON)
+ENCODE_BATCH_ROWS = 2048  # rows turned into Python dicts at a time, to be encoded as JSON
 RUN_ROW_GROUP_ROWS = 1024  # a run is read back one row group at a time: keep them small
 MERGE_BATCH_ROWS = 256  # rows taken at a time from a run's row group while merging
 MAX_FAN_IN = 32  # runs merged at once; more runs are first merged into longer ones (more passes)
@@ -155,11 +156,14 @@ def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
     source = pq.ParquetFile(longform)
     runs = []
     for n, batch in enumerate(source.iter_batches(batch_size=SORT_BATCH_ROWS)):
-        rows = batch.to_pylist()
-        for row in rows:
-            _check_key(row["key"])
+        encoded = []
+        for lo in range(0, batch.num_rows, ENCODE_BATCH_ROWS):  # few Python rows alive at a time
+            for row in batch.slice(lo, ENCODE_BATCH_ROWS).to_pylist():
+                _check_key(row["key"])
+                encoded.append(row_json(row))
         table = pa.table({"key": batch.column("key"), "split": batch.column("split"),
-                          "row": pa.array([row_json(r) for r in rows], pa.large_string())})
+                          "row": pa.array(encoded, pa.large_string())})
+        del encoded
         path = work / f"run-{n:06d}.parquet"
         pq.write_table(table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")])), path,
                        row_group_size=RUN_ROW_GROUP_ROWS)
