@@ -179,7 +179,7 @@ def test_tar_abort_after_a_real_enospc_does_not_raise_and_removes_the_file(tmp_p
     assert writer.file.closed and not path.exists() and not path.is_symlink()
 
 
-def test_an_oserror_outside_the_input_video_fails_the_task_not_the_sample(tmp_path, monkeypatch):
+def test_an_oserror_outside_the_input_video_fails_the_task_not_the_sample(tmp_path, monkeypatch, capsys):
     """No ffmpeg to run is the environment: nothing is committed and the error names the cause."""
     from lfvila.errors import TaskFailure
 
@@ -194,6 +194,13 @@ def test_an_oserror_outside_the_input_video_fails_the_task_not_the_sample(tmp_pa
     with pytest.raises(TaskFailure, match=r"2 shard task\(s\) failed.*Exec format error"):
         build_shards(_cfg(), tmp_path / "out", videos, workers=1)
     assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == []
+    # The CLI says it in one line, exit 2, no traceback: it is the environment, not a bug.
+    from lfvila.cli import main
+
+    assert main(["build", "--stage", "shards", "--out", str(tmp_path / "out"), "--videos", str(videos),
+                 "--workers", "1", "--set", "shards.samples_per_shard=2"]) == 2
+    err = capsys.readouterr().err
+    assert "lfvila build: error: 2 shard task(s) failed (none of them committed)" in err and "Traceback" not in err
     monkeypatch.delenv("LFVILA_FFMPEG")
     assert build_shards(_cfg(), tmp_path / "out", videos, workers=1)["totals"]["samples_written"] == 3
 
