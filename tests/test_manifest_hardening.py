@@ -34,6 +34,8 @@ from lfvila.manifest.records import (
 )
 from lfvila.manifest.runs_file import parse_line
 from lfvila.manifest.sources import get_adapter, hdvila
+from lfvila.manifest.sources import subtitles
+from lfvila.manifest.sources._io import iter_lines
 from lfvila.manifest.sources.subtitles import parse_track
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,6 +192,13 @@ def test_json_escaped_lone_surrogates_are_invalid_utf8_rejects(tmp_path):
     meta.write_bytes(GOOD + _hd_line("x", [(1, 0, 1, "t")]).replace(b'"x', b'"\\ud800'))
     counts, rejects = _build(tmp_path / "hd", f"hdvila:{meta}")
     assert _reasons(rejects) == [("invalid_utf8", 2)] and rejects[0]["video_id"] == "\ufffd"
+    texts = tmp_path / "t.tsv"  # found by the fuzz too: a video id with bytes that are not UTF-8 reached sqlite
+    texts.write_text("good.1.mp4\tfrom the file\n")
+    bad_bytes = tmp_path / "b.jsonl"
+    bad_bytes.write_bytes(GOOD + b'{"video_id": "\x80v", "clip": [{"clip_id": "\x80v.1.mp4", "span": ["00:00:00.000", '
+                          b'"00:00:01.000"]}]}\n')
+    counts, rejects = _build(tmp_path / "tx", f"hdvila:{bad_bytes}?text={texts}")
+    assert _reasons(rejects) == [("invalid_utf8", 2)]
     an = tmp_path / "an.json"
     an.write_text('{"\\udfff": {"duration": 9, "timestamps": [[0, 1]], "sentences": ["x\\ud800"]}, '
                   '"good": {"duration": 9, "timestamps": [[0, 1]], "sentences": ["ok"]}}')
@@ -477,8 +486,15 @@ def test_fuzz_howto100m_csv_dir_and_caption_json(data):
 
 @given(st.data())
 def test_fuzz_subtitles_srt_and_vtt(data):
-    _check_stage({"s/a.srt": data.draw(_inputs(_seed("srt"))), "s/b.en.vtt": data.draw(_inputs(_seed("vtt")))},
-                 "subtitles:{dir}/s")
+    srt, vtt = data.draw(_inputs(_seed("srt"))), data.draw(_inputs(_seed("vtt")))
+    _check_stage({"s/a.srt": srt, "s/b.en.vtt": vtt}, "subtitles:{dir}/s")
+    with tempfile.TemporaryDirectory(prefix="lfvila-fuzz-") as tmp:  # big tracks are streamed: the same cues
+        track = Path(tmp) / "t.vtt"
+        track.write_bytes(vtt)
+        whole, streamed = [], []
+        assert subtitles.parse_track(track, "t", None, whole) == subtitles._parse(
+            subtitles._split(iter_lines(track, None)), "t", streamed)
+        assert whole == streamed
 
 
 def test_fuzz_covers_every_registered_adapter():

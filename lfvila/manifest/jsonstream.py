@@ -23,9 +23,7 @@ from lfvila.manifest.records import MALFORMED_RECORD, MAX_ENTRY_CHARS, MAX_JSON_
 
 _DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
-_STRUCTURE = re.compile(r'["\[\]{}]')
 _RUNS = re.compile(r'"|[\[{]+|[\]}]+')  # a quote, or a run of opening or of closing brackets
-_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # the rest of a string after its opening quote
 _STRING_CHARS = re.compile(r'[^"\\]*')  # string content up to a quote or backslash
 _SCALAR = re.compile(r'[^,\]}:\s"\[{]*')
 _OPENER = str.maketrans("]}", "[{")
@@ -50,42 +48,70 @@ class EntryProblem(NamedTuple):
     detail: str
 
 
-def json_depth(text: str | bytes, start: int = 0, end: int | None = None, stop_above: int | None = None) -> int:
-    """Deepest bracket nesting of ``text[start:end]``, brackets inside strings not counted (the scan
-    stops as soon as the depth passes ``stop_above``)."""
-    end = len(text) if end is None else end
-    if isinstance(text, bytes):
-        text = text[start:end].decode("utf-8", "surrogateescape")
-        start, end = 0, len(text)
-    limit = end if stop_above is None else stop_above
-    depth = deepest = 0
-    i = start
-    search, rest = _RUNS.search, _STRING_REST.match
-    while (m := search(text, i, end)) is not None:
-        run, i = m.group(), m.end()
-        if run == '"':
-            s = rest(text, i, end)
-            if s is None:
-                break
-            i = s.end()
-        elif run[0] in "[{":
-            depth += len(run)
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-        else:
-            depth -= len(run)
-    return deepest
+def nested_deeper(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when a decoded JSON value nests containers deeper than ``limit`` (the value itself is level 1)."""
+    stack = [(value, 1)]
+    containers = (dict, list)
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = v.values() if type(v) is dict else v
+        stack.extend((c, depth + 1) for c in children if isinstance(c, containers))
+    return False
 
 
-def too_deep(text: str | bytes, start: int = 0, end: int | None = None) -> bool:
-    """True when ``text[start:end]`` nests deeper than MAX_JSON_DEPTH (cheap unless it has many brackets)."""
-    if isinstance(text, bytes):
-        opens = text.count(b"[", start, end) + text.count(b"{", start, end)
-    else:
-        opens = text.count("[", start, end) + text.count("{", start, end)
-    return opens > MAX_JSON_DEPTH and json_depth(text, start, end, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
+_NOT_SHAPE = bytes(sorted(set(range(256)) - set(b'[]{}"')))  # every byte but brackets and quotes
+_EMPTY_STRINGS = re.compile(rb'"[^"]*"')
+
+
+def shallow_json(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when valid JSON ``raw`` certainly nests at most ``limit`` deep; False: maybe deeper.
+
+    All in C-speed byte operations (a walk over the decoded value costs more than decoding it):
+    escaped backslashes and quotes go, then everything but brackets and quotes, then the strings
+    (now only brackets between two quotes), and each pass removes the innermost ``[]`` and ``{}`` pairs,
+    one or two levels; empty within ``limit // 2`` passes means at most ``limit`` levels.
+    """
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Adjacent quotes close one string and open the next (or bound an empty one): dropping them
+    # keeps every string's brackets between two quotes, and most strings hold no bracket at all.
+    shape = raw.translate(None, _NOT_SHAPE).replace(b'""', b"")
+    if b'"' in shape:
+        shape = _EMPTY_STRINGS.sub(b"", shape)
+    for _ in range(limit // 2):
+        if not shape:
+            return True
+        shape = shape.replace(b"[]", b"").replace(b"{}", b"")
+    return not shape
+
+
+def deeper_than_cap(value: object, text: str | bytes) -> bool:
+    """Whether the decoded ``value`` of valid JSON ``text`` nests deeper than MAX_JSON_DEPTH (cheap for most)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH or shallow_json(raw):
+        return False
+    return nested_deeper(value)
+
+
+def loads_line(text: str | bytes) -> object:
+    """``json.loads`` of one JSON line, with nesting deeper than MAX_JSON_DEPTH refused the same way
+    however deep it is: ``TooDeep`` (a ValueError). Other bad JSON is a ValueError as from json
+    (an integer over Python's 4300-digit limit included)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:  # far deeper than the cap: the decoder gave up
+        raise TooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if deeper_than_cap(value, text):
+        raise TooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+class TooDeep(ValueError):
+    """A JSON value nested deeper than MAX_JSON_DEPTH."""
 
 
 class _Buffer:
@@ -178,7 +204,8 @@ class _Buffer:
             if end - self.pos > MAX_ENTRY_CHARS:
                 self.advance(end)
                 return EntryProblem(TOO_LARGE, f"entry of {end - self.pos} characters, over the cap of {MAX_ENTRY_CHARS}")
-            if too_deep(self.text, self.pos, end):
+            if (self.text.count("[", self.pos, end) + self.text.count("{", self.pos, end) > MAX_JSON_DEPTH
+                    and deeper_than_cap(value, self.text[self.pos:end])):
                 self.advance(end)
                 return EntryProblem(TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH} levels")
             self.advance(end)

@@ -20,7 +20,6 @@ merge reject) is unchanged, with ``not_in_runs`` for kept clips that no listed r
 """
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import tempfile
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lfvila.errors import InputError
-from lfvila.manifest.jsonstream import too_deep
+from lfvila.manifest.jsonstream import loads_line
 from lfvila.manifest.records import (
-    MALFORMED_RECORD, MAX_JSON_DEPTH, MAX_LINE_BYTES, RUN_CLIP_DUPLICATE, RUN_CLIP_MISSING, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_REJECTED,
+    MALFORMED_RECORD, MAX_LINE_BYTES, RUN_CLIP_DUPLICATE, RUN_CLIP_MISSING, RUN_CLIP_OTHER_VIDEO, RUN_CLIP_REJECTED,
 )
 from lfvila.manifest.sources._io import iter_lines
 
@@ -69,9 +68,7 @@ def parse_line(text: str | None) -> list[str]:
         raise ValueError(f"line over the cap of {MAX_LINE_BYTES} bytes (not read)")
     stripped = text.strip()
     if stripped.startswith("["):
-        if too_deep(stripped):
-            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        items = json.loads(stripped)
+        items = loads_line(stripped)
         if not isinstance(items, list):
             raise ValueError("expected a JSON list")
         ids = []

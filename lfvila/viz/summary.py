@@ -25,7 +25,7 @@ OK_STATUSES = ("ok", "success", "written")
 
 # The words every summary uses (build summary, progress bar, inspect, report), defined here once.
 VOCABULARY = {
-    "rejected": "the data itself is unusable (a malformed record, a run of too few clips, a broken or too "
+    "rejected": "the data itself is unusable (a malformed or oversized record, a run of too few clips, a broken or too "
                 "short video, an absurd aspect ratio); a rerun gives the same result unless the recipe changes",
     "failed": "the cause may lie outside the data (video not downloaded, decode timeout, an OS error reading the "
               "video, internal error); "

@@ -20,24 +20,25 @@ BOM = b"\xef\xbb\xbf"
 def raw_lines(f: BinaryIO, progress: Callable[[int], None] | None,
               max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
     """The lines of a binary file (with their newline), None for a line longer than ``max_bytes``."""
-    readline = f.readline
-    first = True
-    while raw := readline(max_bytes + 1):
+    readline, limit = f.readline, max_bytes + 1
+    raw = readline(limit)
+    if raw.startswith(BOM):
+        if progress is not None:
+            progress(3)
+        raw = raw[3:] or readline(limit)
+    while raw:
         if progress is not None:
             progress(len(raw))
-        if first:
-            first = False
-            if raw.startswith(BOM):
-                raw = raw[3:]
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            while (rest := readline(1 << 20)) and not rest.endswith(b"\n"):  # consume it, keep nothing
+        if len(raw) > max_bytes and raw[-1:] != b"\n":
+            while (rest := readline(1 << 20)) and rest[-1:] != b"\n":  # consume it, keep nothing
                 if progress is not None:
                     progress(len(rest))
             if rest and progress is not None:
                 progress(len(rest))
             yield None
-            continue
-        yield raw
+        else:
+            yield raw
+        raw = readline(limit)
 
 
 def iter_lines(path: Path, progress: Callable[[int], None] | None,

@@ -30,9 +30,9 @@ import orjson
 
 from lfvila.manifest.asr import dedupe_words
 from lfvila.manifest.config import AsrConfig, ManifestConfig
-from lfvila.manifest.jsonstream import too_deep
+from lfvila.manifest.jsonstream import TooDeep, loads_line
 from lfvila.manifest.records import (
-    DUPLICATE_CLIP, INVALID_UTF8, MALFORMED_RECORD, MAX_CLIP_NUMBER, MAX_JSON_DEPTH, MAX_LINE_BYTES, NO_SUBTITLES,
+    DUPLICATE_CLIP, INVALID_UTF8, MALFORMED_RECORD, MAX_CLIP_NUMBER, MAX_LINE_BYTES, NO_SUBTITLES,
     TOO_DEEP, TOO_LARGE, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time, shown_utf8, unsafe_id_reason,
 )
 from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, raw_lines
@@ -103,12 +103,11 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
             return
         if not line.strip():
             return
-        if too_deep(line):
-            yield _reject(None, None, "parse", TOO_DEEP, f"line {line_no}: JSON nested deeper than {MAX_JSON_DEPTH} levels",
-                          line.strip(), file, line_no)
-            return
         try:
-            obj = json.loads(line)
+            obj = loads_line(line)
+        except TooDeep as e:
+            yield _reject(None, None, "parse", TOO_DEEP, f"line {line_no}: {e}", line.strip(), file, line_no)
+            return
         except ValueError as e:  # also an integer over Python's 4300-digit limit
             yield _reject(None, None, "parse", MALFORMED_RECORD, f"line {line_no}: invalid JSON ({str(e)[:200]})",
                           line.strip(), file, line_no)
@@ -137,7 +136,7 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
             yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
                           f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
             continue
-        if len(middle) > 10 or int(middle) > MAX_CLIP_NUMBER:  # the length test keeps int() off huge digit runs
+        if len(middle) > 9 and (len(middle) > 10 or int(middle) > MAX_CLIP_NUMBER):  # int() never sees huge digit runs
             yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
                           f"line {line_no}: clip number of {clip_id[:80]!r} is over {MAX_CLIP_NUMBER} (clip_index is int32)",
                           clip_id, file, line_no)
@@ -170,6 +169,8 @@ class LineBatch(NamedTuple):
 
 
 _STR_ONLY = {str}
+_THREE = {3}  # clip entries of exactly clip_id, span and text
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def read_batches(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict,
@@ -191,14 +192,19 @@ def read_batches(path: Path, options: dict, progress: Callable[[int], None] | No
         for line_no, raw in enumerate(raw_lines(f, progress), 1):
             plain = False
             try:
-                # orjson allows 1024 levels, json fewer: a deep line goes to items_of_line, which rejects it
-                obj = None if raw is None or too_deep(raw) else loads(raw)
+                obj = None if raw is None else loads(raw)
             except decode_error:
                 obj = None
             else:
                 try:
                     clips, video_id = obj["clip"], obj["video_id"]
-                    if (type(video_id) is str and type(clips) is list and clips and obj.get("duration") is None):
+                    # Shallow by construction (orjson alone would take 1,024 levels): besides the known
+                    # fields only scalars, at the top and in every clip entry; anything else goes to
+                    # items_of_line, which applies MAX_JSON_DEPTH.
+                    if (type(video_id) is str and type(clips) is list and clips and obj.get("duration") is None
+                            and all(type(v) in _SCALARS for k, v in obj.items() if k != "clip")
+                            and (set(map(len, clips)) == _THREE or all(
+                                type(v) in _SCALARS for e in clips for k, v in e.items() if k != "span"))):
                         clip_ids = [e["clip_id"] for e in clips]
                         spans = [e["span"] for e in clips]
                         texts = [e["text"] for e in clips]
@@ -317,6 +323,8 @@ def _with_subtitle_text(items: Iterator[RawVideo | Reject], options: dict, progr
 
 def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
     texts: dict = {}
+    if has_invalid_utf8(video_id):  # sqlite cannot take it, and no stored row has one (_load_texts rejects them)
+        return texts
     for clip_id, text in conn.execute("SELECT clip_id, text FROM t WHERE video_id = ? ORDER BY rowid", (video_id,)):
         texts.setdefault(clip_id, text)
     return texts
@@ -325,9 +333,7 @@ def _lookup(conn: sqlite3.Connection, video_id: str) -> dict:
 def _parse_text_line(line: str) -> tuple[str, str]:
     """(clip_id, text) of one JSON-lines or TSV line; ValueError when malformed."""
     if line.lstrip().startswith("{"):
-        if too_deep(line):
-            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        obj = json.loads(line)
+        obj = loads_line(line)
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) or not isinstance(obj.get("text"), str):
             raise ValueError("expected {\"clip_id\": str, \"text\": str}")
         return obj["clip_id"], obj["text"]
