@@ -7,14 +7,16 @@
 # video2dataset 1.3.0 pins torch==2.1.2, torchaudio==2.1.2, torchdata==0.7.1, transformers==4.37.1,
 # bitsandbytes, decord, wandb, ... ; installing it with its dependencies would pull a CUDA torch of several
 # GB. So: the local CPU torch 2.13.0 (every pip call constrained to it), video2dataset with --no-deps, then
-# (pyarrow < 20: newer ones refuse the numpy < 2 that video2dataset pins) the packages that `import video2dataset` and its local-file -> clip -> resize -> fps -> webdataset path
+# the packages that `import video2dataset` and its local-file -> clip -> resize -> fps -> webdataset path
 # need, read from its code (main.py imports every worker and subsampler, so captioning/optical-flow/
 # dataloader modules are imported even though this path never calls them). Two cannot be had beside
-# torch 2.13.0: torchaudio (every release pins one torch; the newest, 2.11.1, pins torch 2.11.1) and
+# torch 2.13.0: torchaudio (the newest, 2.11.1, asks for torch>=2.11 and installs, but its _torchaudio.so
+# fails to load against torch 2.13.0: "OSError: Could not load this library"; no release is built for it) and
 # torchdata 0.7.1 (pins torch 2.1.2); torchdata 0.9.0 (torch>=2, the last release with datapipes) stands
 # in, and torchaudio is left out: bench/video2dataset_run.py puts an empty placeholder module in its place
 # (imported by video2dataset's dataloader/audio_decode.py, never called on this path). Not installed
-# (never imported): bitsandbytes, accelerate, scipy, soundfile, timeout-decorator, whisperx.
+# (never imported): bitsandbytes, accelerate, scipy, soundfile, timeout-decorator, whisperx. numpy < 2 as
+# video2dataset pins it, so pyarrow < 20 (newer ones refuse numpy 1 at import). About 1.8 GB.
 # video2dataset calls `ffmpeg` from PATH; the venv's bin/ffmpeg is a link to imageio-ffmpeg's build, the
 # same binary lfvila uses.
 set -euo pipefail

@@ -14,8 +14,8 @@ the video re-encoded, instead of the default stream copy that snaps to keyframes
 module level so that video2dataset's spawned worker and logger processes (which re-import this file as
 ``__mp_main__``) get them too:
 
-- ``torchaudio`` cannot be installed beside the CPU torch 2.13.0 (see video2dataset_env.sh); an empty
-  placeholder module stands in for it. video2dataset imports it only in dataloader/audio_decode.py, which
+- No ``torchaudio`` loads beside the CPU torch 2.13.0 (see video2dataset_env.sh); an empty placeholder
+  module stands in for it. video2dataset imports it only in dataloader/audio_decode.py, which
   the download stage never calls.
 - video2dataset 1.3.0's download worker reads ``subsamplers["video"][0].encode_formats["video"]``, an
   attribute ``ResolutionSubsampler`` and ``FrameSubsampler`` do not have (they have ``encode_format``): any
