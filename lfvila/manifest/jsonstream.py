@@ -202,8 +202,9 @@ class _Buffer:
             if end >= len(self.text) and not self.eof and self.fill():
                 continue  # a number at the window's end may continue in the next chunk
             if end - self.pos > MAX_ENTRY_CHARS:
+                size = end - self.pos
                 self.advance(end)
-                return EntryProblem(TOO_LARGE, f"entry of {end - self.pos} characters, over the cap of {MAX_ENTRY_CHARS}")
+                return EntryProblem(TOO_LARGE, f"entry of {size} characters, over the cap of {MAX_ENTRY_CHARS}")
             if (self.text.count("[", self.pos, end) + self.text.count("{", self.pos, end) > MAX_JSON_DEPTH
                     and deeper_than_cap(value, self.text[self.pos:end])):
                 self.advance(end)
