@@ -87,6 +87,9 @@ class TrainerConfig:
     # bf16 autocast (or fp16 with a gradient scaler) applies on GPU; CPU runs are fp32.
     precision: str = "bf16"
     compile: bool = False
+    # torch.compile backend with compile: true ("inductor"; "aot_eager" traces and runs the same
+    # graphs without code generation, to tell a tracing problem from a code-generation one).
+    compile_backend: str = "inductor"
     tensorboard: bool = True
     # "auto": CUDA when available; "cpu" or "cuda" to force.
     device: str = "auto"
@@ -131,6 +134,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}")
         if self.expected_minutes is not None and not self.expected_minutes > 0:
             raise ValueError(f"trainer.expected_minutes must be > 0 or null, got {self.expected_minutes}")
+        if not self.compile_backend:
+            raise ValueError("trainer.compile_backend must name a torch.compile backend, e.g. inductor")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"trainer.peak_tflops must be > 0 or null, got {self.peak_tflops}")
         if not self.out_dir:

@@ -148,7 +148,7 @@ class Trainer:
                 find_unused_parameters=tcfg.find_unused_parameters)
         self.ddp = self.forward_module if self.ctx.distributed else None
         if tcfg.compile:
-            self.forward_module = torch.compile(self.forward_module)
+            self.forward_module = torch.compile(self.forward_module, backend=tcfg.compile_backend)
         if loader is None:  # benchmarks pass a synthetic stream
             from lfvila.data import build_loader
 
