@@ -104,6 +104,8 @@ def main() -> None:
     tmp = os.path.join(args.out, "_dl")
     os.makedirs(tmp, exist_ok=True)
     fps = int(args.fps) if args.fps == int(args.fps) else args.fps
+    # incremental_mode stays "incremental" (the output folder is new): "overwrite" in 1.3.0 deletes the
+    # output folder after making its _tmp inside it, and every shard then fails ("No such file ... 0.feather").
     try:
         video2dataset(url_list=inp, output_folder=os.path.join(args.out, "dataset"), output_format="webdataset",
                       input_format="parquet", encode_formats={"video": "mp4"}, url_col="url", clip_col="clips",
