@@ -40,17 +40,12 @@ def windows_for(variant: str, frames: int, paper_windows):
 def count_flops(cfg, batch: int, frames: int, height: int, width: int, train: bool) -> dict[str, float]:
     """GFLOPs of one pass on the meta device, split into attention and everything else."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop
+    from torch.utils.flop_counter import FlopCounterMode
 
     from lfvila.models.video import VideoEncoder
+    from lfvila.trainer.flops import register_cpu_sdpa_flops
 
-    aten = torch.ops.aten
-    cpu_flash = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_flash is not None:  # the CPU fused kernel has no formula in torch's table
-        try:
-            register_flop_formula(cpu_flash)(sdpa_flop)
-        except RuntimeError:
-            pass  # already registered (a newer torch)
+    register_cpu_sdpa_flops()  # the CPU fused kernel has no formula in torch's table
     with torch.device("meta"):
         model = VideoEncoder(cfg)
         video = torch.empty(batch, 3, frames, height, width, requires_grad=False)

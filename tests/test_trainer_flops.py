@@ -40,6 +40,16 @@ def test_training_step_flops_is_the_analytic_count_of_a_linear_layer():
     assert layer.weight.grad is None  # counting writes no gradient
 
 
+def test_cpu_fused_attention_is_counted():
+    from lfvila.trainer.flops import count_flops
+
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))  # (B, heads, N, d)
+    forward = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert forward == 2 * (2 * 1 * 2 * 8 * 8 * 4)  # QK^T and AV
+    both = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward())
+    assert both == forward * 3.5  # backward: dV, dP, dQ, dK and the recomputed QK^T (torch's formula)
+
+
 def test_peak_table_by_device_name_and_override():
     assert peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312.0
     assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.0

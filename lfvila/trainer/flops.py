@@ -46,8 +46,36 @@ def device_peak_tflops(device: torch.device, override: float | None = None) -> t
     return peak, f"{name}, dense bf16"
 
 
+_CPU_SDPA_REGISTERED = False
+
+
+def register_cpu_sdpa_flops() -> None:
+    """Count the CPU fused attention kernels (forward and backward), which torch's FLOP table lacks
+    (its CUDA kernels are in it), with torch's own SDPA formulas, so CPU counts include attention."""
+    global _CPU_SDPA_REGISTERED
+    if _CPU_SDPA_REGISTERED:
+        return
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+    def forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    for op, formula in ((forward, forward_flops), (backward, backward_flops)):
+        if op is not None and op.default not in flop_counter.flop_registry and op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op)(formula)
+    _CPU_SDPA_REGISTERED = True
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of whatever ``fn()`` runs (forward and backward when it calls one)."""
+    register_cpu_sdpa_flops()
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
