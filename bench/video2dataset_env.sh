@@ -15,7 +15,8 @@
 # torchdata 0.7.1 (pins torch 2.1.2); torchdata 0.9.0 (torch>=2, the last release with datapipes) stands
 # in, and torchaudio is left out: bench/video2dataset_run.py puts an empty placeholder module in its place
 # (imported by video2dataset's dataloader/audio_decode.py, never called on this path). Not installed
-# (never imported): bitsandbytes, accelerate, scipy, soundfile, timeout-decorator, whisperx. numpy < 2 as
+# (never imported on this path): bitsandbytes, accelerate, scipy, soundfile, timeout-decorator, Pillow,
+# whisperx (pip then prints a dependency-conflict ERROR for these and the pins; it is expected). numpy < 2 as
 # video2dataset pins it, so pyarrow < 20 (newer ones refuse numpy 1 at import). About 1.8 GB.
 # video2dataset calls `ffmpeg` from PATH; the venv's bin/ffmpeg is a link to imageio-ffmpeg's build, the
 # same binary lfvila uses.
