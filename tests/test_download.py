@@ -70,8 +70,10 @@ def test_statuses_reasons_and_byte_identical_files(tmp_path, server):
     source = _url_list(tmp_path / "list.tsv", [])
     (tmp_path / "list.tsv").write_text("".join(f"{v}\t{u}\n" for v, u in rows))
     out = tmp_path / "videos"
-    totals = download_videos(_cfg(subtitle_url_template=server.base + "/ok/{video_id}.{lang}.vtt"), [source], out,
-                             workers=4, progress=False)
+    # A 2 s stall timeout (the server stalls 3 s): on a loaded machine a 0.5 s one could cut the
+    # 429's successful retry short.
+    totals = download_videos(_cfg(stall_timeout_s=2.0, subtitle_url_template=server.base + "/ok/{video_id}.{lang}.vtt"),
+                             [source], out, workers=4, progress=False)
     got = _rows(out)
     assert totals["requested"] == len(got) == 4 + len(FAILURES) + 2
     assert totals["check_ok"] and totals["requested"] == totals["ok"] + totals["failed"]
