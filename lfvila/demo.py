@@ -1,6 +1,6 @@
 """The whole product in one call: render the embedded sample, build its corpus, train, evaluate.
 
-:func:`run_demo` runs the same library code a user runs: :func:`lfvila.sample.render_sample`
+:func:`run_demo` runs the same library code a user runs: :func:`lfvila.sample.render_demo_videos`
 (synthetic videos whose clip sentences say what each clip shows), the corpus build
 (:func:`lfvila.manifest.build.build_manifest`, :func:`lfvila.shards.build.build_shards`),
 the preview sheet and report of the built corpus, then ``train/tiny.yaml`` stage 1 on CPU
@@ -85,10 +85,10 @@ def build_demo_corpus(out: Path, settings: DemoSettings) -> tuple[Path, list[str
     from lfvila.build_config import BuildConfig
     from lfvila.config import load_config
     from lfvila.manifest.build import build_manifest
-    from lfvila.sample import render_sample
+    from lfvila.sample import render_demo_videos
     from lfvila.shards.build import build_shards
 
-    rendered = render_sample(out / "sample", limit=settings.limit_videos, workers=settings.workers)
+    rendered = render_demo_videos(out / "sample", limit=settings.limit_videos, workers=settings.workers)
     cfg = load_config(BuildConfig, None, [f"manifest.val_fraction={DEMO_VAL_FRACTION}",
                                           f"video.frame_height={DEMO_FRAME_HEIGHT}",
                                           f"shards.samples_per_shard={DEMO_SAMPLES_PER_SHARD}"])
@@ -173,7 +173,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
                       expected_train_minutes=settings.expected_train_minutes)
 
 
-def format_summary(result: DemoResult) -> str:
+def format_demo_summary(result: DemoResult) -> str:
     """The demo's closing table: each headline figure untrained, trained and at chance, then paths."""
     from lfvila.trainer.evaluate import metric_table
 

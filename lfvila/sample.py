@@ -19,7 +19,7 @@ two, a split leaving a run too short to keep, a video with only three clips, a c
 text, a duplicated clip entry, a video whose download is missing and one whose file ends
 before its last clip does.
 
-:func:`render_sample` renders one H.264 video per ``video_id`` into ``OUT/videos/<vid>.mp4``
+:func:`render_demo_videos` renders one H.264 video per ``video_id`` into ``OUT/videos/<vid>.mp4``
 (in parallel, deterministic, atomic: temporary name then rename; videos already rendered are
 skipped) and returns the ``hdvila:PATH`` source string for ``lfvila build``.
 """
@@ -104,7 +104,7 @@ class VideoScene:
 
 @dataclass
 class RenderedSample:
-    """What :func:`render_sample` made: ``sources`` for ``lfvila build --source`` and the videos."""
+    """What :func:`render_demo_videos` made: ``sources`` for ``lfvila build --source`` and the videos."""
 
     sources: list[str]
     videos_dir: Path
@@ -353,7 +353,7 @@ def _read_stamp(path: Path) -> dict | None:
         return None
 
 
-def render_sample(out_dir: Path, *, sample_dir: Path = SAMPLE_DIR, limit: int | None = None,
+def render_demo_videos(out_dir: Path, *, sample_dir: Path = SAMPLE_DIR, limit: int | None = None,
                   workers: int | None = None, width: int = 320, height: int = 180,
                   fps: int = 15) -> RenderedSample:
     """Render the demo sample's videos into ``out_dir/videos`` and return its ``hdvila:`` source.

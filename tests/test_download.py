@@ -15,7 +15,7 @@ import pytest
 
 from lfvila.download.config import DownloadConfig
 from lfvila.download.fixtures import RETRY_AFTER_S, LoopbackServer
-from lfvila.download.run import download_videos, format_summary, select_requests
+from lfvila.download.run import download_videos, format_download_summary, select_requests
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = REPO.parent / "shared" / "data" / "videos"
@@ -99,7 +99,7 @@ def test_statuses_reasons_and_byte_identical_files(tmp_path, server):
     assert not [p for p in out.iterdir() if p.name.endswith((".part", ".tmp", ".jsonl"))]
     on_disk = json.loads((out / "download.json").read_text())
     assert on_disk["ok"] == 4 and on_disk["failed_by_reason"]["no_video_stream"] == 2
-    text = format_summary(totals)
+    text = format_download_summary(totals)
     assert "OK: requested 15 == ok 4 + failed 11" in text and "stalled" in text
 
 

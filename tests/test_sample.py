@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lfvila import sample
-from lfvila.sample import COLOURS, GAP_COLOUR, SAMPLE_DIR, generate_scenes, load_scenes, render_sample
+from lfvila.sample import COLOURS, GAP_COLOUR, SAMPLE_DIR, generate_scenes, load_scenes, render_demo_videos
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
@@ -56,16 +56,16 @@ def test_format_timestamp():
 
 def test_render_is_exact_deterministic_and_idempotent(tmp_path):
     # The first 4 videos include one whose clip 6 is unlisted (its footage is still drawn).
-    first = render_sample(tmp_path / "a", limit=4, workers=2)
+    first = render_demo_videos(tmp_path / "a", limit=4, workers=2)
     assert len(first.rendered) == 4 and not first.skipped
     assert first.sources == [f"hdvila:{(tmp_path / 'a' / 'sources' / sample.METADATA_NAME).resolve()}"]
     meta_lines = (tmp_path / "a" / "sources" / sample.METADATA_NAME).read_text().splitlines()
     assert len(meta_lines) == 4
     assert sorted(p.name for p in first.videos_dir.iterdir()) == sorted(f"{v}.mp4" for v in first.rendered)
 
-    again = render_sample(tmp_path / "a", limit=4, workers=2)
+    again = render_demo_videos(tmp_path / "a", limit=4, workers=2)
     assert again.skipped == first.rendered and not again.rendered
-    other = render_sample(tmp_path / "b", limit=4, workers=1)
+    other = render_demo_videos(tmp_path / "b", limit=4, workers=1)
     for vid in first.rendered:
         assert (first.videos_dir / f"{vid}.mp4").read_bytes() == (other.videos_dir / f"{vid}.mp4").read_bytes()
 
@@ -84,12 +84,12 @@ def test_render_is_exact_deterministic_and_idempotent(tmp_path):
 
 
 def test_changed_scene_is_rerendered(tmp_path, monkeypatch):
-    render_sample(tmp_path, limit=1)
+    render_demo_videos(tmp_path, limit=1)
     monkeypatch.setattr(sample, "RENDER_VERSION", sample.RENDER_VERSION + 1)
-    assert len(render_sample(tmp_path, limit=1).rendered) == 1
+    assert len(render_demo_videos(tmp_path, limit=1).rendered) == 1
 
 
 def test_missing_ffmpeg_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LFVILA_FFMPEG", str(tmp_path / "no-ffmpeg"))
     with pytest.raises(RuntimeError, match="LFVILA_FFMPEG"):
-        render_sample(tmp_path, limit=1)
+        render_demo_videos(tmp_path, limit=1)

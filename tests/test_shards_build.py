@@ -15,7 +15,7 @@ import pytest
 
 from lfvila.build_config import BuildConfig
 from lfvila.config import load_config
-from lfvila.shards.build import build_shards, format_summary, parse_shard_range
+from lfvila.shards.build import build_shards, format_build_summary, parse_shard_range
 from lfvila.shards.fixtures import make_colour_video, sentences_every, write_longform
 from lfvila.shards.read import iter_samples, read_sample
 
@@ -72,7 +72,7 @@ def test_two_builds_are_byte_identical_whatever_the_workers(tmp_path, videos):
     assert sorted(n for n in f1 if n.endswith(".tar")) == [f"shards/train-{i:06d}.tar" for i in range(5)] + [
         "shards/val-000000.tar"]
     assert s1["totals"]["samples_written"] == 9 and s1["totals"]["rejected_by_reason"] == {"video_not_found": 1}
-    assert s1["clips_check_ok"] and "OK:" in format_summary(s1)
+    assert s1["clips_check_ok"] and "OK:" in format_build_summary(s1)
 
 
 def test_samples_are_in_key_order_and_tar_headers_are_fixed(tmp_path, videos):

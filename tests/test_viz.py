@@ -159,11 +159,11 @@ def test_report_cli_writes_plots_and_markdown(corpus, tmp_path):
 
 def test_demo_sample_built_for_real_then_inspected(tmp_path, capsys):
     """Render part of the demo sample, run the real ``lfvila build``, and check what the viz commands see."""
-    from lfvila.sample import render_sample
+    from lfvila.sample import render_demo_videos
 
     # The first 12 videos hold two quirks: an unlisted clip splitting a run in two (video 3) and
     # a split leaving a run too short to keep (video 11).
-    rendered = render_sample(tmp_path / "sample", limit=12, workers=2)
+    rendered = render_demo_videos(tmp_path / "sample", limit=12, workers=2)
     corpus = tmp_path / "corpus"
     assert main(["build", "--out", str(corpus), "--source", rendered.sources[0], "--videos", str(rendered.videos_dir),
                  "--set", "manifest.val_fraction=0.3", "--set", "video.frame_height=60",

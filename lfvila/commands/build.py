@@ -89,7 +89,7 @@ def run(args) -> int:
                   f"--videos DIR")
         return 0
 
-    from lfvila.shards.build import build_shards, empty_build_reason, format_summary
+    from lfvila.shards.build import build_shards, empty_build_reason, format_build_summary
 
     summary = build_shards(cfg, out, Path(args.videos), workers=args.workers, engine=args.engine,
                            ray_address=args.ray_address, shard_range=args.shard_range,
@@ -97,7 +97,7 @@ def run(args) -> int:
     if not summary:
         _print_advice(advice)
         return 0
-    print(format_summary(summary))
+    print(format_build_summary(summary))
     print(f"shards: {out / 'shards'}  index: {out / 'shards' / 'index.parquet'}")
     _print_advice(advice + shard_advice(summary, cfg))
     reason = empty_build_reason(summary, Path(args.videos))

@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from lfvila.demo import DemoSettings, beats_chance, format_summary, run_demo
+    from lfvila.demo import DemoSettings, beats_chance, format_demo_summary, run_demo
 
     from lfvila.errors import UserError
 
@@ -41,7 +41,7 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     result = run_demo(args.out, settings)
     print()
-    print(format_summary(result))
+    print(format_demo_summary(result))
     verdict = beats_chance(result.after)
     if settings.max_steps < DemoSettings.max_steps:
         print(f"quick check: every stage ran and wrote its outputs; {settings.max_steps} step(s) are too few "

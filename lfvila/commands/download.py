@@ -51,7 +51,7 @@ def run(args) -> int:
 
     from lfvila.build_config import BuildConfig
     from lfvila.config import load_config
-    from lfvila.download.run import download_videos, format_summary
+    from lfvila.download.run import download_videos, format_download_summary
     from lfvila.shards.build import parse_shard_range
 
     recipe = resolve_recipe(args.config, "pipelines")
@@ -61,7 +61,7 @@ def run(args) -> int:
                              shard_range=parse_shard_range(args.shard_range), retry_failed=args.retry_failed,
                              manifest=Path(args.manifest) if args.manifest else None,
                              progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address)
-    print(format_summary(totals))
+    print(format_download_summary(totals))
     print(f"videos: {out}  accounting: {out / 'download.parquet'}")
     if totals["requested"] == 0:
         print("nothing to download: no video selected")

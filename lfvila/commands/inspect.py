@@ -18,7 +18,7 @@ def run(args) -> int:
     import json
 
     from lfvila.corpus_dir import require_corpus, written_keys
-    from lfvila.viz.summary import format_summary, summarize
+    from lfvila.viz.summary import format_corpus_summary, summarize
 
     out = require_corpus(args.out)
     if args.keys:
@@ -26,5 +26,5 @@ def run(args) -> int:
             print(f"{key}\t{split}\t{shard}")
         return 0
     summary = summarize(out)
-    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_corpus_summary(summary))
     return 0

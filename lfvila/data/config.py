@@ -1,6 +1,6 @@
 """Config of the streaming loader: where the shards are and how a training sample is made.
 
-Defaults are LF-VILA's (see ``lfvila-facts.md``, "Training sample"): 4 consecutive sentences
+Defaults are LF-VILA's (its paper and released code; docs/training.md): 4 consecutive sentences
 per sample, 8 frames per sentence (T = 32), train crop 192x320 with scale (0.8, 1.0) and a
 horizontal flip, validation resize 240x428 -> centre crop 90 % -> 192x320, 50 tokens.
 """

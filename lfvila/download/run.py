@@ -408,7 +408,7 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
     return totals
 
 
-def format_summary(totals: dict) -> str:
+def format_download_summary(totals: dict) -> str:
     """The table printed at the end of ``lfvila download`` (like ``build``'s)."""
     header = f"{'status':<10}{'videos':>8}{'MB':>10}{'hours':>9}"
     lines = [header, "-" * len(header),

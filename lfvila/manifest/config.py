@@ -47,7 +47,7 @@ class ManifestConfig:
     """Manifest stage: sources -> validated clips -> long-form videos (runs of consecutive clips)."""
 
     min_clips: int = 4  # LF-VILA keeps runs of at least 4 consecutive clips
-    val_fraction: float = 0.01  # share of videos (by hash of source + video_id) in the val split
+    val_fraction: float = 0.01  # share of videos (by a hash of the video id alone) in the val split
     # Runs longer than either limit are cut into consecutive pieces; pieces below min_clips are dropped
     # from the long-form table (their clips stay in clips.parquet). None means no limit.
     max_clips: int | None = None

@@ -308,7 +308,7 @@ def empty_build_reason(summary: dict, videos_dir: Path) -> str | None:
             f"has each sample's reason")
 
 
-def format_summary(summary: dict) -> str:
+def format_build_summary(summary: dict) -> str:
     """The final summary table printed by ``lfvila build``."""
     header = f"{'split':<8}{'shards':>8}{'written':>9}{'rejected':>9}{'failed':>8}{'hours':>9}{'frames':>10}{'MB':>10}"
     lines = [header, "-" * len(header)]

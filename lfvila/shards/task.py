@@ -120,10 +120,6 @@ def _clear_stale(shard_dir: Path, name: str) -> None:
         stale.unlink(missing_ok=True)
 
 
-STATUS_COLUMNS = ("key", "split", "shard", "status", "reason", "detail", "n_frames", "n_sentences", "n_clips",
-                  "clips_written", "clip_rejects", "duration", "offset", "size", "decode_errors", "trimmed")
-
-
 def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     """Build one shard (see module docstring) and return its stats dict."""
     import pyarrow as pa

@@ -24,7 +24,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05
-    # Biases, norm weights and embedding tables are conventionally not decayed (as in BERT).
+    # Parameters with ndim > 1 (weight matrices and embedding tables) are decayed; 1-D ones (biases,
+    # norm weights) are not unless this is true (lfvila/trainer/optim.py).
     decay_norm_and_bias: bool = False
 
     def __post_init__(self) -> None:

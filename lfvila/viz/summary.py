@@ -195,7 +195,7 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def format_summary(summary: CorpusSummary) -> str:
+def format_corpus_summary(summary: CorpusSummary) -> str:
     """A plain-text report: one table of splits, then rejects by reason."""
     lines = [f"corpus {summary.root}" + (f" (lfvila {summary.lfvila_version})" if summary.lfvila_version else "")]
     if summary.input_records is not None or summary.kept_clips is not None:
