@@ -105,6 +105,11 @@ def test_dependencies_match_imports():
     assert "torch.utils.tensorboard" in third_party
     imported_dists.add("tensorboard")
 
+    # Optional features import their package only when used, and declare it as an extra of their own.
+    optional = {"wandb"}
+    assert optional <= extras["wandb"] and not optional & core
+    assert not [f for m, f in at_import if m.split(".")[0] in optional], "optional packages imported at import time"
+    imported_dists -= optional
     assert not core - imported_dists, f"declared but never imported by lfvila: {sorted(core - imported_dists)}"
     assert not imported_dists - core, f"imported by lfvila but not declared: {sorted(imported_dists - core)}"
     assert "nltk" not in core

@@ -69,6 +69,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases logging (``trainer.wandb``): the same scalars as TensorBoard."""
+
+    project: str = "lfvila"
+    # offline: written under OUT/wandb for a later `wandb sync`; online: streamed; disabled: off
+    mode: str = "offline"
+    entity: str | None = None
+    name: str | None = None  # the run's display name (default: W&B's)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"trainer.wandb.mode must be online, offline or disabled, got {self.mode!r}")
+        if not self.project:
+            raise ValueError("trainer.wandb.project must not be empty")
+
+
+@dataclass
 class TrainerConfig:
     """The loop: how long, how often to log, save and evaluate, where to write, numerics."""
 
@@ -92,6 +109,8 @@ class TrainerConfig:
     # graphs without code generation, to tell a tracing problem from a code-generation one).
     compile_backend: str = "inductor"
     tensorboard: bool = True
+    # Weights & Biases next to TensorBoard (None: off); needs the wandb extra. See WandbConfig.
+    wandb: WandbConfig | None = None
     # "auto": CUDA when available; "cpu" or "cuda" to force.
     device: str = "auto"
     # Initialise the model from this checkpoint (a checkpoint directory or its model.pt), e.g.

@@ -158,7 +158,7 @@ class Trainer:
         seed_everything(tcfg.seed + 1_000_003 * self.ctx.rank + 1)
         if resume_from is not None:
             self._resume(resume_from)
-        self.tb = None
+        self.scalars = None  # TensorBoard / W&B (lfvila/trainer/scalars.py), rank 0 only
         self.loss_log = None
         self.last_losses: dict[str, float] = {}
         # FLOPs of one sample's forward + backward, counted on the first batch (see _count_flops)
@@ -341,12 +341,10 @@ class Trainer:
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.cfg, self.out / "config.yaml")
-            if tcfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+            from lfvila.config import to_dict
+            from lfvila.trainer.scalars import open_sinks
 
-                # purge_step drops events a killed run wrote after its last checkpoint (all of them
-                # when it was killed before its first one and this run starts from step 0)
-                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
+            self.scalars = open_sinks(tcfg, self.out, self.step + 1, to_dict(self.cfg))
             if tcfg.loss_log:
                 # Drop what a killed run logged after its last checkpoint, or everything when this run
                 # starts from step 0 over a killed run that never checkpointed: one record per step.
@@ -388,8 +386,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            if self.tb is not None:
-                self.tb.close()
+            if self.scalars is not None:
+                self.scalars.close()
             if self.loss_log is not None:
                 self.loss_log.close()
         return metrics
@@ -443,11 +441,11 @@ class Trainer:
             record = {"step": step, "loss": sum(values), "lr": lr, **dict(zip(names, values))}
             if self.loss_log is not None:
                 self.loss_log.write(json.dumps(record) + "\n")
-            if self.tb is not None:
-                self.tb.add_scalar("train/loss", record["loss"], step)
-                self.tb.add_scalar("train/lr", lr, step)
+            if self.scalars is not None:
+                self.scalars.add_scalar("train/loss", record["loss"], step)
+                self.scalars.add_scalar("train/lr", lr, step)
                 for name, value in zip(names, values):
-                    self.tb.add_scalar(f"train/{name}", value, step)
+                    self.scalars.add_scalar(f"train/{name}", value, step)
         if self.loss_log is not None:
             self.loss_log.flush()
         # The line shows means over the window, the total included, so its parts add up.
@@ -459,19 +457,19 @@ class Trainer:
         # TFLOP/s and MFU per device, as torchtitan reports them
         flops_text, tflops, mfu = format_throughput(self.flops_per_sample, samples_per_s / self.ctx.world_size,
                                                     self.peak_tflops)
-        if self.tb is not None:
-            self.tb.add_scalar("perf/samples_per_s", samples_per_s, self.step)
+        if self.scalars is not None:
+            self.scalars.add_scalar("perf/samples_per_s", samples_per_s, self.step)
             if tflops is not None:
-                self.tb.add_scalar("perf/tflops_per_device", tflops, self.step)
+                self.scalars.add_scalar("perf/tflops_per_device", tflops, self.step)
             if mfu is not None:
-                self.tb.add_scalar("perf/mfu", mfu, self.step)
-            self.tb.add_scalar("perf/data_wait_fraction", wait_frac, self.step)
-            self.tb.add_scalar("perf/memory_gb", memory, self.step)
+                self.scalars.add_scalar("perf/mfu", mfu, self.step)
+            self.scalars.add_scalar("perf/data_wait_fraction", wait_frac, self.step)
+            self.scalars.add_scalar("perf/memory_gb", memory, self.step)
             if grad_norm is not None:
-                self.tb.add_scalar("train/grad_norm", grad_norm, self.step)
-            self.tb.add_scalar("data/skipped", sum(counters.values()), self.step)
+                self.scalars.add_scalar("train/grad_norm", grad_norm, self.step)
+            self.scalars.add_scalar("data/skipped", sum(counters.values()), self.step)
             for reason, count in counters.items():
-                self.tb.add_scalar(f"data/skipped_{reason}", count, self.step)
+                self.scalars.add_scalar(f"data/skipped_{reason}", count, self.step)
         loss_text = " ".join(f"{n} {mean[n]:.4f}" for n in names)
         # the loader's skip counters by reason, job totals
         skipped = " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v)
@@ -550,10 +548,10 @@ class Trainer:
             if (step_ckpt / ckpt.META).is_file():
                 write_eval_json(metrics, step_ckpt / "eval.json")
             log.info("eval step %d: %s", self.step, format_metrics(metrics))
-            if self.tb is not None:
+            if self.scalars is not None:
                 for name, value in metrics.items():
                     if name != "step" and not name.endswith("_chance") and math.isfinite(value):
-                        self.tb.add_scalar(f"eval/{name}", value, self.step)
+                        self.scalars.add_scalar(f"eval/{name}", value, self.step)
         return metrics
 
 
