@@ -171,3 +171,17 @@ def test_fingerprint_from_the_rows_json_equals_task_fingerprint():
     cfg = load_config(BuildConfig, None, ["video.fps=2.5"])
     rows_json = "[" + ", ".join(row_json(r) for r in rows) + "]"
     assert fingerprint_of_rows_json(rows_json, fingerprint_settings_json(cfg)) == task_fingerprint(rows, cfg)
+
+
+def test_plan_paths_are_absolute_and_stale_temporaries_go(tmp_path, monkeypatch):
+    write_longform(tmp_path / "c" / "longform.parquet", _rows(6))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(BuildConfig, None, [])
+    killed = tmp_path / "c" / PLAN_DIR / ".olddigest.abc.tmp"
+    fresh = tmp_path / "c" / PLAN_DIR / ".otherpart.def.tmp"
+    killed.mkdir(parents=True)
+    fresh.mkdir()
+    os.utime(killed, (0, 0))  # left by a run killed long ago
+    tasks = plan_shard_tasks(cfg, "c")  # a relative --out, as the CLI passes it
+    assert all(os.path.isabs(t.plan_file) for t in tasks)
+    assert not killed.exists() and fresh.exists()  # a part planning right now keeps its temporary

@@ -25,6 +25,7 @@ import heapq
 import json
 import os
 import shutil
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ ENCODE_BATCH_ROWS = 2048  # rows turned into Python dicts at a time, to be encod
 RUN_ROW_GROUP_ROWS = 1024  # a run is read back one row group at a time: keep them small
 MERGE_BATCH_ROWS = 256  # rows taken at a time from a run's row group while merging
 MAX_FAN_IN = 32  # runs merged at once; more runs are first merged into longer ones (more passes)
+STALE_TMP_S = 6 * 3600  # a plan temporary this old is left by a killed run (planning takes minutes)
 _PLAN_VERSION = 2
 
 
@@ -109,7 +111,7 @@ def plan_shard_tasks(cfg, out: Path, limit: int | None = None) -> list[ShardTask
     digest = hashlib.sha256(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "settings": settings,
                                         "limit": limit, "plan_version": _PLAN_VERSION},
                                        sort_keys=True, default=str).encode()).hexdigest()[:20]
-    root = out / PLAN_DIR
+    root = out.resolve() / PLAN_DIR  # absolute: Ray workers read the plan from their own working directory
     plan_dir = root / digest
     tasks = _read_plan(plan_dir)
     if tasks is None:
@@ -124,8 +126,11 @@ def plan_shard_tasks(cfg, out: Path, limit: int | None = None) -> list[ShardTask
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         tasks = _read_plan(plan_dir)
-        for old in root.iterdir():  # plans of earlier manifests of this folder
-            if old.name != digest and not old.name.endswith(".tmp"):
+        for old in root.iterdir():  # plans of earlier manifests of this folder, and of killed runs
+            if old.name == digest:
+                continue
+            # another array-job part may be writing its plan right now: temporaries go once stale
+            if not old.name.endswith(".tmp") or time.time() - old.stat().st_mtime > STALE_TMP_S:
                 shutil.rmtree(old, ignore_errors=True)
     return tasks
 
