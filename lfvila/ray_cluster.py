@@ -20,6 +20,10 @@ import os
 from contextlib import contextmanager
 
 LOOPBACK = "127.0.0.1"
+# --ray-address's help, the same for every command with --engine ray
+RAY_ADDRESS_HELP = ("with --engine ray: the cluster's address HOST:PORT, joined as it is (its network exposure and "
+                    "authentication are set where it was started); default: start a local Ray listening on "
+                    "127.0.0.1 only, without dashboard")
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 

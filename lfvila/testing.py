@@ -163,3 +163,44 @@ def rehash_checkpoint_file(checkpoint: str | Path, name: str) -> None:
     data = (checkpoint / name).read_bytes()
     meta["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
+_CLUSTER_START = r"""
+set -e
+ip link set lo up
+BIN=$(dirname "$PYTHON")
+COMMON="--num-cpus=1 --object-store-memory=80000000 --disable-usage-stats"
+"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port="$RAY_PORT" --include-dashboard=false --temp-dir="$RAY_TMP" $COMMON > "$RAY_TMP/head.log" 2>&1
+"$BIN/ray" start --address="$RAY_ADDRESS" --node-ip-address=127.0.0.1 $COMMON > "$RAY_TMP/worker.log" 2>&1
+"""
+
+
+def run_on_loopback_ray_cluster(body: str, home: str | Path, env: dict[str, str], port: int,
+                                cwd: str | Path | None = None, timeout: float = 300):
+    """Run the bash ``body`` next to a real two-node Ray cluster (head and worker node, one CPU each)
+    at ``$RAY_ADDRESS`` = 127.0.0.1:``port``, all inside a network namespace that has only loopback
+    and a PID namespace whose end takes every Ray process with it (no ``ray stop``, which would kill
+    Ray processes of anyone on the machine). Ray replaces a 127.0.0.1 node address by the machine's
+    outward one, so flags alone cannot confine it. ``home`` becomes HOME (a user's
+    ``~/.ray/auth_token`` must not change the cluster). Skips the calling test without ``unshare``
+    and ``ip``; returns the CompletedProcess (stdout, stderr as text)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import pytest
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    ray_tmp = tempfile.mkdtemp(prefix="lfvila-ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    full_env = {**os.environ, **env, "PYTHON": sys.executable, "RAY_TMP": ray_tmp, "HOME": str(home),
+                "RAY_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    try:
+        return subprocess.run(["unshare", *user, "--net", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                               _CLUSTER_START + body], cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

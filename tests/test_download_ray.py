@@ -71,13 +71,7 @@ def test_host_pacer_books_consecutive_slots_per_host():
     assert 29.0 < pacer.reserve("b") <= 30.0
 
 
-CLUSTER_SCRIPT = r"""
-set -e
-ip link set lo up
-BIN=$(dirname "$PYTHON")
-COMMON="--num-cpus=1 --object-store-memory=80000000 --disable-usage-stats"
-"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port=6391 --include-dashboard=false --temp-dir="$RAY_TMP" $COMMON > "$RAY_TMP/head.log" 2>&1
-"$BIN/ray" start --address=127.0.0.1:6391 --node-ip-address=127.0.0.1 $COMMON > "$RAY_TMP/worker.log" 2>&1
+CLUSTER_BODY = r"""
 "$PYTHON" - <<'PY'
 import json, os, sys
 from pathlib import Path
@@ -95,7 +89,7 @@ with LoopbackServer(files) as server:
     (tmp / "list.csv").write_text("".join(f"{v},{server.url('ok' if i % 4 else '404', 'a.mp4' if i % 2 else 'b.mkv')}\n"
                                           for i, v in enumerate(ids)))
     cfg = DownloadConfig(stall_timeout_s=2.0, max_attempts=2, backoff_s=0.05, subtitles=[])
-    ray.init(address="127.0.0.1:6391", log_to_driver=False)
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     print("RAY_NODES", len([n for n in ray.nodes() if n["Alive"]]))
     totals = download_videos(cfg, [f"urls:{tmp / 'list.csv'}"], tmp / "ray", workers=4, progress=False, engine="ray")
     ray.shutdown()
@@ -107,22 +101,13 @@ PY
 
 @pytest.mark.slow
 def test_ray_engine_on_a_two_node_loopback_cluster(tmp_path):
-    """Head and worker node in a network namespace with only loopback (see tests/test_shards_ray.py)."""
-    import shutil
+    """Head and worker node in a network namespace with only loopback (lfvila.testing)."""
+    from lfvila.testing import run_on_loopback_ray_cluster
 
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    ray_tmp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/lfvila-rayXXXX"], text=True).strip())
-    home = tmp_path / "home"  # a user's ~/.ray/auth_token must not change the test's cluster
-    home.mkdir()
-    env = dict(os.environ, PYTHON=sys.executable, RAY_TMP=str(ray_tmp), TMP=str(tmp_path), VIDEOS=str(VIDEOS),
-               PYTHONPATH=str(REPO), HOME=str(home))
-    try:
-        proc = subprocess.run(["unshare", *user, "--net", "--pid", "--fork", "--mount-proc", "bash", "-c",
-                               CLUSTER_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    (tmp_path / "home").mkdir()
+    proc = run_on_loopback_ray_cluster(CLUSTER_BODY, tmp_path / "home",
+                                       {"TMP": str(tmp_path), "VIDEOS": str(VIDEOS), "PYTHONPATH": str(REPO)},
+                                       port=6391, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "RAY_NODES 2" in proc.stdout
     assert 'TOTALS {"requested": 8, "ok": 6, "failed": 2}' in proc.stdout

@@ -1,14 +1,11 @@
 """The Ray engine on a real two-node Ray cluster confined to loopback; output identical to the local engine.
 
-Ray replaces a 127.0.0.1 node address by the machine's outward address, so the cluster cannot be
-confined by flags alone: the test runs head, worker node and build inside a network namespace that
-has only loopback, and a PID namespace whose end takes every Ray process with it (no `ray stop`,
-which would kill Ray processes of anyone on the machine).
+The cluster runs inside a network namespace that has only loopback
+(lfvila.testing.run_on_loopback_ray_cluster says why flags alone cannot confine Ray).
 """
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,31 +16,19 @@ from lfvila.build_config import BuildConfig
 from lfvila.config import load_config
 from lfvila.shards.build import build_shards
 from lfvila.shards.fixtures import make_colour_video, sentences_every, write_longform
+from lfvila.testing import run_on_loopback_ray_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
-CLUSTER_SCRIPT = r"""
-set -e
-ip link set lo up
-BIN=$(dirname "$PYTHON")
-COMMON="--num-cpus=1 --object-store-memory=80000000 --disable-usage-stats"
-"$BIN/ray" start --head --node-ip-address=127.0.0.1 --port=6390 --include-dashboard=false --temp-dir="$RAY_TMP" $COMMON > "$RAY_TMP/head.log" 2>&1
-"$BIN/ray" start --address=127.0.0.1:6390 --node-ip-address=127.0.0.1 $COMMON > "$RAY_TMP/worker.log" 2>&1
+CLUSTER_BODY = r"""
 "$PYTHON" -c "
-import ray
-ray.init(address='127.0.0.1:6390', log_to_driver=False)
+import os, ray
+ray.init(address=os.environ['RAY_ADDRESS'], log_to_driver=False)
 nodes = [n for n in ray.nodes() if n['Alive']]
 print('RAY_NODES', len(nodes), sorted({n['NodeManagerAddress'] for n in nodes}))
 "
-"$PYTHON" -m lfvila.cli build --stage shards --out "$OUT" --videos "$VIDEOS" --engine ray --ray-address 127.0.0.1:6390 --set shards.samples_per_shard=2
+"$PYTHON" -m lfvila.cli build --stage shards --out "$OUT" --videos "$VIDEOS" --engine ray --ray-address "$RAY_ADDRESS" --set shards.samples_per_shard=2
 """
-
-
-def _namespace_prefix() -> list[str]:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--net", "--pid", "--fork", "--mount-proc"]
 
 
 @pytest.mark.slow
@@ -58,16 +43,9 @@ def test_ray_cluster_build_equals_local_build(tmp_path):
         write_longform(out / "longform.parquet", rows)
     build_shards(load_config(BuildConfig, None, ["shards.samples_per_shard=2"]), local, videos, workers=1)
 
-    ray_tmp = Path(subprocess.check_output(["mktemp", "-d", "/tmp/lfvila-rayXXXX"], text=True).strip())
-    home = tmp_path / "home"  # a user's ~/.ray/auth_token must not change the test's cluster
-    home.mkdir()
-    env = dict(os.environ, PYTHON=sys.executable, RAY_TMP=str(ray_tmp), OUT=str(remote), VIDEOS=str(videos),
-               HOME=str(home))
-    try:
-        proc = subprocess.run([*_namespace_prefix(), "bash", "-c", CLUSTER_SCRIPT], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    (tmp_path / "home").mkdir()
+    proc = run_on_loopback_ray_cluster(CLUSTER_BODY, tmp_path / "home", {"OUT": str(remote), "VIDEOS": str(videos)},
+                                       port=6390, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "RAY_NODES 2 ['127.0.0.1']" in proc.stdout
     for name in sorted(p.name for p in (local / "shards").iterdir()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lfvila.ray_cluster import RAY_ADDRESS_HELP
 from lfvila.resources import recipe_help, resolve_recipe
 
 
@@ -28,10 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--videos", default=None, help="directory of source videos (needed for shards)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local worker processes")
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="where shard tasks run")
-    parser.add_argument("--ray-address", default=None,
-                        help="with --engine ray: the cluster's address HOST:PORT, joined as it is (its network exposure and "
-                             "authentication are set where it was started); default: start a local Ray listening on "
-                             "127.0.0.1 only, without dashboard")
+    parser.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: build only part I of N (0-based)")
     parser.add_argument("--overwrite", action="store_true",

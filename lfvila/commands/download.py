@@ -13,6 +13,7 @@ Examples:
 """
 from __future__ import annotations
 
+from lfvila.ray_cluster import RAY_ADDRESS_HELP
 from lfvila.resources import recipe_help, resolve_recipe
 
 
@@ -27,10 +28,7 @@ def add_arguments(parser) -> None:
                         help="concurrent downloads: threads here, or Ray tasks over the whole cluster with --engine ray")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="where downloads run: threads in this process, or Ray tasks (every node must see --out)")
-    parser.add_argument("--ray-address", default=None,
-                        help="with --engine ray: the cluster's address HOST:PORT, joined as it is (its network exposure and "
-                             "authentication are set where it was started); default: start a local Ray listening on "
-                             "127.0.0.1 only, without dashboard")
+    parser.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
     parser.add_argument("--shard-range", default=None, metavar="I/N",
                         help="static partition for array jobs: only the videos of part I of N (0-based, by id hash)")
     parser.add_argument("--retry-failed", action="store_true",

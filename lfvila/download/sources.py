@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 from urllib.parse import quote
 
-from lfvila.errors import ConfigError, InputError
+from lfvila.errors import InputError
 from lfvila.manifest.records import RawVideo
 
 DOWNLOAD_FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "urls")
@@ -113,14 +113,11 @@ def _urls(path: Path) -> Iterator[VideoRequest | Unreadable]:
 
 def read_requests(spec: str) -> Iterator[VideoRequest | Unreadable]:
     """The videos named by one ``FORMAT:PATH`` source, in file order."""
-    # The manifest's rules (parse_source_spec) plus the urls: format; user errors print as one line.
-    fmt, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ConfigError(f"source {spec!r} is not of the form FORMAT:PATH")
-    fmt = fmt.lower()
-    if fmt not in DOWNLOAD_FORMATS:
-        raise ConfigError(f"source {spec!r}: unknown format {fmt!r}; known: {', '.join(DOWNLOAD_FORMATS)}")
-    path = Path(rest.partition("?")[0])  # manifest options (?text=...) do not matter for downloading
+    from lfvila.manifest.sources import split_source_spec
+
+    # The manifest's form rule plus the urls: format; manifest options (?text=...) do not matter here.
+    fmt, path, _ = split_source_spec(spec, DOWNLOAD_FORMATS)
+    path = Path(path)
     if not path.exists():
         raise InputError(f"source {spec!r}: {path} does not exist")
     if fmt == "hdvila":

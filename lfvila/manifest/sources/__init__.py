@@ -28,15 +28,22 @@ class SourceSpec(NamedTuple):
     spec: str  # the string as given
 
 
-def parse_source_spec(spec: str) -> SourceSpec:
-    """Parse ``FORMAT:PATH[?key=value&...]`` (FORMAT in any case); ConfigError naming the problem."""
+def split_source_spec(spec: str, formats: tuple[str, ...] = FORMATS) -> tuple[str, str, str]:
+    """``FORMAT:PATH[?QUERY]`` -> (format in lower case, path, query); ConfigError naming the problem.
+    The form rule of every ``--source`` (``lfvila download`` passes its own list of formats)."""
     fmt, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ConfigError(f"source {spec!r} is not of the form FORMAT:PATH")
     fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise ConfigError(f"source {spec!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    if fmt not in formats:
+        raise ConfigError(f"source {spec!r}: unknown format {fmt!r}; known: {', '.join(formats)}")
     path, _, query = rest.partition("?")
+    return fmt, path, query
+
+
+def parse_source_spec(spec: str) -> SourceSpec:
+    """Parse ``FORMAT:PATH[?key=value&...]`` (FORMAT in any case); ConfigError naming the problem."""
+    fmt, path, query = split_source_spec(spec)
     options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
     adapter = get_adapter(fmt)
     unknown = sorted(set(options) - set(getattr(adapter, "OPTIONS", ())))
