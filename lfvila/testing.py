@@ -189,11 +189,10 @@ def run_on_loopback_ray_cluster(body: str, home: str | Path, env: dict[str, str]
     import subprocess
     import sys
     import tempfile
+    import unittest
 
-    import pytest
-
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:  # pytest reports SkipTest as a skip
+        raise unittest.SkipTest("needs util-linux unshare and iproute2 ip to confine Ray to loopback")
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     ray_tmp = tempfile.mkdtemp(prefix="lfvila-ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     full_env = {**os.environ, **env, "PYTHON": sys.executable, "RAY_TMP": ray_tmp, "HOME": str(home),
