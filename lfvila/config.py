@@ -112,7 +112,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         keys = dotted.strip().split(".")
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # absent from the recipe (or an empty section): the defaults
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = yaml.safe_load(raw)
@@ -133,9 +135,10 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping at top level")
     if overrides:
-        # Overrides apply on top of the full default tree, so a key absent from the recipe can be set.
-        base = to_dict(from_dict(cls, data))
-        data = apply_overrides(base, overrides)
+        # Overrides apply to the recipe as written (a key absent from it can be set), not to the
+        # resolved tree: settings derived from others (model.frames_per_clip from
+        # data.frames_per_sentence) must follow an override of what they derive from.
+        data = apply_overrides(data, overrides)
     return from_dict(cls, data)
 
 

