@@ -16,11 +16,17 @@ video-to-text R@1/5/10/50, median and mean rank as the LF-VILA release computes 
 DIR/retrieval.json, DIR/similarity.npy (texts x videos) and DIR/keys.json (their order). Works on
 a stage-1 checkpoint (zero-shot) or a retrieval fine-tuned one, in one process or under torchrun.
 
+--shuffle-test (with either task) evaluates the same data a second time with each sample's clips
+shuffled in time (lfvila.eval.shuffle: clip groups reordered by a seeded derangement, sentences in
+place) and prints and writes both passes and the drop (in order minus shuffled):
+OUT_STEM.shuffle_test.json beside the metrics file, DIR/shuffle_test.json with --task retrieval.
+
 Example:
   lfvila eval --checkpoint runs/tiny --data 'corpus/shards/val-{000000..000001}.tar'
   lfvila eval --checkpoint runs/tiny/checkpoints/step_00000200
   lfvila eval --checkpoint runs/tiny --config train/my_run.yaml
   lfvila eval --task retrieval --checkpoint runs/tiny --data 'anet/shards/val-{000000..000004}.tar' --out anet_zs
+  lfvila eval --checkpoint runs/tiny --data 'corpus/shards/val-{000000..000001}.tar' --shuffle-test
 """
 from __future__ import annotations
 
@@ -41,6 +47,12 @@ def add_arguments(parser) -> None:
                         help="override a value of the checkpoint's config, e.g. --set data.batch_size=8")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="stop after this many batches per rank (default: every sample)")
+    parser.add_argument("--shuffle-test", action="store_true",
+                        help="also evaluate with each sample's clips shuffled in time (the shuffle test: clips "
+                             "reordered, sentences in place) and report both and the drop; written to "
+                             "OUT_STEM.shuffle_test.json (--task retrieval: DIR/shuffle_test.json)")
+    parser.add_argument("--shuffle-seed", type=int, default=0, metavar="N",
+                        help="seed of the shuffle test's clip orders (default 0; recorded in the output)")
     parser.add_argument("--out", default=None,
                         help="metrics JSON path (default CKPT/eval-<hash>.json); with --task retrieval a directory "
                              "(default CKPT/retrieval-<hash>)")
@@ -72,6 +84,7 @@ def run(args) -> int:
     from lfvila.data.shardcheck import check_shards
     from lfvila.errors import ConfigError, InputError
     from lfvila.trainer.checkpoint import resolve_checkpoint
+    from lfvila.eval.shuffle import shuffle_test_path
     from lfvila.trainer.evaluate import checkpoint_eval_config, evaluate_checkpoint, metric_table
     from lfvila.trainer.parallel import teardown_distributed
 
@@ -93,8 +106,9 @@ def run(args) -> int:
     if (args.task or cfg.task.name) == "retrieval":
         return run_retrieval(args, checkpoint, spec, check, val_shards)
     try:
-        metrics, path = evaluate_checkpoint(checkpoint, overrides=overrides, max_batches=args.max_batches,
-                                            out=Path(args.out) if args.out else None, val_shards=val_shards)
+        metrics, path, shuffle_record = evaluate_checkpoint(
+            checkpoint, overrides=overrides, max_batches=args.max_batches, out=Path(args.out) if args.out else None,
+            val_shards=val_shards, shuffle_seed=args.shuffle_seed if args.shuffle_test else None)
     finally:
         teardown_distributed()
     if metrics.get("n_samples", 0) == 0:
@@ -108,7 +122,20 @@ def run(args) -> int:
         print("\n".join(metric_table([("value", metrics)])))
         print("(recall and accuracy in %, median rank in positions; lower medr is better)")
         print(f"written to {path}")
+        if shuffle_record is not None:
+            print_shuffle_test(shuffle_record, shuffle_test_path(path))
     return 0
+
+
+def print_shuffle_test(record: dict, path) -> None:
+    from lfvila.eval.shuffle import shuffle_table
+
+    print(f"\nshuffle test (clips shuffled in time, seed {record['shuffle_seed']}): in order, shuffled, "
+          "drop = in order - shuffled")
+    print("\n".join(shuffle_table(record)))
+    print("(a drop in alignment: the figures follow the clips' content; *_followed scores each sentence against "
+          "its own moved clip)")
+    print(f"written to {path}")
 
 
 def run_retrieval(args, checkpoint, spec, check, val_shards) -> int:
@@ -123,8 +150,9 @@ def run_retrieval(args, checkpoint, spec, check, val_shards) -> int:
     if args.max_batches is not None:
         raise ConfigError("--max-batches does not apply to --task retrieval: the metrics are over the whole test set")
     try:
-        result, path, _ = evaluate_retrieval_checkpoint(checkpoint, data=val_shards, overrides=args.overrides,
-                                                        out=Path(args.out) if args.out else None)
+        result, path, _, shuffle_record = evaluate_retrieval_checkpoint(
+            checkpoint, data=val_shards, overrides=args.overrides, out=Path(args.out) if args.out else None,
+            shuffle_seed=args.shuffle_seed if args.shuffle_test else None)
     finally:
         teardown_distributed()
     if not result.keys:
@@ -136,4 +164,6 @@ def run_retrieval(args, checkpoint, spec, check, val_shards) -> int:
         print("\n".join(metric_table([("value", result.metrics)], HEADLINE)))
         print("(recall in %, ranks 1-based as the release's compute_rt_metrics; lower medr / meanr is better)")
         print(f"written to {path} (similarity.npy: texts x videos in the order of keys.json)")
+        if shuffle_record is not None:
+            print_shuffle_test(shuffle_record, path.parent / "shuffle_test.json")
     return 0

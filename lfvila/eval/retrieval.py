@@ -134,16 +134,20 @@ def write_retrieval_outputs(result: RetrievalResult, out_dir: Path, provenance: 
 
 
 def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[str] | None, out: Path | None,
-                                  overrides: list[str] | None = None) -> tuple[RetrievalResult, Path | None, dict]:
+                                  overrides: list[str] | None = None, shuffle_seed: int | None = None,
+                                  ) -> tuple[RetrievalResult, Path | None, dict, dict | None]:
     """Zero-shot (a stage-1 checkpoint) or fine-tuned (a retrieval checkpoint) retrieval on ``data``.
 
     The checkpoint's own config builds the model and the loader, with ``data.sampling=whole_video``,
     ``data.val_shards=data`` (default: its own val shards) and ``overrides`` on top. On rank 0 the
-    outputs go to ``out`` (default ``CKPT/retrieval-<hash of the data>``). Returns ``(result, the
-    retrieval.json path or None off rank 0, the provenance written)``.
+    outputs go to ``out`` (default ``CKPT/retrieval-<hash of the data>``). With ``shuffle_seed`` the
+    set is evaluated again with each video's clip groups shuffled in time (``lfvila.eval.shuffle``)
+    and ``OUT/shuffle_test.json`` records both passes and the drop. Returns ``(result, the
+    retrieval.json path or None off rank 0, the provenance written, the shuffle-test record or None)``.
     """
     from lfvila.data import build_loader
     from lfvila.errors import ConfigError
+    from lfvila.eval import shuffle
     from lfvila.models.lfvila import build_model
     from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
     from lfvila.trainer.evaluate import checkpoint_eval_config
@@ -164,16 +168,29 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None
     autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
-    loader = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size, stage=1,
-                          epoch_mode=True)
-    result = evaluate_retrieval(model, loader, ctx, autocast)
+
+    def one_pass(clip_shuffle_seed: int | None) -> RetrievalResult:
+        batches: Iterable[dict] = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size,
+                                               stage=1, epoch_mode=True)
+        if clip_shuffle_seed is not None:
+            batches = shuffle.shuffled_clips(batches, clip_shuffle_seed, cfg.data.frames_per_sentence,
+                                             whole_video=cfg.data.sampling == "whole_video")
+        return evaluate_retrieval(model, batches, ctx, autocast)
+
+    result = one_pass(None)
     provenance = {"task": "retrieval", "checkpoint": str(path), "step": meta["step"], "data": cfg.data.val_shards,
                   "frames": cfg.data.n_frames, "paragraph_sentences": cfg.data.paragraph_sentences,
                   "overrides": list(overrides or []), "world_size": ctx.world_size}
+    record = None
+    if shuffle_seed is not None:
+        record = shuffle.shuffle_test_record(result.metrics, one_pass(shuffle_seed).metrics, shuffle_seed, provenance)
     if not ctx.is_main:
-        return result, None, provenance
+        return result, None, provenance, record
     if out is None:
         evaluated = {k: v for k, v in provenance.items() if k != "world_size"}  # any world size: the same figures
         digest = hashlib.sha1(json.dumps(evaluated, sort_keys=True).encode()).hexdigest()[:8]
         out = path / f"retrieval-{digest}"
-    return result, write_retrieval_outputs(result, Path(out), provenance), provenance
+    written = write_retrieval_outputs(result, Path(out), provenance)
+    if record is not None:
+        shuffle.write_shuffle_test(record, Path(out) / "shuffle_test.json")
+    return result, written, provenance, record

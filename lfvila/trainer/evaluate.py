@@ -131,6 +131,8 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
         rows["video"].append(_cpu(video["global_"]))
         rows["clip"].append(_cpu(video["clip"]))
         rows["mask"].append(batch["sentence_mask"].bool().cpu())
+        if "clip_order" in batch:  # a shuffle-test pass (lfvila.eval.shuffle): which clip each slot shows
+            rows.setdefault("clip_order", []).append(batch["clip_order"].cpu())
         rows["keys"].extend(batch["keys"])
         n_batches += 1
     out: dict[str, Any] = {k: (torch.cat(v) if v and k != "keys" else v) for k, v in rows.items()}
@@ -144,6 +146,8 @@ def merge_rank_features(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate every rank's features, keeping the first occurrence of each key."""
     seen: set[str] = set()
     keep: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": []}
+    if any("clip_order" in part for part in parts):
+        keep["clip_order"] = []
     keys: list[str] = []
     for part in parts:
         for i, key in enumerate(part["keys"]):
@@ -215,6 +219,12 @@ def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batche
         return metrics
     metrics.update(paragraph_video_retrieval(merged["paragraph"], merged["video"]))
     metrics.update(alignment_accuracy(merged["sentence"], merged["clip"], merged["mask"]))
+    if "clip_order" in merged:  # shuffled clips: also score each sentence against its own, moved clip
+        from lfvila.eval.shuffle import followed_clips
+
+        followed = alignment_accuracy(merged["sentence"], followed_clips(merged["clip"], merged["clip_order"]),
+                                      merged["mask"])
+        metrics.update({f"{k}_followed": v for k, v in followed.items() if k != "alignment_chance"})
     if hasattr(task, "feature_losses"):
         metrics.update(held_out_feature_losses(task, merged, loss_batch_size))
     n_batches = sum(p["n_batches"] for p in parts)
@@ -260,7 +270,7 @@ def chance_level(metrics: dict[str, Any], name: str) -> float | None:
     """The chance level recorded for metric ``name`` (None for losses and MLM accuracy)."""
     if f"{name}_chance" in metrics:
         return metrics[f"{name}_chance"]
-    if name in ("sentence_to_clip_acc", "clip_to_sentence_acc"):
+    if name.removesuffix("_followed") in ("sentence_to_clip_acc", "clip_to_sentence_acc"):
         return metrics.get("alignment_chance")
     return None
 
@@ -347,19 +357,24 @@ def checkpoint_eval_config(path: Path, *, overrides: list[str] | None = None,
 
 
 def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
-                        out: Path | None = None,
-                        val_shards: str | list[str] | None = None) -> tuple[dict[str, float], Path | None]:
+                        out: Path | None = None, val_shards: str | list[str] | None = None,
+                        shuffle_seed: int | None = None) -> tuple[dict[str, float], Path | None, dict | None]:
     """Evaluate a checkpoint with its own config (plus ``overrides``) on ``val_shards`` or else
     the val shards of its config (see :func:`checkpoint_eval_config`: never a command URL from there).
 
     ``path``: a checkpoint, or a run / checkpoints directory (its newest intact checkpoint is taken).
     Writes the metrics JSON on rank 0 to ``out`` or ``CKPT/eval-<hash of the data>.json``, never
     the training run's own ``CKPT/eval.json``; the JSON also records which checkpoint and data
-    (``val_shards``, ``max_batches``) were evaluated. Returns ``(metrics, json_path)``.
+    (``val_shards``, ``max_batches``) were evaluated. With ``shuffle_seed`` the same data is then
+    evaluated again with each sample's clips shuffled in time (``lfvila.eval.shuffle``), and the
+    shuffle test's record (both passes and the drop) goes to ``OUT_STEM.shuffle_test.json`` beside
+    the metrics JSON. Returns ``(metrics, json_path, shuffle-test record or None)``; off rank 0 the
+    path is None.
     """
     import hashlib
 
     from lfvila.data import build_loader
+    from lfvila.eval import shuffle
     from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
     from lfvila.trainer.loop import build_task, seed_everything, write_eval_json
     from lfvila.trainer.parallel import setup_distributed
@@ -379,16 +394,28 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None
     autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
-    loader = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size, stage=cfg.task.stage,
-                          epoch_mode=True)
-    metrics = evaluate(task, loader, ctx, max_batches=max_batches, autocast=autocast,
-                       loss_batch_size=cfg.data.batch_size)
-    metrics = {"step": meta["step"], **metrics}
-    if not ctx.is_main:
-        return metrics, None
+
+    def one_pass(clip_shuffle_seed: int | None) -> dict[str, float]:
+        batches: Iterable[dict] = build_loader(cfg.loader_data(), "val", rank=ctx.rank, world_size=ctx.world_size,
+                                               stage=cfg.task.stage, epoch_mode=True)
+        if clip_shuffle_seed is not None:
+            batches = shuffle.shuffled_clips(batches, clip_shuffle_seed, cfg.data.frames_per_sentence,
+                                             whole_video=cfg.data.sampling == "whole_video")
+        return {"step": meta["step"], **evaluate(task, batches, ctx, max_batches=max_batches, autocast=autocast,
+                                                 loss_batch_size=cfg.data.batch_size)}
+
+    metrics = one_pass(None)
     evaluated = {"checkpoint": str(path), "val_shards": cfg.data.val_shards, "max_batches": max_batches}
+    record = None
+    if shuffle_seed is not None:
+        record = shuffle.shuffle_test_record(metrics, one_pass(shuffle_seed), shuffle_seed,
+                                             {"task": cfg.task.name, **evaluated, "world_size": ctx.world_size})
+    if not ctx.is_main:
+        return metrics, None, record
     if out is None:
         digest = hashlib.sha1(json.dumps(evaluated, sort_keys=True).encode()).hexdigest()[:8]
         out = path / f"eval-{digest}.json"
     write_eval_json({**evaluated, **metrics}, out)
-    return metrics, out
+    if record is not None:
+        shuffle.write_shuffle_test(record, shuffle.shuffle_test_path(Path(out)))
+    return metrics, out, record
