@@ -11,7 +11,8 @@ from lfvila.build_config import BuildConfig
 from lfvila.manifest.build import build_manifest
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import (
-    NO_RECORDS, NO_SUBTITLES, REJECT_REASONS, TOO_DEEP, TOO_LARGE, clean_text, parse_time, unsafe_id_reason,
+    NO_RECORDS, NO_SUBTITLES, NOT_IN_SPLIT, REJECT_REASONS, TOO_DEEP, TOO_LARGE, clean_text, parse_time,
+    unsafe_id_reason,
 )
 
 
@@ -63,8 +64,9 @@ def test_every_reject_reason_from_hdvila_lines(tmp_path):
     ])
     clips, rejects, corpus = _build(tmp_path, [f"hdvila:{meta}"], duration_tolerance_s=0.01)
     reasons = sorted(r["reason"] for r in rejects if r["stage"] != "merge")
-    # no_subtitles: tests/test_manifest_subtitle_text.py; the caps' reasons: tests/test_manifest_hardening.py
-    assert set(reasons) == set(REJECT_REASONS) - {NO_SUBTITLES, TOO_LARGE, TOO_DEEP, NO_RECORDS}
+    # no_subtitles: tests/test_manifest_subtitle_text.py; the caps' reasons: tests/test_manifest_hardening.py;
+    # not_in_split: tests/test_manifest_retrieval_sources.py
+    assert set(reasons) == set(REJECT_REASONS) - {NO_SUBTITLES, TOO_LARGE, TOO_DEEP, NO_RECORDS, NOT_IN_SPLIT}
     # The kept clips v1.6 and v1.11 are not adjacent: each is a run of 1, left out by the merge.
     assert sorted((r["clip_id"], r["reason"]) for r in rejects if r["stage"] == "merge") == [
         ("v1.11.mp4", "run_too_short"), ("v1.6.mp4", "run_too_short")]

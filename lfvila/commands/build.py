@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lfvila.manifest.sources import FORMATS
 from lfvila.ray_cluster import RAY_ADDRESS_HELP
 from lfvila.resources import recipe_help, resolve_recipe
 
@@ -17,7 +18,7 @@ from lfvila.resources import recipe_help, resolve_recipe
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="corpus directory")
     parser.add_argument("--source", action="append", default=[], metavar="FORMAT:PATH",
-                        help="input source, repeatable; FORMAT is hdvila, activitynet, youcook2, howto100m or subtitles")
+                        help=f"input source, repeatable; FORMAT is {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
     parser.add_argument("--config", default=None,
                         help=recipe_help("pipelines") + "; --stage shards reads the recipe recorded in OUT/corpus.json "
                              "and refuses a different one")

@@ -25,9 +25,10 @@ NO_SUBTITLES = "no_subtitles"  # hdvila ?subtitles=DIR: no caption file for the 
 TOO_LARGE = "too_large"  # a line, JSON entry, caption cue or text over its size cap (below); detail names the cap
 TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_JSON_DEPTH
 NO_RECORDS = "no_records"  # a file of a directory source that holds no record (a whole source with none is an InputError)
+NOT_IN_SPLIT = "not_in_split"  # left out by the source's split selection (?split_list=FILE, condensed_movies ?split=)
 REJECT_REASONS = (MALFORMED_RECORD, INVALID_UTF8, UNSAFE_ID, BAD_TIMESTAMP, NEGATIVE_TIME,
                   END_NOT_AFTER_START, BEYOND_DURATION, EMPTY_TEXT, DUPLICATE_CLIP, NO_SUBTITLES,
-                  TOO_LARGE, TOO_DEEP, NO_RECORDS)
+                  TOO_LARGE, TOO_DEEP, NO_RECORDS, NOT_IN_SPLIT)
 # Merge rejects (stage "merge"): valid, kept clips (they stay in clips.parquet) that end up in no
 # long-form video; one row per clip, so kept_clips == clips_in_longform + merge rejects.
 RUN_TOO_SHORT = "run_too_short"  # its run of consecutive clips has fewer than min_clips clips

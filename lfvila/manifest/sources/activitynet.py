@@ -1,6 +1,8 @@
 """activitynet: ActivityNet Captions ``{video_id: {duration, timestamps: [[s, e], ...], sentences: [...]}}``.
 
 Clip ids are ``<video_id>.<i>`` with i the segment's 0-based position in the release.
+``?split_list=FILE`` keeps only the listed videos (e.g. collaborative-experts ``train_list.txt`` /
+``val_1_list.txt``, ids as in the release: ``v_<youtube id>``); see ``_splitlist``.
 """
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ from pathlib import Path
 
 from lfvila.manifest.records import RawClip, RawVideo, Reject
 from lfvila.manifest.sources._jsonobj import read_json_object
+from lfvila.manifest.sources._splitlist import OPTION as SPLIT_LIST
+from lfvila.manifest.sources._splitlist import keep_listed, split_list_files
 
 IS_ASR = False
-OPTIONS = ()
+OPTIONS = (SPLIT_LIST,)
 SOURCE = "activitynet"
 
 
 def input_files(path: Path, options: dict) -> list[Path]:
-    return [path]
+    return [path] + split_list_files(options)
 
 
 def parse_entry(video_id: str, value: object, line: int, file: str) -> RawVideo:
@@ -33,4 +37,4 @@ def parse_entry(video_id: str, value: object, line: int, file: str) -> RawVideo:
 
 
 def read(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict) -> Iterator[RawVideo | Reject]:
-    return read_json_object(SOURCE, path, (), parse_entry, progress)
+    return keep_listed(SOURCE, read_json_object(SOURCE, path, (), parse_entry, progress), options, stats)

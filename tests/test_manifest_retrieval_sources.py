@@ -1,0 +1,178 @@
+"""The paragraph-retrieval benchmarks' sources: collaborative-experts split lists, DiDeMo, QuerYD and
+Condensed Movies, on small annotation files written here in each release's public format (the real
+files are not available offline), bad rows included; every annotation is accepted or one reject
+with a reason, and ``lfvila build --stage manifest`` runs on each with its recipe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from lfvila.build_config import BuildConfig
+from lfvila.cli import main
+from lfvila.manifest.build import build_manifest
+from lfvila.manifest.config import ManifestConfig
+from lfvila.manifest.records import RawVideo, Reject
+from lfvila.manifest.sources import get_adapter
+from lfvila.manifest.sources.didemo import consensus
+
+
+def _read(fmt: str, path: Path, options: dict | None = None) -> tuple[list[RawVideo], list[Reject], dict]:
+    stats: dict = {}
+    items = list(get_adapter(fmt).read(path, options or {}, None, stats))
+    return [i for i in items if isinstance(i, RawVideo)], [i for i in items if isinstance(i, Reject)], stats
+
+
+def _retrieval_manifest(**overrides) -> ManifestConfig:
+    """What the retrieval recipes set: one long-form video per annotated video."""
+    return ManifestConfig(min_clips=1, max_gap_s=None, max_overlap_s=None, val_fraction=0.0, **overrides)
+
+
+def _build(tmp_path: Path, sources: list[str], **overrides) -> tuple[list[dict], list[dict], dict, list[dict]]:
+    out = tmp_path / "out"
+    build_manifest(BuildConfig(manifest=_retrieval_manifest(**overrides)), out, sources)
+    table = lambda name: pq.read_table(out / name).to_pylist()  # noqa: E731
+    return (table("clips.parquet"), table("rejects.parquet"), json.loads((out / "corpus.json").read_text())["counts"],
+            table("longform.parquet"))
+
+
+def _accounted(counts: dict, n_annotations: int) -> None:
+    """Every annotation is one input record, accepted or rejected; every kept clip in a long-form video."""
+    assert counts["input_records"] == n_annotations == counts["accepted_records"] + counts["rejected"]
+    assert counts["kept_clips"] == counts["clips_in_longform"] and counts["merge_rejected"] == 0
+    assert all(counts["invariants"].values())
+
+
+def _cli_manifest(tmp_path: Path, source: str, recipe: str, *extra: str) -> dict:
+    out = tmp_path / "cli"
+    assert main(["build", "--out", str(out), "--source", source, "--config", f"pipelines/{recipe}.yaml",
+                 "--stage", "manifest", *extra]) == 0
+    return json.loads((out / "corpus.json").read_text())
+
+
+# --- collaborative-experts split lists (ActivityNet) ----------------------------------------------
+
+def test_activitynet_split_list_keeps_the_listed_videos_and_rejects_the_others(tmp_path, shared_data):
+    val_1 = shared_data / "annotations/activitynet_captions/val_1.json"
+    real = json.loads(val_1.read_text())
+    listed = list(real)[:3]
+    split_list = tmp_path / "val_1_list.txt"
+    split_list.write_text("\n".join(listed + ["v_notInTheFile"]) + "\n\n")
+    videos, rejects, stats = _read("activitynet", val_1, {"split_list": str(split_list)})
+    assert [v.video_id for v in videos] == listed
+    others = sum(len(e["sentences"]) for vid, e in real.items() if vid not in listed)
+    assert len(rejects) == others and {r.reason for r in rejects} == {"not_in_split"}
+    assert stats == {"split_list_ids": 4, "split_list_unmatched": 1}
+
+    clips, rejected, counts, longform = _build(tmp_path, [f"activitynet:{val_1}?split_list={split_list}"],
+                                               force_split="val", duration_tolerance_s=0.01)
+    _accounted(counts, sum(len(e["sentences"]) for e in real.values()))
+    assert counts["rejects_by_reason"] == {"not_in_split": others}
+    assert sorted(r["video_id"] for r in longform) == sorted(listed) and {r["split"] for r in longform} == {"val"}
+    source = counts["sources"][f"activitynet:{val_1}?split_list={split_list}"]
+    assert source["split_list_unmatched"] == 1
+
+
+def test_split_list_is_an_input_of_the_corpus(tmp_path, shared_data):
+    """The list is hashed with the annotations: another list is another corpus, not a silent rebuild."""
+    val_1 = shared_data / "annotations/activitynet_captions/val_1.json"
+    split_list = tmp_path / "list.txt"
+    split_list.write_text(next(iter(json.loads(val_1.read_text()))) + "\n")
+    corpus = _cli_manifest(tmp_path, f"activitynet:{val_1}?split_list={split_list}", "activitynet_paragraphs")
+    assert [f["path"] for f in corpus["inputs"][0]["files"]] == ["val_1.json", "list.txt"]
+    assert corpus["counts"]["longform"]["train"]["videos"] == 1
+
+
+# --- DiDeMo ---------------------------------------------------------------------------------------
+
+def test_didemo_consensus_is_the_most_frequent_pair_ties_to_the_earliest():
+    assert consensus([(2, 3), (2, 3), (1, 3), (4, 4)]) == (2, 3)
+    assert consensus([(1, 1), (0, 0), (1, 1), (0, 0)]) == (0, 0)  # tie: earliest start
+    assert consensus([(0, 2), (0, 1)]) == (0, 1)  # tie: earliest end
+    assert consensus([(3, 3)]) == (3, 3)
+
+
+def _didemo_file(tmp_path: Path) -> Path:
+    """LocalizingMoments' format: a JSON list; videos named as in the release (``<user>@N<nn>_<id>.<ext>``)."""
+    def ann(ann_id, video, description, times, **extra):
+        return {"annotation_id": ann_id, "video": video, "description": description, "times": times,
+                "download_link": f"https://www.flickr.com/video_download.gne?id={ann_id}", **extra}
+
+    entries = [
+        ann(1, "10015567@N08_3655084291.mov", "the dog runs back", [[2, 3], [2, 3], [1, 3], [2, 2]], num_segments=6),
+        ann(2, "10015567@N08_3655084291.mov", "a dog jumps in the water", [[0, 0], [1, 1], [0, 0], [1, 1]]),
+        ann(3, "11223344@N00_4455667788.avi", "a man waves", [[5, 5], [5, 5], [4, 5], [5, 5]]),
+        ann(4, "11223344@N00_4455667788.avi", "", [[0, 1], [0, 1], [0, 1], [0, 1]]),  # empty description
+        ann(5, "11223344@N00_4455667788.avi", "camera pans left", [[5, 5], [5, 5], [5, 5], [5, 5]], num_segments=5),
+        ann(6, "11223344@N00_4455667788.avi", "bad times", [[1, "2"], [1, 2]]),
+        ann(7, "11223344@N00_4455667788.avi", "end before start", [[3, 1], [3, 1], [0, 0]]),
+        ann(8, "11223344@N00_4455667788.avi", "negative", [[-1, 0], [-1, 0]]),
+        {"annotation_id": 9, "description": "no video", "times": [[0, 0]]},
+        ann(10, "99887766@N01_1122334455.mp4", "the only clip of its video", [[0, 5]] * 4),
+        "not an object",
+    ]
+    path = tmp_path / "val_data.json"
+    path.write_text(json.dumps(entries, indent=1))
+    return path
+
+
+def test_didemo_paragraph_in_consensus_order_and_bad_rows_rejected(tmp_path):
+    path = _didemo_file(tmp_path)
+    videos, rejects, _ = _read("didemo", path)
+    by_id = {v.video_id: v for v in videos}
+    dog = by_id["10015567@N08_3655084291.mov"]
+    assert [(c.clip_id, c.start, c.end) for c in dog.clips] == [
+        ("10015567@N08_3655084291.mov.1", 10.0, 20.0), ("10015567@N08_3655084291.mov.2", 0.0, 5.0)]
+    assert {(r.clip_id, r.reason) for r in rejects} == {
+        ("11223344@N00_4455667788.avi.5", "beyond_duration"),  # segment 5 of a 5-segment video
+        ("11223344@N00_4455667788.avi.6", "malformed_record"),
+        ("11223344@N00_4455667788.avi.7", "end_not_after_start"),
+        ("11223344@N00_4455667788.avi.8", "negative_time"),
+        (None, "malformed_record"),  # no video; not an object
+    } and len(rejects) == 6
+    assert all(r.detail.startswith("line ") and r.line > 1 for r in rejects)
+
+    clips, rejected, counts, longform = _build(tmp_path, [f"didemo:{path}"])
+    _accounted(counts, 11)
+    assert counts["rejects_by_reason"] == {"malformed_record": 3, "beyond_duration": 1, "end_not_after_start": 1,
+                                           "negative_time": 1, "empty_text": 1}
+    paragraphs = {r["video_id"]: [s["text"] for s in r["sentences"]] for r in longform}
+    # In time order of the consensus segments, not file order.
+    assert paragraphs == {"10015567@N08_3655084291.mov": ["a dog jumps in the water", "the dog runs back"],
+                          "11223344@N00_4455667788.avi": ["a man waves"],
+                          "99887766@N01_1122334455.mp4": ["the only clip of its video"]}
+    assert [(r["start"], r["end"]) for r in longform if r["video_id"].startswith("1122")] == [(25.0, 30.0)]
+
+
+def test_didemo_split_list_compares_ids_without_suffix(tmp_path):
+    path = _didemo_file(tmp_path)
+    split_list = tmp_path / "val_list.txt"
+    split_list.write_text("10015567@N08_3655084291.mp4\n99887766@N01_1122334455\n")
+    videos, rejects, stats = _read("didemo", path, {"split_list": str(split_list)})
+    assert sorted(v.video_id for v in videos) == ["10015567@N08_3655084291.mov", "99887766@N01_1122334455.mp4"]
+    # the unlisted video's two parsed annotations (3 and 4); its bad rows stay parse rejects
+    assert sum(r.reason == "not_in_split" for r in rejects) == 2 and stats["split_list_unmatched"] == 0
+
+
+def test_didemo_broken_json_is_one_reject_and_the_cli_builds_it(tmp_path):
+    path = tmp_path / "train_data.json"
+    good = {"annotation_id": 1, "video": "a@N1_2.mov", "description": "a cat", "times": [[0, 1], [0, 1]]}
+    path.write_text("[\n" + json.dumps(good) + ",\n" + '{"annotation_id": 2, "video": ')
+    videos, rejects, _ = _read("didemo", path)
+    assert len(videos) == 1 and [(r.reason, r.line) for r in rejects] == [("malformed_record", 3)]
+    assert "the rest of the file was not read" in rejects[0].detail
+
+    corpus = _cli_manifest(tmp_path, f"didemo:{path}", "retrieval_didemo", "--set", "manifest.force_split=val")
+    assert corpus["counts"]["longform"]["val"] == {"videos": 1, "clips": 1, "hours": round(10 / 3600, 6)}
+    assert corpus["counts"]["input_records"] == 2 and corpus["counts"]["rejected"] == 1
+
+
+def test_didemo_file_that_is_not_a_list_is_an_input_error(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"v": {}}')
+    from lfvila.errors import InputError
+
+    with pytest.raises(InputError, match="not a JSON list"):
+        _read("didemo", path)
