@@ -5,6 +5,9 @@ The retrieval task (``task.name: retrieval``) fine-tunes the same towers on whol
 paragraphs with the global contrastive loss alone, as the release's retrieval fine-tuning does.
 Stage 2 freezes what stage 1 learned (video encoder, projections, BERT embeddings, sentence and
 paragraph layers and embeddings) and trains the cross-modal layers with MLM and video-text matching.
+The LocVTP task (``task.name: locvtp``) trains the same towers with the objectives of LocVTP (Cao et
+al., ECCV 2022): a coarse clip-sentence contrastive loss with soft targets, a fine-grained clip-word
+loss and a temporal-aware loss through the model's context projection heads.
 Freezing happens here, in the task constructor: the model has no notion of stages.
 
 Batches follow the loader contract: ``video`` float ``(B, 3, T, H, W)`` (already normalised),
@@ -17,13 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lfvila.losses import GlobalContrastiveLoss, MLMLoss, MTCLoss, VTMLoss, mismatch_pairs
+from lfvila.losses import (ClipWordLoss, GlobalContrastiveLoss, MLMLoss, MTCLoss, SoftTargetContrastiveLoss,
+                           TemporalShiftLoss, VTMLoss, draw_clip_word, mismatch_pairs)
 from lfvila.models.lfvila import LFVILA
 
 
-TASK_NAMES = ("pretrain", "retrieval")
+TASK_NAMES = ("pretrain", "retrieval", "locvtp")
 
 
 @dataclass
@@ -33,6 +38,10 @@ class TaskConfig:
     mtc_reference_negatives reproduces the released code's MTC negatives (the first "other video"
     negative is the key's own video); only for compatibility experiments.
     gather_across_ranks: contrastive losses see the negatives of every rank (all-gather with gradient).
+    coarse_* / fine_* / temporal_*: the LocVTP task's three losses (``lfvila.losses.soft_contrastive``,
+    ``clip_word``, ``temporal_shift``). Released: fine and temporal weight 10 (``FGWEIGHT``), temperature
+    0.07, 4 negatives; coarse weight 1 at temperature 1 on unnormalised features (see
+    ``soft_contrastive`` for why the defaults here, for L2-normalised features, are 0.05).
     """
 
     # "pretrain": the stage-``stage`` pre-training task; "retrieval": paragraph-to-video retrieval
@@ -49,6 +58,15 @@ class TaskConfig:
     mtc_reference_negatives: bool = False
     mlm_weight: float = 1.0
     vtm_weight: float = 10.0
+    coarse_weight: float = 1.0
+    coarse_temperature: float = 0.05
+    coarse_target_temperature: float = 0.05
+    coarse_reference_targets: bool = False
+    fine_weight: float = 10.0
+    fine_temperature: float = 0.07
+    fine_negatives: int = 4
+    temporal_weight: float = 10.0
+    temporal_temperature: float = 0.07
     gather_across_ranks: bool = True
 
     def __post_init__(self) -> None:
@@ -56,12 +74,14 @@ class TaskConfig:
             raise ValueError(f"task.name must be one of {TASK_NAMES}, got {self.name!r}")
         if self.stage not in (1, 2):
             raise ValueError(f"task.stage must be 1 or 2, got {self.stage}")
-        if self.name == "retrieval" and self.stage != 1:
-            raise ValueError(f"task.stage must be 1 for task.name=retrieval (the dual encoder), got {self.stage}")
-        for name in ("global_weight", "mtc_weight", "mlm_weight", "vtm_weight"):
+        if self.name in ("retrieval", "locvtp") and self.stage != 1:
+            raise ValueError(f"task.stage must be 1 for task.name={self.name} (the dual encoder), got {self.stage}")
+        for name in ("global_weight", "mtc_weight", "mlm_weight", "vtm_weight", "coarse_weight", "fine_weight",
+                     "temporal_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"task.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("global_temperature", "mtc_temperature"):
+        for name in ("global_temperature", "mtc_temperature", "coarse_temperature", "coarse_target_temperature",
+                     "fine_temperature", "temporal_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"task.{name} must be > 0, got {getattr(self, name)}")
         if self.mtc_keys < 1:
@@ -70,6 +90,8 @@ class TaskConfig:
             raise ValueError(f"task.mtc_values must be >= 2 (a temporal choice), got {self.mtc_values}")
         if self.mtc_negatives < 0:
             raise ValueError(f"task.mtc_negatives must be >= 0, got {self.mtc_negatives}")
+        if self.fine_negatives < 1:
+            raise ValueError(f"task.fine_negatives must be >= 1, got {self.fine_negatives}")
 
 
 def _parameters(modules: Iterable[nn.Module | None]) -> list[nn.Parameter]:
@@ -217,8 +239,87 @@ class RetrievalTask(_Task):
         return evaluate_retrieval(self.model, batches, ctx, autocast).metrics
 
 
-def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task | RetrievalTask:
+class LocVTPTask(_Task):
+    """LocVTP's objectives on the LF-VILA towers: coarse clip-sentence contrast with soft targets,
+    fine-grained clip-word correspondence, temporal-aware contrast through the context heads.
+
+    A LocVTP "video segment and its caption" is one clip and its own sentence. Features: clips
+    ``(B, M, D)`` from ``encode_video``; sentences ``(B, M, D)`` and words ``(B, M, L, D)`` from the
+    sentence layers (``encode_sentences``), the words through the sentence projection as in LocVTP.
+    Trained: the video encoder up to the clip features, the BERT embeddings and sentence layers, the
+    clip and sentence projections and the two context heads. Frozen, as they take no part: the
+    paragraph embeddings and layers, the video-global and paragraph projections, the cross-modal
+    layers and heads, and with a local clip tap (``model.video.clip_features: local``) the video
+    stages after the tap and the final norm (the LocVTP recipes tap the final map, as LocVTP does).
+    """
+
+    def __init__(self, model: LFVILA, cfg: TaskConfig):
+        if model.word_context is None or model.clip_context is None:
+            raise ValueError("task.name=locvtp needs the context projection heads: set model.context_projection: "
+                             "true (a training recipe sets it from task.name)")
+        text, video = model.text, model.video
+        after_tap = [video.layers[video.tap_stage:], video.norm] if video.tap_stage is not None else []
+        unused = {id(p) for p in _parameters(after_tap)}
+        modules = [video, text.embeddings, text.sentence_layers, model.clip_proj, model.sentence_proj,
+                   model.word_context, model.clip_context]
+        super().__init__(model, cfg, [p for p in _parameters(modules) if id(p) not in unused])
+        self.coarse_loss = SoftTargetContrastiveLoss(cfg.coarse_temperature, cfg.coarse_target_temperature,
+                                                     cfg.coarse_reference_targets, gather=cfg.gather_across_ranks)
+        self.fine_loss = ClipWordLoss(cfg.fine_temperature, cfg.fine_negatives)
+        self.temporal_loss = TemporalShiftLoss(cfg.temporal_temperature)
+
+    def losses(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+               gather: bool | None = None) -> dict[str, torch.Tensor]:
+        """``{"coarse": ..., "fine": ..., "temporal": ...}`` weighted (a loss of weight 0 is left out);
+        the random draws come from ``generator`` or the global CPU RNG; ``gather=False`` contrasts this
+        rank's pairs alone, without any collective."""
+        clip = self.model.encode_video(batch["video"])["clip"]  # (B, M, D)
+        text = self.model.encode_sentences(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
+        return self.losses_from_features(clip, text["sentence"], text["word"], batch["sentence_mask"],
+                                         text["word_mask"], generator=generator, gather=gather)
+
+    def held_out_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """:meth:`losses` of one val batch alone (no collective: ranks may hold different batch counts)."""
+        return self.losses(batch, gather=False)
+
+    def losses_from_features(self, clip: torch.Tensor, sentence: torch.Tensor, word: torch.Tensor,
+                             sentence_mask: torch.Tensor, word_mask: torch.Tensor, *,
+                             generator: torch.Generator | None = None,
+                             gather: bool | None = None) -> dict[str, torch.Tensor]:
+        """The weighted losses from ``clip``, ``sentence`` ``(B, M, D)``, ``word`` ``(B, M, L, D)`` and the
+        masks ``(B, M)``, ``(B, M, L)``."""
+        cfg = self.cfg
+        if clip.shape[1] != sentence.shape[1]:
+            raise ValueError(f"{clip.shape[1]} clips but {sentence.shape[1]} sentences per sample")
+        out = {}
+        if cfg.coarse_weight > 0:
+            out["coarse"] = cfg.coarse_weight * self.coarse_loss(clip, sentence, sentence_mask, gather=gather)
+        if cfg.fine_weight > 0 or cfg.temporal_weight > 0:
+            draw = draw_clip_word(clip, word, sentence_mask, word_mask, cfg.fine_negatives, generator)
+            if cfg.fine_weight > 0:
+                out["fine"] = cfg.fine_weight * self.fine_loss(clip, word, sentence_mask, word_mask, draw=draw)
+            if cfg.temporal_weight > 0:
+                out["temporal"] = cfg.temporal_weight * self.temporal_loss(
+                    clip, word, sentence_mask, draw, self.model.word_context, self.model.clip_context,
+                    generator=generator)
+        return out
+
+    @staticmethod
+    def retrieval_features(video: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+                           sentence_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video and paragraph features this task's retrieval is scored with, ``(B, D)`` each: the
+        L2-normalised mean of the real clips and of the real sentences (LocVTP pools a segment's clip
+        features by their mean; this task trains neither the video-global nor the paragraph feature)."""
+        weights = sentence_mask.to(video["clip"].dtype)[..., None]  # (B, M, 1)
+        count = weights.sum(dim=1).clamp(min=1.0)  # (B, 1)
+        return (F.normalize((video["clip"] * weights).sum(dim=1) / count, dim=-1),
+                F.normalize((text["sentence"] * weights).sum(dim=1) / count, dim=-1))
+
+
+def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task | RetrievalTask | LocVTPTask:
     """The task object of ``cfg.name`` (and ``cfg.stage``)."""
     if cfg.name == "retrieval":
         return RetrievalTask(model, cfg)
+    if cfg.name == "locvtp":
+        return LocVTPTask(model, cfg)
     return Stage1Task(model, cfg) if cfg.stage == 1 else Stage2Task(model, cfg)

@@ -30,6 +30,8 @@ class ModelConfig:
     (``TrainConfig`` sets ``frames_per_clip = data.frames_per_sentence``, ``max_frames = data.n_frames``);
     the presets (``paper``, ``tiny``) set them, for a model built without a training recipe.
     tokens_per_frame: video tokens per frame after the 2x3 max-pool (6 for a 3x5 final grid).
+    context_projection: build LocVTP's two context projection heads (``word_context``,
+    ``clip_context``); a training recipe sets it from ``task.name: locvtp``.
     """
 
     video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig.paper)
@@ -38,6 +40,7 @@ class ModelConfig:
     frames_per_clip: int | None = None
     max_frames: int | None = None
     tokens_per_frame: int = 6
+    context_projection: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "frames_per_clip", "max_frames", "tokens_per_frame"):
@@ -84,6 +87,28 @@ class VideoTokenEmbeddings(nn.Module):
         return self.norm(x).flatten(1, 2)  # (B, T*k, Ct)
 
 
+class ContextProjection(nn.Module):
+    """LocVTP's context projection head: ``x + E_sign(sign(offset)) + E_dist(|offset|)``, ``(N, D)`` -> ``(N, D)``.
+
+    Each embedding is a ``Linear(1, D)`` of the offset's sign and of its distance in clip positions,
+    as released. They start small (normal 0.02, zero bias; PyTorch's default would give them a norm of
+    about ``sqrt(D / 3)``, swamping the L2-normalised features they are added to).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sign = nn.Linear(1, dim)
+        self.distance = nn.Linear(1, dim)
+        for linear in (self.sign, self.distance):
+            nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, features: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``features`` ``(N, D)``, ``offset`` ``(N,)`` integer positions -> ``(N, D)`` (not normalised)."""
+        offset = offset.to(self.sign.weight.dtype)[:, None]  # (N, 1)
+        return features + self.sign(offset.sign()) + self.distance(offset.abs())
+
+
 class LFVILA(nn.Module):
     """Video and text towers with their projections into the joint space (and the stage-2 fusion)."""
 
@@ -106,6 +131,9 @@ class LFVILA(nn.Module):
             VideoTokenEmbeddings(video_width, text_width, cfg.max_frames, cfg.tokens_per_frame)
             if cfg.text.cross_layers else None
         )
+        # LocVTP's heads exist only for the task that trains them, so every parameter is usable.
+        self.word_context = ContextProjection(cfg.embed_dim) if cfg.context_projection else None
+        self.clip_context = ContextProjection(cfg.embed_dim) if cfg.context_projection else None
 
     def encode_video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """``video`` float ``(B, 3, T, H, W)`` normalised -> features.
@@ -147,6 +175,21 @@ class LFVILA(nn.Module):
             "token_mask": out.token_mask,
         }
 
+    def encode_sentences(
+        self, text_ids: torch.Tensor, text_mask: torch.Tensor, sentence_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The sentence layers alone (no paragraph layers): sentence and word features.
+
+        sentence: ``(B, M, D)`` L2-normed, equal to :meth:`encode_text`'s; word: ``(B, M, L, D)`` every
+        token's sentence-layer output through the same sentence projection (one text projection for
+        sentences and words, as in LocVTP), L2-normed; word_mask: ``(B, M, L)`` bool, the real words
+        (real tokens other than ``[CLS]`` and ``[SEP]``).
+        """
+        token_valid = text_mask.bool() & sentence_mask.bool()[..., None]  # (B, M, L)
+        tokens = self.text.encode_sentences(text_ids, token_valid)  # (B, M, L, Ct)
+        word = F.normalize(self.sentence_proj(tokens), dim=-1)  # (B, M, L, D); position 0 is [CLS]
+        return {"sentence": word[:, :, 0], "word": word, "word_mask": word_positions(token_valid)}
+
     def fuse(self, text_tokens: torch.Tensor, text_token_mask: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-modal encoder: text tokens ``(B, S, Ct)`` + pooled video tokens ``(B, N, Cv)`` -> ``(B, S + N, Ct)``.
 
@@ -163,6 +206,13 @@ class LFVILA(nn.Module):
     def match_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(B, S + N, Ct)`` cross-modal output -> ``(B, 2)`` video-text matching logits (1 = matched)."""
         return self.text.match_head(hidden)
+
+
+def word_positions(token_valid: torch.Tensor) -> torch.Tensor:
+    """Real tokens ``(..., L)`` (a prefix per sentence: ``[CLS] words [SEP] padding``) -> the words alone."""
+    count = token_valid.sum(dim=-1, keepdim=True)  # (..., 1)
+    position = torch.arange(token_valid.shape[-1], device=token_valid.device)
+    return token_valid.bool() & (position > 0) & (position < count - 1)
 
 
 def build_model(cfg: ModelConfig) -> LFVILA:

@@ -175,12 +175,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.model = model_for_data(self.model, self.data)
+        if self.task.name == "locvtp" and not self.model.context_projection:
+            # the task's heads are the model's (checkpointed with it); the task decides they exist
+            self.model = replace(self.model, context_projection=True)
         if self.data.bert_dir and self.data.bert_dir != self.model.text.bert_dir:
             raise ValueError(f"data.bert_dir ({self.data.bert_dir!r}) differs from model.text.bert_dir "
                              f"({self.model.text.bert_dir!r}): the tokenizer must be the model's BERT; "
                              f"leave data.bert_dir empty")
         if self.task.name == "retrieval" and self.data.sampling != "whole_video":
             raise ValueError(f"task.name=retrieval reads whole videos: set data.sampling=whole_video "
+                             f"(got {self.data.sampling!r})")
+        if self.task.name == "locvtp" and self.data.sampling != "window":
+            raise ValueError(f"task.name=locvtp pairs each clip with its own sentence: set data.sampling=window "
                              f"(got {self.data.sampling!r})")
         if self.data.text_slots > self.model.text.max_sentences:
             slots = "paragraph_sentences" if self.data.sampling == "whole_video" else "n_sentences"

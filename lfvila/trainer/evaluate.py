@@ -13,7 +13,10 @@ from the gathered features in key order, in chunks of ``loss_batch_size`` sample
 per-rank training batch size), never from whichever samples shared a rank's batch.
 Stage-2 figures (MLM / VTM losses and accuracies) pair each text with another sample's video
 within the loader's batch, as in training, so they are sums over the ranks' batches and
-depend on how samples fall into batches (``trainer.eval_max_batches`` also counts per rank).
+depend on how samples fall into batches (``trainer.eval_max_batches`` also counts per rank);
+so do the LocVTP task's held-out losses (its coarse loss contrasts the pairs of one batch).
+A task may score retrieval with its own video and paragraph features (``retrieval_features``:
+the LocVTP task's are the means of its clips and of its sentences).
 
 Ranks are 1-based; a tie with the true item counts against it, so a model that maps every
 input to the same feature scores chance level, never better.
@@ -102,13 +105,15 @@ def _cpu(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batches: int | None,
                      autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
-    """Run the model over this rank's val batches; return CPU features, keys and, for a stage-2 task,
-    held-out loss sums and accuracy counts. Makes no cross-rank collective (any number of batches
-    per rank is fine)."""
+    """Run the model over this rank's val batches; return CPU features, keys and, for a task without
+    ``feature_losses`` (stage 2, LocVTP), held-out loss sums (``task.held_out_losses(batch)`` where the
+    task has it, a form that makes no collective; else ``task.losses(batch)``) and accuracy counts.
+    Makes no cross-rank collective (any number of batches per rank is fine)."""
     from lfvila.data.device import batch_to_device
 
     model = task.model
     per_batch_losses = not hasattr(task, "feature_losses")  # stage 1 scores gathered features later
+    batch_losses = getattr(task, "held_out_losses", None) or getattr(task, "losses", None)
     rows: dict[str, list] = {"paragraph": [], "video": [], "sentence": [], "clip": [], "mask": [], "keys": []}
     loss_sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -120,15 +125,19 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
         with autocast or contextlib.nullcontext():
             video = model.encode_video(batch["video"])
             text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
-            losses = task.losses(batch) if per_batch_losses else {}
+            losses = batch_losses(batch) if per_batch_losses else {}
             if "mlm_ids" in batch:
                 for name, count in stage2_counts(model, batch, video).items():
                     counts[name] = counts.get(name, 0) + count
         for name, value in losses.items():
             loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
-        rows["paragraph"].append(_cpu(text["paragraph"]))
+        if hasattr(task, "retrieval_features"):  # a task that trains other video / paragraph features
+            video_feature, paragraph_feature = task.retrieval_features(video, text, batch["sentence_mask"])
+        else:
+            video_feature, paragraph_feature = video["global_"], text["paragraph"]
+        rows["paragraph"].append(_cpu(paragraph_feature))
         rows["sentence"].append(_cpu(text["sentence"]))
-        rows["video"].append(_cpu(video["global_"]))
+        rows["video"].append(_cpu(video_feature))
         rows["clip"].append(_cpu(video["clip"]))
         rows["mask"].append(batch["sentence_mask"].bool().cpu())
         if "clip_order" in batch:  # a shuffle-test pass (lfvila.eval.shuffle): which clip each slot shows
