@@ -309,11 +309,18 @@ class LocVTPTask(_Task):
                            sentence_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The video and paragraph features this task's retrieval is scored with, ``(B, D)`` each: the
         L2-normalised mean of the real clips and of the real sentences (LocVTP pools a segment's clip
-        features by their mean; this task trains neither the video-global nor the paragraph feature)."""
-        weights = sentence_mask.to(video["clip"].dtype)[..., None]  # (B, M, 1)
-        count = weights.sum(dim=1).clamp(min=1.0)  # (B, 1)
-        return (F.normalize((video["clip"] * weights).sum(dim=1) / count, dim=-1),
-                F.normalize((text["sentence"] * weights).sum(dim=1) / count, dim=-1))
+        features by their mean; this task trains neither the video-global nor the paragraph feature).
+
+        Window samples pair clip m with sentence m, so the clips of padded sentences are left out;
+        whole-video samples (``lfvila eval --task retrieval``) have their own clip count, all real.
+        """
+        def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, P, D), (B, P) -> (B, D)
+            weights = mask.to(x.dtype)[..., None]
+            return F.normalize((x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0), dim=-1)
+
+        clip = video["clip"]  # (B, C, D)
+        clip_mask = sentence_mask if clip.shape[1] == sentence_mask.shape[1] else clip.new_ones(clip.shape[:2])
+        return masked_mean(clip, clip_mask), masked_mean(text["sentence"], sentence_mask)
 
 
 def build_task(model: LFVILA, cfg: TaskConfig) -> Stage1Task | Stage2Task | RetrievalTask | LocVTPTask:

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lfvila.config import load_config
+from lfvila.errors import ConfigError
 from lfvila.models.lfvila import ModelConfig, build_model
 from lfvila.tasks import LocVTPTask, TaskConfig, build_task
 from lfvila.trainer.config import TrainConfig
+from lfvila.trainer.loop import Trainer
 from test_tasks import T, check_gradients, make_batch
 
 RECIPES = Path(__file__).resolve().parents[1] / "train"
@@ -81,6 +84,10 @@ def test_retrieval_features_are_masked_means(model):
     s = 2 ** -0.5
     torch.testing.assert_close(video, torch.tensor([[s, s], [1.0, 0.0]]))
     torch.testing.assert_close(paragraph, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    # whole-video samples: three clips for two sentence slots, every clip real
+    three = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]] * 2)
+    video, _ = LocVTPTask.retrieval_features({"clip": three}, {"sentence": sentence}, mask)
+    torch.testing.assert_close(video, F.normalize(torch.tensor([[2.0, 1.0]] * 2), dim=-1))
 
 
 def test_config_needs_heads_stage_1_and_window_samples(model):
@@ -91,8 +98,9 @@ def test_config_needs_heads_stage_1_and_window_samples(model):
     cfg = load_config(TrainConfig, RECIPES / "tiny.yaml", ["task.name=locvtp"])
     assert cfg.model.context_projection  # derived from the task
     assert not load_config(TrainConfig, RECIPES / "tiny.yaml").model.context_projection
-    with pytest.raises(ValueError, match="data.sampling=window"):
-        load_config(TrainConfig, RECIPES / "tiny.yaml", ["task.name=locvtp", "data.sampling=whole_video"])
+    whole = load_config(TrainConfig, RECIPES / "tiny.yaml", ["task.name=locvtp", "data.sampling=whole_video"])
+    with pytest.raises(ConfigError, match="data.sampling=window"):  # evaluation may read whole videos, not training
+        Trainer(whole)
     plain = dataclasses.replace(model.cfg, context_projection=False,
                                 text=dataclasses.replace(model.cfg.text, init_from_pretrained=False))
     with pytest.raises(ValueError, match="model.context_projection"):

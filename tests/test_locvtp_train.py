@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lfvila.config import load_config
@@ -63,3 +64,43 @@ def test_short_locvtp_run_learns_checkpoints_and_evaluates(tmp_path, bert_dir):
     main(["eval", "--checkpoint", str(final), "--out", str(tmp_path / "again.json")])
     again = json.loads((tmp_path / "again.json").read_text())
     assert {k: again[k] for k in metrics} == pytest.approx(metrics)
+
+    # whole-video retrieval of the checkpoint scores this task's own (pooled clip / sentence) features
+    assert main(["eval", "--task", "retrieval", "--checkpoint", str(final), "--data", "::".join(val),
+                 "--out", str(tmp_path / "retrieval")]) == 0
+    retrieval = json.loads((tmp_path / "retrieval" / "retrieval.json").read_text())
+    similarity = np.load(tmp_path / "retrieval" / "similarity.npy")
+    assert retrieval["n_videos"] == 8 and similarity.shape == (8, 8)
+    assert _pooled_similarity(final, val) == pytest.approx(similarity, abs=1e-5)
+
+
+def _pooled_similarity(checkpoint: Path, val: list[str]) -> np.ndarray:
+    """Paragraph x video cosine of the mean real sentence and the mean clip, computed here directly."""
+    import torch
+
+    from lfvila.data import build_loader
+    from lfvila.data.device import batch_to_device
+    from lfvila.models.lfvila import build_model
+    from lfvila.trainer.checkpoint import MODEL, load_file
+    from lfvila.trainer.evaluate import checkpoint_eval_config
+
+    cfg = checkpoint_eval_config(checkpoint, overrides=["data.sampling=whole_video"], val_shards=val)
+    model = build_model(cfg.model)
+    model.load_state_dict(load_file(checkpoint / MODEL))
+    model.eval()
+    rows = {}
+    with torch.no_grad():
+        for batch in build_loader(cfg.loader_data(), "val", stage=1, epoch_mode=True):
+            if not batch.get("keys"):  # a stream's tail can carry only skip counts
+                continue
+            batch = batch_to_device(batch, torch.device("cpu"))
+            clip = model.encode_video(batch["video"])["clip"]  # (B, C, D)
+            sentence = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])["sentence"]
+            for i, key in enumerate(batch["keys"]):
+                real = sentence[i][batch["sentence_mask"][i].bool()]
+                rows[key] = (torch.nn.functional.normalize(real.mean(0), dim=0),
+                             torch.nn.functional.normalize(clip[i].mean(0), dim=0))
+    keys = sorted(rows)
+    paragraph = torch.stack([rows[k][0] for k in keys])
+    video = torch.stack([rows[k][1] for k in keys])
+    return (paragraph @ video.T).numpy()

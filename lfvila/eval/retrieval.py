@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ HEADLINE = tuple(f"{d}_{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10",
 # What a retrieval evaluation overrides in a checkpoint's config: whole videos, no window.
 WHOLE_VIDEO = ["data.sampling=whole_video"]
 
+# (encode_video's output, encode_text's output, sentence_mask (B, M)) -> video, paragraph (B, D)
+RetrievalFeatures = Callable[[dict, dict, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class RetrievalResult:
@@ -45,8 +48,12 @@ class RetrievalResult:
 
 @torch.no_grad()
 def collect_features(model: Any, batches: Iterable[dict], ctx: DistContext,
-                     autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
-    """This rank's ``keys``, ``paragraph`` and ``video`` ``(N, D)`` CPU float features. No collective."""
+                     autocast: contextlib.AbstractContextManager | None = None,
+                     features: RetrievalFeatures | None = None) -> dict[str, Any]:
+    """This rank's ``keys``, ``paragraph`` and ``video`` ``(N, D)`` CPU float features. No collective.
+
+    ``features``: how a task makes them from ``encode_video`` / ``encode_text``'s outputs (default the
+    video-global and paragraph features)."""
     from lfvila.data.device import batch_to_device
 
     keys: list[str] = []
@@ -56,8 +63,12 @@ def collect_features(model: Any, batches: Iterable[dict], ctx: DistContext,
             continue
         batch = batch_to_device(batch, ctx.device)
         with autocast or contextlib.nullcontext():
-            video = model.encode_video(batch["video"])["global_"]  # (B, D)
-            paragraph = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])["paragraph"]
+            video_out = model.encode_video(batch["video"])
+            text_out = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
+            if features is None:
+                video, paragraph = video_out["global_"], text_out["paragraph"]  # (B, D) each
+            else:
+                video, paragraph = features(video_out, text_out, batch["sentence_mask"])
         videos.append(video.float().cpu())
         paragraphs.append(paragraph.float().cpu())
         keys.extend(batch["keys"])
@@ -87,16 +98,18 @@ def merge_by_key(parts: list[dict[str, Any]]) -> tuple[list[str], torch.Tensor, 
 
 
 def evaluate_retrieval(model: Any, batches: Iterable[dict], ctx: DistContext,
-                       autocast: contextlib.AbstractContextManager | None = None) -> RetrievalResult:
+                       autocast: contextlib.AbstractContextManager | None = None,
+                       features: RetrievalFeatures | None = None) -> RetrievalResult:
     """Features of every rank's batches, gathered; metrics of the whole set (identical on every rank).
 
     ``batches`` should come from a loader with ``data.sampling: whole_video`` in val mode. The
-    model is put in eval mode and back. An empty set gives ``{"n_videos": 0}``.
+    model is put in eval mode and back. An empty set gives ``{"n_videos": 0}``. ``features``: see
+    :func:`collect_features`.
     """
     was_training = model.training
     model.eval()
     try:
-        local = collect_features(model, batches, ctx, autocast)
+        local = collect_features(model, batches, ctx, autocast, features)
     finally:
         model.train(was_training)
     keys, paragraph, video = merge_by_key(ctx.gather_objects(local))
@@ -149,6 +162,7 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
     from lfvila.errors import ConfigError
     from lfvila.eval import shuffle
     from lfvila.models.lfvila import build_model
+    from lfvila.tasks import LocVTPTask
     from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
     from lfvila.trainer.evaluate import checkpoint_eval_config
     from lfvila.trainer.loop import seed_everything
@@ -165,6 +179,8 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
     model = build_model(cfg.model)
     model.load_state_dict(load_file(path / MODEL))
     model.to(ctx.device)
+    # a LocVTP checkpoint trains neither the video-global nor the paragraph feature: its own pooling
+    features = LocVTPTask.retrieval_features if cfg.task.name == "locvtp" else None
     use_cuda = ctx.device.type == "cuda"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision) if use_cuda else None
     autocast = torch.autocast("cuda", dtype=amp) if amp is not None else None
@@ -175,7 +191,7 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
         if clip_shuffle_seed is not None:
             batches = shuffle.shuffled_clips(batches, clip_shuffle_seed, cfg.data.frames_per_sentence,
                                              whole_video=cfg.data.sampling == "whole_video")
-        return evaluate_retrieval(model, batches, ctx, autocast)
+        return evaluate_retrieval(model, batches, ctx, autocast, features)
 
     result = one_pass(None)
     provenance = {"task": "retrieval", "checkpoint": str(path), "step": meta["step"], "data": cfg.data.val_shards,

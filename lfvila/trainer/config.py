@@ -185,9 +185,6 @@ class TrainConfig:
         if self.task.name == "retrieval" and self.data.sampling != "whole_video":
             raise ValueError(f"task.name=retrieval reads whole videos: set data.sampling=whole_video "
                              f"(got {self.data.sampling!r})")
-        if self.task.name == "locvtp" and self.data.sampling != "window":
-            raise ValueError(f"task.name=locvtp pairs each clip with its own sentence: set data.sampling=window "
-                             f"(got {self.data.sampling!r})")
         if self.data.text_slots > self.model.text.max_sentences:
             slots = "paragraph_sentences" if self.data.sampling == "whole_video" else "n_sentences"
             raise ValueError(f"data.{slots} ({self.data.text_slots}) exceeds model.text.max_sentences "

@@ -107,6 +107,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, resume: str | None = None, ctx: DistContext | None = None,
                  loader: Any = None) -> None:
+        if cfg.task.name == "locvtp" and cfg.data.sampling != "window":
+            # (evaluation may read whole videos: lfvila eval --task retrieval of a LocVTP checkpoint)
+            from lfvila.errors import ConfigError
+
+            raise ConfigError(f"task.name=locvtp trains on clips paired with their own sentences: set "
+                              f"data.sampling=window (got {cfg.data.sampling!r})")
         self.cfg = cfg
         self.ctx = ctx or setup_distributed(cfg.trainer.device)
         self.out = Path(cfg.trainer.out_dir)
