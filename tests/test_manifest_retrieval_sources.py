@@ -176,3 +176,86 @@ def test_didemo_file_that_is_not_a_list_is_an_input_error(tmp_path):
 
     with pytest.raises(InputError, match="not a JSON list"):
         _read("didemo", path)
+
+
+# --- QuerYD ---------------------------------------------------------------------------------------
+
+def _queryd_files(tmp_path: Path, suffix: str = "") -> Path:
+    """``raw_captions_combined_filtered.pkl`` and ``times_captions_combined_filtered.pkl`` as published:
+    captions as word lists, spans in seconds (numpy floats, as numpy-built annotation files hold)."""
+    import pickle
+
+    import numpy as np
+
+    f = np.float64
+    captions = {
+        "video-aaaaaaaaaaa": [["a", "man", "walks", "in."], ["he", "sits", "down."], ["the", "door", "closes."]],
+        "video-bbbbbbbbbbb": [["a", "woman", "reads."], [], ["she", "smiles."], ["a", "dog", "barks."],
+                              ["she", "leaves."]],
+        "video-ccccccccccc": [["mismatch", "one"], ["mismatch", "two"]],
+        "video-ddddddddddd": [["no", "times", "at", "all"]],
+    }
+    times = {
+        "video-aaaaaaaaaaa": [[f(12.5), f(20.0)], [f(1.0), f(6.25)], [30.0, 31.5]],
+        "video-bbbbbbbbbbb": [[0.0, 3.0], [4.0, 5.0], [7.5, 7.5], [-2.0, 1.0], [9.0, 8.0]],
+        "video-ccccccccccc": [[0.0, 1.0]],
+        "video-eeeeeeeeeee": [[0.0, 1.0]],  # times without captions: counted, nothing to reject
+    }
+    path = tmp_path / f"raw_captions_combined_filtered{suffix}.pkl"
+    path.write_bytes(pickle.dumps(captions))
+    (tmp_path / f"times_captions_combined_filtered{suffix}.pkl").write_bytes(pickle.dumps(times))
+    return path
+
+
+def test_queryd_pairs_captions_with_times_and_rejects_bad_rows(tmp_path):
+    path = _queryd_files(tmp_path, "-v2")
+    videos, rejects, stats = _read("queryd", path)
+    a = next(v for v in videos if v.video_id == "video-aaaaaaaaaaa")
+    assert [(c.clip_id, c.start, c.end, c.text) for c in a.clips][:2] == [
+        ("video-aaaaaaaaaaa.0", 12.5, 20.0, "a man walks in."), ("video-aaaaaaaaaaa.1", 1.0, 6.25, "he sits down.")]
+    assert type(a.clips[0].start) is float
+    assert sorted((r.video_id, r.reason) for r in rejects) == [("video-ccccccccccc", "malformed_record")] * 2 + [
+        ("video-ddddddddddd", "malformed_record")]
+    assert "cannot be paired" in rejects[0].detail and stats["times_videos_without_captions"] == 1
+
+    clips, rejected, counts, longform = _build(tmp_path, [f"queryd:{path}"])
+    _accounted(counts, 11)
+    assert counts["rejects_by_reason"] == {"malformed_record": 3, "empty_text": 1, "end_not_after_start": 2,
+                                           "negative_time": 1}
+    paragraphs = {r["video_id"]: [s["text"] for s in r["sentences"]] for r in longform}
+    assert paragraphs == {"video-aaaaaaaaaaa": ["he sits down.", "a man walks in.", "the door closes."],
+                          "video-bbbbbbbbbbb": ["a woman reads."]}
+
+
+def test_queryd_split_list_json_variant_and_the_cli(tmp_path):
+    (tmp_path / "raw_captions_combined_filtered.json").write_text(json.dumps(
+        {"video-aaaaaaaaaaa": [["one"], ["two"]], "video-fffffffffff": [["three"]]}))
+    times = tmp_path / "spans.json"
+    times.write_text(json.dumps({"video-aaaaaaaaaaa": [[0, 2], [2, 4]], "video-fffffffffff": [[1, 2]]}))
+    split_list = tmp_path / "test_list.txt"
+    split_list.write_text("video-aaaaaaaaaaa\n")
+    source = f"queryd:{tmp_path / 'raw_captions_combined_filtered.json'}?times={times}&split_list={split_list}"
+    corpus = _cli_manifest(tmp_path, source, "retrieval_queryd", "--set", "manifest.force_split=val")
+    counts = corpus["counts"]
+    assert counts["input_records"] == 3 and counts["rejects_by_reason"] == {"not_in_split": 1}
+    assert counts["longform"]["val"]["videos"] == 1 and counts["longform"]["val"]["clips"] == 2
+    assert [f["path"] for f in corpus["inputs"][0]["files"]] == [
+        "raw_captions_combined_filtered.json", "spans.json", "test_list.txt"]
+
+
+def test_queryd_pickle_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    from lfvila.errors import InputError
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "raw_captions_x.pkl"
+    path.write_bytes(pickle.dumps({"video-a": Exploit()}))
+    (tmp_path / "times_captions_x.pkl").write_bytes(pickle.dumps({}))
+    with pytest.raises(InputError, match="refusing to build builtins.print"):
+        _read("queryd", path)
+    with pytest.raises(InputError, match=r"\?times=FILE"):
+        get_adapter("queryd").input_files(tmp_path / "captions.pkl", {})

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from lfvila.errors import ConfigError
 
-FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "subtitles", "didemo")
+FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "subtitles", "didemo", "queryd")
 
 
 class SourceSpec(NamedTuple):
