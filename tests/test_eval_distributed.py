@@ -25,7 +25,7 @@ def _evaluate_cases(cases: dict[str, list[str]], rank: int, world: int) -> dict[
     from lfvila.data import build_loader
     from lfvila.trainer.config import TrainConfig
     from lfvila.trainer.evaluate import evaluate
-    from lfvila.trainer.loop import build_task, seed_everything
+    from lfvila.trainer.setup import build_model_and_task, seed_everything
     from lfvila.trainer.parallel import DistContext
 
     torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def _evaluate_cases(cases: dict[str, list[str]], rank: int, world: int) -> dict[
                           [f"data.val_shards={json.dumps(shards)}", "data.num_workers=0", f"data.batch_size={BATCH}"])
         if task is None:
             seed_everything(cfg.trainer.seed)  # the same weights in every process
-            task = build_task(cfg)
+            task = build_model_and_task(cfg)
         loader = build_loader(cfg.loader_data(), "val", rank=rank, world_size=world, stage=1, epoch_mode=True)
         out[name] = evaluate(task, loader, ctx, loss_batch_size=BATCH)
     return out

@@ -66,7 +66,7 @@ def collect_features(model: Any, batches: Iterable[dict], ctx: DistContext,
             video_out = model.encode_video(batch["video"])
             text_out = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
             if features is None:
-                video, paragraph = video_out["global_"], text_out["paragraph"]  # (B, D) each
+                video, paragraph = video_out["global"], text_out["paragraph"]  # (B, D) each
             else:
                 video, paragraph = features(video_out, text_out, batch["sentence_mask"])
         videos.append(video.float().cpu())
@@ -165,8 +165,8 @@ def evaluate_retrieval_checkpoint(path: str | os.PathLike, *, data: str | list[s
     from lfvila.tasks import LocVTPTask
     from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
     from lfvila.trainer.evaluate import checkpoint_eval_config
-    from lfvila.trainer.loop import seed_everything
     from lfvila.trainer.parallel import setup_distributed
+    from lfvila.trainer.setup import seed_everything
 
     path = resolve_checkpoint(path)
     meta = read_meta(path)

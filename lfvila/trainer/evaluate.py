@@ -134,7 +134,7 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
         if hasattr(task, "retrieval_features"):  # a task that trains other video / paragraph features
             video_feature, paragraph_feature = task.retrieval_features(video, text, batch["sentence_mask"])
         else:
-            video_feature, paragraph_feature = video["global_"], text["paragraph"]
+            video_feature, paragraph_feature = video["global"], text["paragraph"]
         rows["paragraph"].append(_cpu(paragraph_feature))
         rows["sentence"].append(_cpu(text["sentence"]))
         rows["video"].append(_cpu(video_feature))
@@ -365,6 +365,16 @@ def checkpoint_eval_config(path: Path, *, overrides: list[str] | None = None,
     return from_dict(TrainConfig, apply_overrides(saved, overrides))
 
 
+def write_eval_json(metrics: dict[str, Any], path: Path) -> None:
+    """``metrics`` as indented JSON at ``path`` (its directory made), through a temporary and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
+
+
 def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,
                         out: Path | None = None, val_shards: str | list[str] | None = None,
                         shuffle_seed: int | None = None) -> tuple[dict[str, float], Path | None, dict | None]:
@@ -385,8 +395,8 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
     from lfvila.data import build_loader
     from lfvila.eval import shuffle
     from lfvila.trainer.checkpoint import MODEL, load_file, read_meta, resolve_checkpoint
-    from lfvila.trainer.loop import build_task, seed_everything, write_eval_json
     from lfvila.trainer.parallel import setup_distributed
+    from lfvila.trainer.setup import build_model_and_task, seed_everything
 
     path = resolve_checkpoint(path)
     meta = read_meta(path)
@@ -397,7 +407,7 @@ def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_b
         raise ConfigError(f"{path}: no val shards in its config; pass --data URLS")
     ctx = setup_distributed(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)
-    task = build_task(cfg)
+    task = build_model_and_task(cfg)
     task.model.load_state_dict(load_file(path / MODEL))
     task.model.to(ctx.device)
     use_cuda = ctx.device.type == "cuda"

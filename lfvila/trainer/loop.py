@@ -29,11 +29,12 @@ from torch import nn
 from lfvila.config import to_dict, write_config
 from lfvila.data.device import batch_to_device
 from lfvila.trainer import checkpoint as ckpt
-from lfvila.trainer.batch import batch_size
 from lfvila.trainer.config import TrainConfig
+from lfvila.trainer.evaluate import chance_level, evaluate, write_eval_json
 from lfvila.trainer.flops import device_peak_tflops, format_throughput, training_step_flops
 from lfvila.trainer.optim import build_optimizer, build_scheduler
 from lfvila.trainer.parallel import DistContext, setup_distributed
+from lfvila.trainer.setup import build_model_and_task, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +85,6 @@ class _Window:
     started: float = field(default_factory=time.perf_counter)
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def build_task(cfg: TrainConfig) -> Any:
-    """The model and the task object of ``cfg.task.stage``."""
-    from lfvila.models.lfvila import build_model
-    from lfvila.tasks import build_task as build_stage_task
-
-    return build_stage_task(build_model(cfg.model), cfg.task)
-
-
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`."""
 
@@ -129,7 +112,7 @@ class Trainer:
             torch.set_num_threads(tcfg.cpu_threads)
         # Same seed on every rank for the weights; each rank then gets its own stream.
         seed_everything(tcfg.seed)
-        self.task = build_task(cfg)
+        self.task = build_model_and_task(cfg)
         self.model = self.task.model.to(self.ctx.device)
         self._freeze_untrained()
         # Decided before any initialisation: `--resume auto` with no checkpoint yet is a fresh start,
@@ -291,7 +274,7 @@ class Trainer:
                 return self.task.losses(batch)
 
         with torch.random.fork_rng(devices=[self.ctx.device] if cuda else []):
-            flops = training_step_flops(losses, params) / batch_size(batch)
+            flops = training_step_flops(losses, params) / len(batch["keys"])
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.ctx.device)
         if self.ctx.is_main:
@@ -320,7 +303,7 @@ class Trainer:
             waited = time.perf_counter()
             batch = next(batches)
             window.data_wait_s += time.perf_counter() - waited
-            window.samples += batch_size(batch) * self.ctx.world_size
+            window.samples += len(batch["keys"]) * self.ctx.world_size
             batch = batch_to_device(batch, self.ctx.device)
             if self.flops_per_sample is None:
                 counting = time.perf_counter()
@@ -538,7 +521,6 @@ class Trainer:
         if not self.has_val_data():
             return {}
         from lfvila.data import build_loader
-        from lfvila.trainer.evaluate import evaluate
 
         loader = build_loader(self.cfg.loader_data(), "val", rank=self.ctx.rank, world_size=self.ctx.world_size,
                               stage=self.cfg.task.stage, epoch_mode=True)
@@ -561,19 +543,8 @@ class Trainer:
         return metrics
 
 
-def write_eval_json(metrics: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    tmp.replace(path)
-
-
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A compact one-line summary: each figure with its chance level in brackets."""
-    from lfvila.trainer.evaluate import chance_level
-
     parts = []
     for name, value in metrics.items():
         if name.endswith("_chance") or name == "step":
