@@ -141,7 +141,7 @@ class Stage1Task(_Task):
         """``{"global": ..., "mtc": ...}`` weighted; MTC draws from ``generator`` or the global CPU RNG."""
         video = self.model.encode_video(batch["video"])
         text = self.model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
-        return self.feature_losses(video["global_"], text["paragraph"], text["sentence"], video["clip"],
+        return self.feature_losses(video["global"], text["paragraph"], text["sentence"], video["clip"],
                                    batch["sentence_mask"], generator=generator)
 
     def feature_losses(self, video: torch.Tensor, paragraph: torch.Tensor, sentence: torch.Tensor,
@@ -228,7 +228,7 @@ class RetrievalTask(_Task):
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"global": ...}`` weighted."""
-        video = self.model.encode_video(batch["video"])["global_"]  # (B, D)
+        video = self.model.encode_video(batch["video"])["global"]  # (B, D)
         paragraph = self.model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])["paragraph"]
         return {"global": self.cfg.global_weight * self.global_loss(video, paragraph)}
 

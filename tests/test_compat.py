@@ -147,7 +147,7 @@ def test_loaded_model_computes_the_released_forward(bert_dir, source_and_export)
     torch.testing.assert_close(ours_text["sentence"], sentence, **close)
     torch.testing.assert_close(ours_text["paragraph"], paragraph, **close)
     torch.testing.assert_close(ours_video["clip"], clip, **close)
-    torch.testing.assert_close(ours_video["global_"], global_, **close)
+    torch.testing.assert_close(ours_video["global"], global_, **close)
     torch.testing.assert_close(model.match_logits(hidden), vtm, **close)
     torch.testing.assert_close(model.mlm_logits(hidden[:, 1:5]), mlm, atol=1e-4, rtol=1e-4)
 

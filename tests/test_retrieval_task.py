@@ -39,7 +39,7 @@ def test_retrieval_task_trains_the_two_towers_and_the_global_projections_only(mo
     assert set(losses) == {"global"}
     b = batch()
     model.eval()  # the same features without dropout on both sides
-    expected = GlobalContrastiveLoss(0.05)(model.encode_video(b["video"])["global_"],
+    expected = GlobalContrastiveLoss(0.05)(model.encode_video(b["video"])["global"],
                                            model.encode_text(b["text_ids"], b["text_mask"],
                                                              b["sentence_mask"])["paragraph"])
     assert task.losses(b)["global"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -90,7 +90,7 @@ class _HandMade(torch.nn.Module):
         if self.by_position:
             content = torch.arange(t // self.k).expand(b, -1)
         clip = F.one_hot(content, self.dim).float()  # (B, M, D)
-        return {"clip": clip, "global_": F.normalize(clip.mean(1), dim=-1)}
+        return {"clip": clip, "global": F.normalize(clip.mean(1), dim=-1)}
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, sentence_mask: torch.Tensor) -> dict:
         content = ids[:, :, 0]  # (B, M)

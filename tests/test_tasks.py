@@ -49,11 +49,11 @@ def test_encode_shapes_and_norms(model):
     with torch.no_grad():
         video = model.encode_video(batch["video"])
         text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
-    assert video["clip"].shape == (B, M, d) and video["global_"].shape == (B, d)
+    assert video["clip"].shape == (B, M, d) and video["global"].shape == (B, d)
     assert video["tokens"].shape == (B, T * 6, cv)
     assert text["sentence"].shape == (B, M, d) and text["paragraph"].shape == (B, d)
     assert text["tokens"].shape == (B, 1 + M * L, ct) and text["token_mask"].dtype == torch.bool
-    for x in (video["clip"], video["global_"], text["sentence"], text["paragraph"]):
+    for x in (video["clip"], video["global"], text["sentence"], text["paragraph"]):
         torch.testing.assert_close(x.norm(dim=-1), torch.ones(x.shape[:-1]))
     with pytest.raises(ValueError, match="model.max_frames"):
         ModelConfig(frames_per_clip=8, max_frames=4)

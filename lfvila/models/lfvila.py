@@ -139,7 +139,7 @@ class LFVILA(nn.Module):
         """``video`` float ``(B, 3, T, H, W)`` normalised -> features.
 
         clip: ``(B, M, D)`` L2-normed, M = T / frames_per_clip, pooled from the clip tap (``video.clip_features``);
-        global_: ``(B, D)`` L2-normed, from the mean of the final map's clip features;
+        global: ``(B, D)`` L2-normed, from the mean of the final map's clip features;
         tokens: ``(B, T*k, Cv)`` pooled final-map tokens (the cross-modal video input).
         """
         t = video.shape[2]
@@ -154,7 +154,7 @@ class LFVILA(nn.Module):
             clips, _ = pool_clip_features(out.clip_source, n_clips, self.cfg.video.token_pool)
         return {
             "clip": F.normalize(self.clip_proj(clips), dim=-1),
-            "global_": F.normalize(self.video_proj(final_clips.mean(dim=1)), dim=-1),
+            "global": F.normalize(self.video_proj(final_clips.mean(dim=1)), dim=-1),
             "tokens": tokens,
         }
 
