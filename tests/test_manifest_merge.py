@@ -6,13 +6,18 @@ import re
 import pytest
 
 from lfvila.manifest.config import ManifestConfig
-from lfvila.manifest.merge import escape_id, longform_key, longform_videos, runs_of, split_of, unescape_id
+from lfvila.manifest.merge import escape_id, longform_key, merge_video, runs_of, split_of, unescape_id
 from lfvila.manifest.records import Clip
 
 
 def _clips(spans, numbers=None) -> list[Clip]:
     numbers = numbers or list(range(1, len(spans) + 1))
     return [Clip(f"v.{n}", n, float(s), float(e), f"text {n}", False, 0) for n, (s, e) in zip(numbers, spans)]
+
+
+def longform_videos(clips, by_number, cfg):
+    """The long-form videos :func:`merge_video` makes of one video's clips (not the clips left out)."""
+    return merge_video(clips, by_number, cfg)[0]
 
 
 def _indices(videos):

@@ -95,11 +95,6 @@ def merge_video(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> tupl
     return videos, left_out
 
 
-def longform_videos(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[list[Clip]]:
-    """All long-form videos (lists of clips in order) of one video."""
-    return merge_video(clips, by_number, cfg)[0]
-
-
 def escape_id(video_id: str) -> str:
     """Injective escape of an id into ``[A-Za-z0-9_-]``: any other character becomes ``%XX`` (UTF-8 hex)."""
     if _SAFE_ID(video_id):
