@@ -16,9 +16,8 @@ A sample dict is either
 
 Why the reader looks the way it does: a long-form sample is ~208 members (its JSON and every
 frame at 3 fps) of which the planner keeps 32, so per-member costs decide the loader's speed
-(goal: well under the ~11 ms of decoding the 32 JPEGs). webdataset's ``tar_file_iterator`` (via
-``tarfile``) took ~300 us per member; a first Python reader here 13.5 us per member, ~2.9 ms per
-sample. Measured on this 2-core AMD EPYC VM, where it went, and what replaced it:
+(goal: well under the ~11 ms of decoding the 32 JPEGs). Where a first Python reader's time went,
+and what replaced it:
 
 * page faults, ~4 us per fresh 4 KiB page here: copying every member out (and the allocator
   handing the freed 2.8 MB back to the kernel after each sample) faulted ~320 pages per sample.
@@ -42,23 +41,7 @@ sample. Measured on this 2-core AMD EPYC VM, where it went, and what replaced it
   checked then. Anything that does not add up (other member order, no or a wrong ``frame_bytes``, pax or
   long-name headers) reads that sample member by member: a lying JSON costs speed, never samples.
 
-``read_shard`` on the benchmark shards (bench/_work/loader/corpus, 8 samples, process CPU time,
-the old and new module timed alternately in one process, best of 30; the machine was shared,
-absolute numbers moved +-30% between runs): 2.87 -> 0.92 ms per sample (3.1x; medians 3.29 ->
-1.00).
-
-Reading by offsets, measured on the loader's item stream when shards were still mapped (read +
-plan: ``ShardStream.items(0, 1)`` of ``build_loader(DataConfig(train_shards=..., num_workers=0, resampled=True, shuffle_buffer=16),
-"train")``, process CPU time per sample over 64 items, best and median of 40, variants alternated
-in one process; the benchmark shards above, and the same samples rewritten JSON first with
-``frame_bytes``): before this change 1.40 ms (median 1.99), 49 page faults per sample; now, old
-layout 1.35 ms (2.05; member by member as before), new layout 0.66 ms (0.91), 2 faults per sample.
-Where the rest goes (same method, the frame reads swapped out): reading the ~32 kept frames'
-data, ~450 KB out of the page cache, 0.16 ms (best; median 0.16); reading and checking their
-headers 0.08 ms (median 0.22); decoding the JSON 0.07-0.13 ms (timeit; mostly its ~200 frame
-times); the rest is the planner's checks and draws and the stream's bookkeeping. A first version
-that copied the kept frames out of the mapping instead of ``pread`` took 1.07 ms (35 faults per
-sample, then the unmapping), vs 0.76 ms with ``pread`` in a run minutes later.
+How much each change saved, measured: BENCHMARKS.md, "Tar reader: where the time per sample went".
 
 Which shards a (rank, worker) reads is decided here too: :func:`worker_shards` is a pure function of
 (seed, pass, epoch, global worker id), so streams are reproducible and never overlap.

@@ -7,8 +7,7 @@ shard's samples come from the shard stage's ``NAME.stats.json`` beside it (``sam
 else from its tar headers (one ``KEY.json`` per sample, no member data read) for the first
 ``max_counted`` such shards only, so a corpus of many thousands of shards is checked in seconds
 (the rest are checked to exist); ``pipe:`` and URL shards (``scheme://``) are listed as
-``remote``, not checked. Measured on the 2-core VM (2026-12-02), 5,000 local shards of 4
-samples: 0.19 s with stats files, 0.23 s without (64 counted).
+``remote``, not checked (the time for 5,000 shards: BENCHMARKS.md, "Shard check before training").
 
 Each shard gets a status from a fixed vocabulary: ``found``, ``damaged`` (a bad header or an end
 inside a member past its first header: the loader reads what is intact and counts the rest),
