@@ -259,3 +259,70 @@ def test_queryd_pickle_that_would_run_code_is_refused(tmp_path):
         _read("queryd", path)
     with pytest.raises(InputError, match=r"\?times=FILE"):
         get_adapter("queryd").input_files(tmp_path / "captions.pkl", {})
+
+
+# --- Condensed Movies -----------------------------------------------------------------------------
+
+CMD_CSV = (
+    "videoid,imdbid,upload_year,caption,split\n"
+    "Sv-BxH3SVS8,tt1707386,2019,\"Valjean, Javert and the students prepare for battle.\",train\n"
+    "IsZdfna1LKA,tt1707386,2019,\"Javert, defeated, ends his life \"\"at the river\"\".\",val\n"
+    "tdzX5AKWiDw,tt6398184,2019,   ,train\n"  # empty caption
+    "noduration1,tt0000001,2019,A scene without a known length.,train\n"
+    "zeroLength0,tt0000002,2019,A clip of length zero.,train\n"
+    "broken,row\n"
+    "\n"
+    "Sv-BxH3SVS8,tt1707386,2019,\"A second,\nmulti-line description.\",train\n"
+)
+CMD_DURATIONS = "videoid,duration\nSv-BxH3SVS8,131\nIsZdfna1LKA,98\ntdzX5AKWiDw,77\nzeroLength0,0\n"
+
+
+def test_condensed_movies_whole_clip_descriptions_split_and_rejects(tmp_path):
+    csv_path, durations = tmp_path / "train_val_challf0.csv", tmp_path / "durations.csv"
+    csv_path.write_text(CMD_CSV)
+    durations.write_text(CMD_DURATIONS)
+    options = {"split": "train", "durations": str(durations)}
+    videos, rejects, _ = _read("condensed_movies", csv_path, options)
+    first = next(v for v in videos if v.video_id == "Sv-BxH3SVS8")
+    assert first.duration == "131" and [(c.clip_id, c.start, c.end, c.line) for c in first.clips] == [
+        ("Sv-BxH3SVS8.0", 0.0, "131", 2), ("Sv-BxH3SVS8.1", 0.0, "131", 9)]
+    assert first.clips[1].text == "A second,\nmulti-line description."
+    assert sorted((r.clip_id or "", r.reason, r.line) for r in rejects) == [
+        ("", "malformed_record", 7), ("IsZdfna1LKA.0", "not_in_split", 3), ("noduration1.0", "bad_timestamp", 5)]
+
+    spec = f"condensed_movies:{csv_path}?split=train&durations={durations}"
+    clips, rejected, counts, longform = _build(tmp_path, [spec])
+    _accounted(counts, 7)
+    assert counts["rejects_by_reason"] == {"not_in_split": 1, "bad_timestamp": 2, "malformed_record": 1,
+                                           "empty_text": 1}
+    assert [(r["video_id"], r["start"], r["end"], [s["text"] for s in r["sentences"]]) for r in longform] == [
+        ("Sv-BxH3SVS8", 0.0, 131.0, ["Valjean, Javert and the students prepare for battle.",
+                                     "A second, multi-line description."])]
+
+    corpus = _cli_manifest(tmp_path, spec.replace("split=train", "split=val"), "retrieval_condensed_movies",
+                           "--set", "manifest.force_split=val")
+    assert corpus["counts"]["longform"]["val"]["videos"] == 1 and corpus["counts"]["input_records"] == 7
+    assert [f["path"] for f in corpus["inputs"][0]["files"]] == ["train_val_challf0.csv", "durations.csv"]
+
+
+def test_condensed_movies_duration_column_descriptions_csv_and_refusals(tmp_path):
+    from lfvila.errors import InputError
+
+    path = tmp_path / "descriptions.csv"
+    path.write_text("videoid,description,duration\nabc,A man runs.,12.5\nabd,A woman waits.,oops\n")
+    videos, rejects, _ = _read("condensed_movies", path)
+    assert [(v.video_id, v.clips[0].end) for v in videos] == [("abc", "12.5"), ("abd", "oops")] and not rejects
+    _, rejected, counts, _ = _build(tmp_path, [f"condensed_movies:{path}"])
+    assert counts["rejects_by_reason"] == {"bad_timestamp": 1} and counts["kept_clips"] == 1
+
+    no_duration = tmp_path / "test_challf0.csv"
+    no_duration.write_text("videoid,caption,split\n1061,A caption.,test\n")
+    with pytest.raises(InputError, match=r"\?durations="):
+        _read("condensed_movies", no_duration)
+    with pytest.raises(InputError, match="split column"):
+        _read("condensed_movies", path, {"split": "train"})
+    with pytest.raises(InputError, match="one of train, val, test"):
+        _read("condensed_movies", no_duration, {"split": "dev"})
+    (tmp_path / "other.csv").write_text("start,end,text\n0,1,hello\n")
+    with pytest.raises(InputError, match="Condensed Movies CSV"):
+        _read("condensed_movies", tmp_path / "other.csv")

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from lfvila.errors import ConfigError
 
-FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "subtitles", "didemo", "queryd")
+FORMATS = ("hdvila", "activitynet", "youcook2", "howto100m", "subtitles", "didemo", "queryd", "condensed_movies")
 
 
 class SourceSpec(NamedTuple):
