@@ -326,3 +326,28 @@ def test_condensed_movies_duration_column_descriptions_csv_and_refusals(tmp_path
     (tmp_path / "other.csv").write_text("start,end,text\n0,1,hello\n")
     with pytest.raises(InputError, match="Condensed Movies CSV"):
         _read("condensed_movies", tmp_path / "other.csv")
+
+
+# --- the fine-tuning recipes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,n_train", [("didemo", 8392), ("queryd", 1796), ("condensed_movies", 20000)])
+def test_train_recipes_are_activitynet_s_with_their_own_epochs_in_steps(name, n_train):
+    """Each benchmark's recipe is the release's retrieval recipe (train/retrieval_activitynet.yaml) with
+    20 epochs / 1 warm-up / decay every 5 counted in its own train set's steps (condensed_movies: an
+    assumed size, said in the file)."""
+    from dataclasses import asdict
+
+    from lfvila.config import load_config
+    from lfvila.trainer.config import TrainConfig
+
+    recipes = Path(__file__).resolve().parents[1] / "train"
+    cfg = asdict(load_config(TrainConfig, recipes / f"retrieval_{name}.yaml"))
+    anet = asdict(load_config(TrainConfig, recipes / "retrieval_activitynet.yaml"))
+    per_epoch = n_train // (16 * 8)
+    stepped = {("schedule", "warmup_steps"): per_epoch, ("schedule", "decay_every_steps"): 5 * per_epoch,
+               ("trainer", "max_steps"): 20 * per_epoch, ("trainer", "ckpt_every"): 5 * per_epoch,
+               ("trainer", "eval_every"): per_epoch, ("trainer", "out_dir"): f"runs/retrieval_{name}"}
+    for (section, key), value in stepped.items():
+        assert cfg[section].pop(key) == value
+        anet[section].pop(key)
+    assert cfg == anet
