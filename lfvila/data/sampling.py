@@ -1,7 +1,10 @@
 """One shard sample -> a plan for one training sample (no pixels decoded yet).
 
 The shard sample is the contract of the shard stage: ``json`` (key, fps, width, height,
-``frame_times``, ``sentences`` with ``[frame_start, frame_end)``) and ``NNNN.jpg`` frames. Planning
+``frame_times``, ``sentences`` with ``[frame_start, frame_end)``) and ``NNNN.jpg`` frames, or, for
+``shards.frames: h264``, one ``h264`` stream whose layout the JSON gives (``codec``, ``keyframes``,
+``packet_bytes``): the plan then keeps only the packets from the keyframe before each frame it
+uses up to that frame (lfvila/video/h264.py). Planning
 validates it, draws every random choice (sentence window, crop box, flip) from a generator the
 caller seeds, and keeps only the JPEG bytes of the frames that will be decoded, so plans are small
 enough to sit in a shuffle buffer.
@@ -24,6 +27,9 @@ import numpy as np
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import FrameMemberError
 from lfvila.data.transforms import CropBox, random_resized_crop_box, val_crop_box
+from lfvila.video.h264 import CODEC as H264_CODEC
+from lfvila.video.h264 import MEMBER as H264_MEMBER
+from lfvila.video.h264 import frames_to_decode
 
 # Frame times are seconds rounded by the writer; a frame this close to a span edge counts as inside.
 TIME_TOLERANCE_S = 1e-3
@@ -49,6 +55,19 @@ class SamplePlan:
     box: CropBox
     flip: bool
     mlm_seed: tuple[int, ...]  # seeds the stage-2 masking of this sample
+    # An H.264 sample (shards.frames: h264): what to decode instead of ``jpegs`` (then empty).
+    h264: H264Frames | None = None
+
+
+@dataclass
+class H264Frames:
+    """The packets of an H.264 sample that give its plan's distinct frames (lfvila/video/h264.py):
+    ``packets[i]`` is stream frame ``packet_frames[i]``, in decode order (runs from a keyframe);
+    ``wanted`` are the distinct frames in time order (``frame_ids`` index into it)."""
+
+    packets: list[bytes]
+    packet_frames: list[int]
+    wanted: list[int]
 
 
 _NUMBER_TYPES = {int, float}  # exact types: json gives no subclasses, and bool is excluded
@@ -220,13 +239,38 @@ def _whole_video(meta: dict, cfg: DataConfig, rng: np.random.Generator, train: b
     return texts, whole_video_frame_indices(n, cfg.n_frames, rng if train else None)
 
 
+def _h264_layout(raw: dict, meta: dict) -> tuple[memoryview | bytes, list[int], list[int]]:
+    """(stream, packet byte offsets (n + 1), keyframes) of an H.264 sample; SkipSample when the
+    JSON's layout does not describe its ``h264`` member."""
+    stream = raw.get(H264_MEMBER)
+    if stream is None:
+        raise SkipSample("missing_video", f"codec {H264_CODEC} but no .{H264_MEMBER} member")
+    sizes, keyframes, n = meta.get("packet_bytes"), meta.get("keyframes"), len(meta["frame_times"])
+    if not (isinstance(sizes, list) and len(sizes) == n and set(map(type, sizes)) <= {int} and min(sizes, default=1) > 0):
+        raise SkipSample("bad_json", "packet_bytes is not one positive integer per frame")
+    if not (isinstance(keyframes, list) and set(map(type, keyframes)) <= {int} and keyframes[:1] == [0] * bool(n)
+            and keyframes == sorted(set(keyframes)) and keyframes[-1:] < [n]):
+        raise SkipSample("bad_json", "keyframes is not a sorted list of frame indices starting at 0")
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    if offsets[-1] != len(stream):
+        raise SkipSample("bad_json", f"packet_bytes add up to {offsets[-1]}, the stream has {len(stream)} bytes")
+    return stream, offsets, keyframes
+
+
 def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: bool,
                 mlm_seed: tuple[int, ...]) -> SamplePlan:
     """Validate a shard sample and draw its window (``data.sampling``), frames, crop and flip (in that order)."""
     meta = parse_meta(raw, cfg.max_frame_side)
     check_frame_ranges(meta)
     frames = raw.get("__frames__")  # a sample read by offsets: its frames are checked when taken
-    if frames is None:
+    codec = meta.get("codec")
+    if codec is not None and codec != H264_CODEC:
+        raise SkipSample("bad_json", f"unknown codec {codec!r}"[:200])
+    if codec is not None:
+        stream, offsets, keyframes = _h264_layout(raw, meta)
+    elif frames is None:
         names = frame_members(raw, len(meta["frame_times"]))
     elif len(frames) != len(meta["frame_times"]):
         raise SkipSample("frame_count_mismatch", f"{len(frames)} frames, {len(meta['frame_times'])} frame_times")
@@ -234,6 +278,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
         texts, wanted = _whole_video(meta, cfg, rng, train)
     else:
         texts, wanted = _window(meta["sentences"], cfg, rng)
+    # The same draws, in the same order, whatever the storage: the frames are the JPEG path's.
     distinct = sorted(set(wanted))
     slot = {frame: j for j, frame in enumerate(distinct)}
     frame_hw = (meta["height"], meta["width"])
@@ -242,11 +287,21 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
         flip = bool(cfg.hflip and rng.random() < 0.5)
     else:
         box, flip = val_crop_box(cfg.val_resize, cfg.val_crop_fraction), False
-    return SamplePlan(
-        key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
-        texts=texts, frame_ids=[slot[i] for i in wanted],
+    h264 = None
+    if codec is not None:
+        # Only the packets from the keyframe before each wanted frame up to it (copies: the plan
+        # sits in the shuffle buffer and must not pin the stream).
+        decode = frames_to_decode(distinct, keyframes, len(meta["frame_times"]))
+        h264 = H264Frames([bytes(stream[offsets[f]:offsets[f + 1]]) for f in decode], decode, distinct)
+        jpegs = []
+    elif frames is not None:
+        jpegs = copy_frames(frames, distinct)
+    else:
         # Copies: members read member by member are views into the reader's chunks,
         # which a plan must not pin (frames read by offsets already are bytes of their own).
-        jpegs=copy_frames(frames, distinct) if frames is not None else [bytes(raw[names[i]]) for i in distinct],
-        frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed,
+        jpegs = [bytes(raw[names[i]]) for i in distinct]
+    return SamplePlan(
+        key=raw.get("__key__", meta.get("key", "")), url=raw.get("__url__", ""),
+        texts=texts, frame_ids=[slot[i] for i in wanted], jpegs=jpegs,
+        frame_hw=frame_hw, box=box, flip=flip, mlm_seed=mlm_seed, h264=h264,
     )

@@ -39,6 +39,9 @@ from lfvila.video.decode import (
     slot_time,
     width_range,
 )
+from lfvila.video.h264 import CODEC as H264_CODEC
+from lfvila.video.h264 import MEMBER as H264_MEMBER
+from lfvila.video.h264 import H264Encoder
 from lfvila.video.source import VideoSource, find_source
 
 # Sample reasons whose cause may be outside the data (missing download, overloaded machine): the
@@ -120,6 +123,19 @@ def _sample_meta(row: dict, fps: float, width: int, height: int, times: list[flo
     }
 
 
+def _add_h264_sample(tar: DeterministicTarWriter, key: str, meta: dict, encoder: H264Encoder) -> tuple[int, int]:
+    """``KEY.json`` with the stream's layout right after ``frame_times``, then ``KEY.h264``."""
+    stream, packet_bytes, keyframes = encoder.finish()
+    if len(packet_bytes) != len(meta["frame_times"]):
+        raise RuntimeError(f"{key}: {len(packet_bytes)} H.264 packets for {len(meta['frame_times'])} frames")
+    ordered = {}
+    for name, value in meta.items():
+        ordered[name] = value
+        if name == "frame_times":
+            ordered.update({"codec": H264_CODEC, "keyframes": keyframes, "packet_bytes": packet_bytes})
+    return tar.add_stream_sample(key, ordered, H264_MEMBER, stream)
+
+
 def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) -> SampleOutcome:
     """Decode ``row``'s long-form video and append its sample to ``tar``; the tar is unchanged when it is not written.
 
@@ -161,6 +177,8 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
 
     times: list[float] = []
     jpegs: list[bytes] = []  # frame i's JPEG; held until the sample is accepted (its JSON lists their sizes)
+    h264 = cfg.shards.frames == "h264"
+    encoder = None  # shards.frames: h264: the sample's frames go into one H.264 stream instead
     width = height = None
     decoded_until: list[float] = []  # per segment: source time up to which frames exist
     for seg in segments:
@@ -182,10 +200,16 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
                     outcome.detail = (f"{seg.path.name}: its display aspect ratio gives frames of {shape}; "
                                       f"at most {MAX_ASPECT_RATIO:g}:1 either way ({lo} to {hi} pixels wide)")
                     return outcome
+                if h264:
+                    encoder = H264Encoder(width, height, fps, vcfg.h264_crf, vcfg.h264_gop, vcfg.h264_preset,
+                                          vcfg.h264_tune)
             slot = seg.first_slot + i
             if slot not in wanted_set:
                 continue
-            jpegs.append(frame.to_jpeg(vcfg.jpeg_quality))
+            if encoder is not None:
+                encoder.add(frame)
+            else:
+                jpegs.append(frame.to_jpeg(vcfg.jpeg_quality))
             times.append(slot_time(slot, grid_start, fps))
         seg.result = res = decoder.result
         if res.frames:
@@ -240,7 +264,10 @@ def write_sample(row: dict, videos_dir: Path, cfg, tar: DeterministicTarWriter) 
         return outcome
 
     meta = _sample_meta(row, fps, width, height, times, kept, outcome.decode_errors)
-    outcome.offset, outcome.size = tar.add_sample(key, meta, jpegs, digits)
+    if encoder is not None:
+        outcome.offset, outcome.size = _add_h264_sample(tar, key, meta, encoder)
+    else:
+        outcome.offset, outcome.size = tar.add_sample(key, meta, jpegs, digits)
     outcome.status = "written"
     outcome.n_frames = len(times)
     outcome.n_sentences = outcome.clips_written = len(kept)

@@ -112,6 +112,14 @@ class DeterministicTarWriter:
             self.add(f"{key}.{i:0{digits}d}.jpg", jpeg)
         return offset, self.tell() - offset
 
+    def add_stream_sample(self, key: str, meta: dict, extension: str, data: bytes) -> tuple[int, int]:
+        """Append one sample stored as a single stream: ``KEY.json`` (``meta``, compact UTF-8, in its
+        key order), then ``KEY.{extension}`` holding ``data``; returns ``(offset, size)`` as add_sample."""
+        offset = self.tell()
+        self.add(f"{key}.json", json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        self.add(f"{key}.{extension}", data)
+        return offset, self.tell() - offset
+
     def rollback(self, offset: int) -> None:
         """Drop everything written after ``offset`` (a value of ``tell()``)."""
         self.file.seek(offset)

@@ -32,7 +32,13 @@ def fingerprint_settings(cfg) -> dict:
     from lfvila.config import to_dict
 
     video = {k: v for k, v in to_dict(cfg.video).items() if f"video.{k}" not in RUNTIME_KEYS}
-    return {"video": video, "shards": to_dict(cfg.shards), "min_clips": cfg.manifest.min_clips,
+    shards = to_dict(cfg.shards)
+    # Settings added later count only where they change the bytes from what shards had before
+    # them: JPEG shards keep their fingerprints (a finished corpus is not rebuilt by an upgrade).
+    if shards["frames"] == "jpeg":
+        del shards["frames"]
+        video = {k: v for k, v in video.items() if not k.startswith("h264_")}
+    return {"video": video, "shards": shards, "min_clips": cfg.manifest.min_clips,
             "version": lfvila.__version__}
 
 
