@@ -185,3 +185,71 @@ def test_plan_paths_are_absolute_and_stale_temporaries_go(tmp_path, monkeypatch)
     tasks = plan_shard_tasks(cfg, "c")  # a relative --out, as the CLI passes it
     assert all(os.path.isabs(t.plan_file) for t in tasks)
     assert not killed.exists() and fresh.exists()  # a part planning right now keeps its temporary
+
+
+def _reference_plan_by_bytes(table_rows: list[dict], size: int, target: int, frame_bytes: int, fps: float):
+    """The definition of byte sizing: a shard ends at ``size`` rows, or before a row whose estimated
+    bytes (stored frames: grid slots inside a sentence span, times ``frame_bytes``) would pass ``target``."""
+    from lfvila.video.decode import slot_at_or_after
+
+    def estimate(row):
+        slots = set()
+        for s in row["sentences"]:
+            slots.update(range(slot_at_or_after(s["start"], row["start"], fps), slot_at_or_after(s["end"], row["start"], fps)))
+        return len(slots) * frame_bytes
+
+    plan = []
+    for split in sorted({r["split"] for r in table_rows}):
+        groups, group, total = [], [], 0
+        for row in sorted((r for r in table_rows if r["split"] == split), key=lambda r: r["key"]):
+            if group and total + estimate(row) > target:
+                groups.append(group)
+                group, total = [], 0
+            group.append(row)
+            total += estimate(row)
+            if len(group) == size:
+                groups.append(group)
+                group, total = [], 0
+        groups += [group] if group else []
+        plan += [(split, i, g) for i, g in enumerate(groups)]
+    return plan
+
+
+@pytest.mark.parametrize("target, per_shard, frames", [(60_000, 100, "jpeg"), (400_000, 3, "jpeg"), (25_000, 100, "h264"),
+                                                        (1, 100, "jpeg")])
+def test_target_bytes_plan_equals_the_definition(tmp_path, monkeypatch, target, per_shard, frames):
+    monkeypatch.setattr(plan_module, "SORT_BATCH_ROWS", 7)  # several runs to merge
+    rows = _rows(61)
+    for i, row in enumerate(rows[::5]):  # overlapping sentences share frames: counted once
+        row["sentences"] = row["sentences"] + [dict(row["sentences"][0], clip_id=f"{row['video_id']}.99.mp4")]
+    write_longform(tmp_path / "longform.parquet", rows)
+    cfg = load_config(BuildConfig, None, [f"shards.samples_per_shard={per_shard}", f"shards.target_bytes={target}",
+                                          f"shards.frames={frames}"])
+    stored = pq.read_table(tmp_path / "longform.parquet").to_pylist()
+    expected = _reference_plan_by_bytes(stored, per_shard, target, plan_module.frame_bytes_estimate(cfg), cfg.video.fps)
+    tasks = plan_shard_tasks(cfg, tmp_path)
+    assert [(t.split, t.index, t.load_rows()) for t in tasks] == expected
+    assert all(t.fingerprint == task_fingerprint(rows, cfg) for t, (_, _, rows) in zip(tasks, expected))
+    if target == 1:  # every row is over the target: shards of one
+        assert all(t.n_rows == 1 for t in tasks)
+    # The count limit still applies, and by bytes the shards differ from a count-only plan.
+    assert max(t.n_rows for t in tasks) <= per_shard
+    assert [t.n_rows for t in tasks] != [t.n_rows for t in plan_shard_tasks(
+        load_config(BuildConfig, None, [f"shards.samples_per_shard={per_shard}", f"shards.frames={frames}"]), tmp_path)]
+
+
+def test_target_bytes_estimate_follows_the_frame_size_and_can_be_given():
+    jpeg = plan_module.frame_bytes_estimate(BuildConfig())
+    assert jpeg == plan_module.MEASURED_FRAME_BYTES_240P["jpeg"]
+    assert plan_module.frame_bytes_estimate(load_config(BuildConfig, None, ["video.frame_height=480"])) == 4 * jpeg
+    assert plan_module.frame_bytes_estimate(load_config(BuildConfig, None, ["shards.estimated_frame_bytes=7"])) == 7
+    with pytest.raises(ValueError, match="shards.target_bytes"):
+        load_config(BuildConfig, None, ["shards.target_bytes=0"])
+
+
+def test_target_bytes_is_in_the_fingerprint_only_when_set():
+    from lfvila.shards.task import fingerprint_settings
+
+    assert "target_bytes" not in fingerprint_settings(BuildConfig())["shards"]
+    assert fingerprint_settings(load_config(BuildConfig, None, ["shards.target_bytes=5000000"]))["shards"][
+        "target_bytes"] == 5_000_000

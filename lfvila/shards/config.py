@@ -76,8 +76,19 @@ class ShardConfig:
     # How a sample's frames are stored: "jpeg" (one KEY.NNNN.jpg member per frame) or "h264" (one
     # KEY.h264 member: the frames as one H.264 stream, video.h264_*; docs/shards.md).
     frames: str = "jpeg"
+    # Also close a shard before a sample that would take its estimated bytes past this (None: by
+    # count only). Estimated at plan time from the frames each sample stores (lfvila/shards/plan.py):
+    # shards are about this size on average, not exactly.
+    target_bytes: int | None = None
+    # Bytes per stored frame for that estimate (None: the figure measured for shards.frames at 240 px,
+    # scaled by the frame area).
+    estimated_frame_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.target_bytes is not None and self.target_bytes < 1:
+            raise ValueError(f"shards.target_bytes must be >= 1 or null, got {self.target_bytes}")
+        if self.estimated_frame_bytes is not None and self.estimated_frame_bytes < 1:
+            raise ValueError(f"shards.estimated_frame_bytes must be >= 1 or null, got {self.estimated_frame_bytes}")
         if self.samples_per_shard < 1:
             raise ValueError(f"shards.samples_per_shard must be >= 1, got {self.samples_per_shard}")
         if self.frames not in FRAME_FORMATS:

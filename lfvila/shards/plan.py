@@ -1,7 +1,14 @@
 """Shard planning in bounded memory: ``OUT/longform.parquet`` -> per-split plan files -> shard tasks.
 
 The plan is deterministic: per split, the long-form videos in key order are cut into consecutive
-groups of ``shards.samples_per_shard``; group ``i`` of split ``s`` is shard ``{s}-{i:06d}``.
+groups of ``shards.samples_per_shard``; group ``i`` of split ``s`` is shard ``{s}-{i:06d}``. With
+``shards.target_bytes``, a group also ends before a video that would take its estimated bytes past
+the target (whichever comes first). A sample's size is only known once it is encoded, and shard
+tasks run in parallel, so the plan estimates it from what it knows before decoding: the number of
+frames the shard stage will store for the row (grid slots inside its sentence spans) times a bytes-
+per-frame figure (``frame_bytes_estimate``: measured, or ``shards.estimated_frame_bytes``). Shards
+are then about ``target_bytes`` on average; content moves each one (JPEG bytes per frame vary about
+2x between footage kinds), and a rejected sample writes nothing.
 
 The manifest writes ``longform.parquet`` in source order, so key order takes a sort, done as an
 external merge sort so that memory does not grow with the corpus (LF-VILA-8M has 8.5M long-form
@@ -40,6 +47,10 @@ MERGE_BATCH_ROWS = 256  # rows taken at a time from a run's row group while merg
 MAX_FAN_IN = 32  # runs merged at once; more runs are first merged into longer ones (more passes)
 STALE_TMP_S = 6 * 3600  # a plan temporary this old is left by a killed run (planning takes minutes)
 _PLAN_VERSION = 2
+# Mean bytes per stored frame in a shard at 3 fps and 240 px, per shards.frames (whole tars: the
+# frames, their tar headers and the JSON), from bench/loader_throughput.py's corpora of real videos
+# (2026-12-03: 47,054 and 16,077 bytes per video-second).
+MEASURED_FRAME_BYTES_240P = {"jpeg": 15_700, "h264": 5_400}
 
 
 @dataclass
@@ -150,13 +161,45 @@ def _check_key(key: str) -> None:
         raise ValueError(f"longform.parquet: key {key!r} contains '.' or '/', not a WebDataset key")
 
 
-def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
-    """Run files of ``longform``: at most SORT_BATCH_ROWS (key, row JSON) pairs each, sorted by key."""
+def frame_bytes_estimate(cfg) -> int:
+    """Bytes one stored frame is taken to add to a shard when sizing shards by ``shards.target_bytes``:
+    ``shards.estimated_frame_bytes``, else the mean measured at 3 fps and 240 px (bench/loader_throughput.py,
+    BENCHMARKS.md: whole tars, JSON and tar headers included), scaled by the frame area."""
+    if cfg.shards.estimated_frame_bytes is not None:
+        return cfg.shards.estimated_frame_bytes
+    at_240p = MEASURED_FRAME_BYTES_240P[cfg.shards.frames]
+    return max(1, round(at_240p * (cfg.video.frame_height / 240) ** 2))
+
+
+def estimated_bytes(row: dict, fps: float, frame_bytes: int) -> int:
+    """A manifest row's estimated bytes in a shard: the frames the shard stage stores for it (grid
+    slots inside a sentence span, lfvila/shards/sample.py) times ``frame_bytes``. Known before
+    decoding, so shards can be planned by size; a rejected sample writes nothing."""
+    from lfvila.video.decode import slot_at_or_after
+
+    grid = row["start"]
+    spans = sorted((slot_at_or_after(s["start"], grid, fps), slot_at_or_after(s["end"], grid, fps))
+                   for s in row["sentences"])
+    frames, covered = 0, 0  # slots counted, and the first slot not yet counted
+    for lo, hi in spans:
+        lo = max(lo, covered)
+        if hi > lo:
+            frames += hi - lo
+            covered = hi
+    return frames * frame_bytes
+
+
+def _sorted_runs(longform: Path, work: Path, cfg=None) -> tuple[list[Path], object]:
+    """Run files of ``longform``: at most SORT_BATCH_ROWS (key, row JSON, estimated bytes) each, sorted
+    by key; the estimate (``estimated_bytes``) only with ``shards.target_bytes`` set (else 0)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from lfvila.shards.task import row_json
+
+    by_size = cfg is not None and cfg.shards.target_bytes is not None
+    frame_bytes = frame_bytes_estimate(cfg) if by_size else 0
 
     # pre_buffer=False: with it (pyarrow 26's default), iter_batches keeps what it pre-buffered until
     # the file is closed: Arrow's allocated bytes grew by ~120 MB per million long-form rows (planning
@@ -164,14 +207,15 @@ def _sorted_runs(longform: Path, work: Path) -> tuple[list[Path], object]:
     source = pq.ParquetFile(longform, pre_buffer=False)
     runs = []
     for n, batch in enumerate(source.iter_batches(batch_size=SORT_BATCH_ROWS, use_threads=False)):
-        encoded = []
+        encoded, sizes = [], []
         for lo in range(0, batch.num_rows, ENCODE_BATCH_ROWS):  # few Python rows alive at a time
             for row in batch.slice(lo, ENCODE_BATCH_ROWS).to_pylist():
                 _check_key(row["key"])
                 encoded.append(row_json(row))
+                sizes.append(estimated_bytes(row, cfg.video.fps, frame_bytes) if by_size else 0)
         table = pa.table({"key": batch.column("key"), "split": batch.column("split"),
-                          "row": pa.array(encoded, pa.large_string())})
-        del encoded
+                          "row": pa.array(encoded, pa.large_string()), "bytes": pa.array(sizes, pa.int64())})
+        del encoded, sizes
         path = work / f"run-{n:06d}.parquet"
         pq.write_table(table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")])), path,
                        row_group_size=RUN_ROW_GROUP_ROWS)
@@ -184,15 +228,15 @@ def _run_rows(path: Path):
     import pyarrow.parquet as pq
 
     for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=MERGE_BATCH_ROWS, use_threads=False):
-        yield from zip(*(batch.column(name).to_pylist() for name in ("key", "split", "row")))
+        yield from zip(*(batch.column(name).to_pylist() for name in ("key", "split", "row", "bytes")))
 
 
 def _merged(runs: list[Path], work: Path):
-    """All (key, split, row JSON) of the sorted ``runs`` in key order; at most MAX_FAN_IN runs open at once."""
+    """All (key, split, row JSON, bytes) of the sorted ``runs`` in key order; at most MAX_FAN_IN runs open at once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("row", pa.large_string())])
+    schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("row", pa.large_string()), ("bytes", pa.int64())])
     generation = 0
     while len(runs) > MAX_FAN_IN:  # merge groups of runs into longer runs until few enough are left
         generation += 1
@@ -224,14 +268,20 @@ class _SplitPlan:
         self.split, self.settings_json, self.file = split, settings_json, f"{split}.plan"
         self.out = open(plan_dir / self.file, "wb")
         self.chunk: list[str] = []
+        self.chunk_bytes = 0  # estimated bytes of the rows in ``chunk``
         self.tasks: list[dict] = []
         self.rows = 0
 
-    def add(self, row: str, size: int, limit: int | None) -> None:
+    def add(self, row: str, size: int, limit: int | None, row_bytes: int = 0, target_bytes: int | None = None) -> None:
+        """Add a row; a shard closes at ``size`` rows, or before a row that would take its estimated
+        bytes past ``target_bytes`` (a row over it alone makes a shard of one)."""
         if limit is not None and self.rows >= limit:
             return
+        if target_bytes is not None and self.chunk and self.chunk_bytes + row_bytes > target_bytes:
+            self.flush()
         self.rows += 1
         self.chunk.append(row)
+        self.chunk_bytes += row_bytes
         if len(self.chunk) == size:
             self.flush()
 
@@ -245,7 +295,7 @@ class _SplitPlan:
                                "rows": len(self.chunk), "offset": self.out.tell(), "size": len(data),
                                "fingerprint": fingerprint_of_rows_json(rows, self.settings_json)})
             self.out.write(data)
-            self.chunk = []
+            self.chunk, self.chunk_bytes = [], 0
 
 
 def _write_plan(longform: Path, plan_dir: Path, cfg, limit: int | None = None) -> None:
@@ -258,18 +308,19 @@ def _write_plan(longform: Path, plan_dir: Path, cfg, limit: int | None = None) -
     plan_dir.mkdir(parents=True)
     work = plan_dir / "runs"
     work.mkdir()
-    runs, schema = _sorted_runs(longform, work)
+    runs, schema = _sorted_runs(longform, work, cfg)
+    target_bytes = cfg.shards.target_bytes
     size, settings_json = cfg.shards.samples_per_shard, fingerprint_settings_json(cfg)
     splits: dict[str, _SplitPlan] = {}
     previous = None
     try:
-        for key, split, row in _merged(runs, work):
+        for key, split, row, row_bytes in _merged(runs, work):
             if key == previous:
                 raise ValueError(f"longform.parquet: key {key!r} occurs twice; keys must be unique")
             previous = key
             if split not in splits:
                 splits[split] = _SplitPlan(plan_dir, split, settings_json)
-            splits[split].add(row, size, limit)
+            splits[split].add(row, size, limit, row_bytes, target_bytes)
         for plan in splits.values():
             plan.flush()
             plan.out.flush()

@@ -35,6 +35,9 @@ def fingerprint_settings(cfg) -> dict:
     shards = to_dict(cfg.shards)
     # Settings added later count only where they change the bytes from what shards had before
     # them: JPEG shards keep their fingerprints (a finished corpus is not rebuilt by an upgrade).
+    for name in ("target_bytes", "estimated_frame_bytes"):  # sizing by bytes: only when asked for
+        if shards[name] is None:
+            del shards[name]
     if shards["frames"] == "jpeg":
         del shards["frames"]
         video = {k: v for k, v in video.items() if not k.startswith("h264_")}
