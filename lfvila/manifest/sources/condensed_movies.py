@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lfvila.errors import InputError
-from lfvila.manifest.records import BAD_TIMESTAMP, MALFORMED_RECORD, NOT_IN_SPLIT, RawClip, RawVideo, Reject
+from lfvila.manifest.records import BAD_TIMESTAMP, MALFORMED_RECORD, NOT_IN_SPLIT, TOO_LARGE, RawClip, RawVideo, Reject
 from lfvila.manifest.sources._io import read_text
 
 IS_ASR = False
@@ -43,26 +43,32 @@ def input_files(path: Path, options: dict) -> list[Path]:
     return [path] + ([Path(options["durations"])] if options.get("durations") else [])
 
 
-def _rows(path: Path, progress: Callable[[int], None] | None) -> Iterator[tuple[int, list[str]]]:
-    """``(line, fields)`` of each CSV record (a quoted caption may hold commas, quotes and newlines)."""
+def _rows(path: Path, progress: Callable[[int], None] | None) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """``(line, fields)`` of each CSV record (a quoted caption may hold commas, quotes and newlines);
+    a record the csv module refuses (a field over its 131,072-character limit, ...) is ``(line, error)``
+    and reading goes on after it."""
     reader = csv.reader(io.StringIO(read_text(path, progress), newline=""))
     line = 1
-    try:
-        for fields in reader:
-            yield line, fields
-            line = reader.line_num + 1
-    except csv.Error as e:
-        raise InputError(f"{SOURCE} source {path}: line {line}: bad CSV ({e})") from None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            fields = e
+        yield line, fields
+        line = reader.line_num + 1
 
 
 def read_durations(path: Path) -> dict[str, str]:
     """``videoid -> duration`` (as written) of a ``videoid,duration`` CSV."""
     rows = _rows(path, None)
     header = next(rows, (1, []))[1]
-    if "videoid" not in header or "duration" not in header:
+    if isinstance(header, csv.Error) or "videoid" not in header or "duration" not in header:
         raise InputError(f"{SOURCE} durations {path}: needs videoid and duration columns, has {header}")
     vid, dur = header.index("videoid"), header.index("duration")
-    return {fields[vid]: fields[dur] for _, fields in rows if len(fields) > max(vid, dur)}
+    return {fields[vid]: fields[dur] for _, fields in rows
+            if not isinstance(fields, csv.Error) and len(fields) > max(vid, dur)}
 
 
 def read(path: Path, options: dict, progress: Callable[[int], None] | None, stats: dict) -> Iterator[RawVideo | Reject]:
@@ -71,7 +77,8 @@ def read(path: Path, options: dict, progress: Callable[[int], None] | None, stat
     if want_split is not None and want_split not in SPLITS:
         raise InputError(f"{SOURCE} source {file}: ?split= must be one of {', '.join(SPLITS)}, got {want_split!r}")
     rows = _rows(path, progress)
-    header = [h.strip() for h in next(rows, (1, []))[1]]
+    header = next(rows, (1, []))[1]
+    header = [] if isinstance(header, csv.Error) else [h.strip() for h in header]
     text_col = next((c for c in TEXT_COLUMNS if c in header), None)
     if "videoid" not in header or text_col is None:
         raise InputError(f"{SOURCE} source {file}: needs a videoid and a caption (or description) column, "
@@ -86,6 +93,10 @@ def read(path: Path, options: dict, progress: Callable[[int], None] | None, stat
     by_video: dict[str, list[RawClip]] = {}  # first-appearance order
     duration_of: dict[str, str] = {}
     for line, fields in rows:
+        if isinstance(fields, csv.Error):
+            reason = TOO_LARGE if "field limit" in str(fields) else MALFORMED_RECORD
+            yield Reject(SOURCE, None, None, "parse", reason, f"line {line}: bad CSV record ({fields})", None, file, line)
+            continue
         if not fields:
             continue  # a blank line is no record
         if len(fields) != len(header):

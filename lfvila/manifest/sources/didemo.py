@@ -107,6 +107,8 @@ def _iter_entries(text: str) -> Iterator[tuple[int, object, int]]:
             raise _Broken(f"entry {index} nested deeper than {MAX_JSON_DEPTH} levels", line, TOO_DEEP) from None
         except json.JSONDecodeError as e:
             raise _Broken(f"invalid JSON ({e.msg})", line + text.count("\n", pos, e.pos)) from None
+        except ValueError as e:  # valid syntax the decoder refuses (an integer over Python's 4300 digits)
+            raise _Broken(f"entry {index}: unreadable value ({e})", line) from None
         entry_line = line
         if deeper_than_cap(value, text[pos:end]):
             yield index, _Broken(f"entry {index} nested deeper than {MAX_JSON_DEPTH} levels", line, TOO_DEEP), line
@@ -151,7 +153,8 @@ def _clip(entry: dict, index: int, line: int, file: str) -> tuple[str, RawClip |
         return reject(MALFORMED_RECORD, str(e), entry.get("times"))
     start, end = consensus(pairs)
     n_segments = entry.get("num_segments")
-    last = (min(n_segments, MAX_SEGMENTS) if isinstance(n_segments, int) and n_segments > 0 else MAX_SEGMENTS) - 1
+    known = isinstance(n_segments, int) and not isinstance(n_segments, bool) and n_segments > 0
+    last = (min(n_segments, MAX_SEGMENTS) if known else MAX_SEGMENTS) - 1
     if start < 0 or end < 0:
         return reject(NEGATIVE_TIME, f"consensus segments {[start, end]} below 0", pairs)
     if end < start:

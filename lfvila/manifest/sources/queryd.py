@@ -93,7 +93,7 @@ def load_mapping(path: Path, progress: Callable[[int], None] | None) -> dict:
             value = json.loads(data.decode("utf-8", "surrogateescape"))
         else:
             value = _DataOnlyUnpickler(io.BytesIO(data), encoding="utf-8", errors="surrogateescape").load()
-    except (pickle.UnpicklingError, ValueError, EOFError, RecursionError) as e:
+    except Exception as e:  # noqa: BLE001 -- whatever a damaged pickle raises, the file cannot be read
         raise InputError(f"{SOURCE} source: {path} is not a readable QuerYD file: {e}") from None
     if not isinstance(value, dict):
         raise InputError(f"{SOURCE} source: {path} holds a {type(value).__name__}, not {{video: [...]}}")
