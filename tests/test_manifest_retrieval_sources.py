@@ -351,3 +351,31 @@ def test_train_recipes_are_activitynet_s_with_their_own_epochs_in_steps(name, n_
         assert cfg[section].pop(key) == value
         anet[section].pop(key)
     assert cfg == anet
+
+
+def test_didemo_corpus_through_the_shard_stage_finds_downloaded_video_names(tmp_path, shared_data):
+    """LocalizingMoments' downloader saves ``<video>.mp4`` (``x.mov.mp4``): the video stage finds it
+    as ``<video_id>.<ext>`` and the sample holds the consensus spans (a real video stands in: the
+    annotated ones are not offline)."""
+    from lfvila.shards.read import iter_samples
+
+    path = tmp_path / "test_data.json"
+    video = "10015567@N08_3655084291.mov"
+    path.write_text(json.dumps([
+        {"annotation_id": 1, "video": video, "description": "the diver climbs up", "times": [[2, 2], [2, 2], [1, 2]]},
+        {"annotation_id": 2, "video": video, "description": "the diver stands", "times": [[0, 0], [0, 1], [0, 0]]}]))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / f"{video}.mp4").symlink_to(shared_data / "videos/natural/pd-extendedview__diver.mov")
+    out = tmp_path / "didemo_test"
+    assert main(["build", "--out", str(out), "--source", f"didemo:{path}", "--config", "pipelines/retrieval_didemo.yaml",
+                 "--set", "manifest.force_split=val", "--set", "video.fps=1", "--videos", str(videos)]) == 0
+    (tar,) = sorted((out / "shards").glob("val-*.tar"))
+    (sample,) = list(iter_samples(tar))
+    meta = sample["meta"]
+    assert meta["video_id"] == video and [s["text"] for s in meta["sentences"]] == ["the diver stands",
+                                                                                   "the diver climbs up"]
+    # Consensus spans 0-5 s and 10-15 s, the second trimmed where the 14.04 s video's frames end (1 fps
+    # grid); frames are stored inside the sentences' spans only, as for every source (none for 5-10 s).
+    assert [(x["start"], x["end"]) for x in meta["sentences"]] == [(0.0, 5.0), (10.0, 14.0)]
+    assert meta["frame_times"] == [0.5, 1.5, 2.5, 3.5, 4.5, 10.5, 11.5, 12.5, 13.5]
