@@ -158,3 +158,33 @@ def test_a_damaged_h264_sample_is_a_counted_skip(shards, damage):
     with pytest.raises(SkipSample) as info:
         plan_sample(raw, cfg, np.random.default_rng(0), True, (0,))
     assert info.value.reason == "bad_json"
+
+
+def test_viewing_an_h264_sample_decodes_all_its_frames(shards):
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from lfvila.shards.read import iter_samples
+    from lfvila.viz.corpus import read_sample_at
+
+    index = {r["key"]: r for r in pq.read_table(shards["h264"].parent / "index.parquet").to_pylist()}
+    jpeg = {s["key"]: s for s in iter_samples(shards["jpeg"])}
+    for key, row in index.items():
+        meta, frames = read_sample_at(shards["h264"], row["offset"], row["size"], key)
+        assert len(frames) == len(meta["frame_times"]) == len(jpeg[key]["frames"])
+        first = np.asarray(Image.open(io.BytesIO(frames[0])).convert("RGB"))
+        assert _psnr(first, np.asarray(Image.open(io.BytesIO(jpeg[key]["frames"][0])).convert("RGB"))) > 30
+    assert all("h264" in s and s["frames"] == [] for s in iter_samples(shards["h264"]))
+
+
+def test_the_loader_makes_batches_from_h264_shards(shards, bert_dir):
+    from lfvila.data import build_loader
+    from lfvila.testing import model_pixels
+
+    cfg = DataConfig(val_shards=[str(shards["h264"])], batch_size=2, num_workers=0, bert_dir=str(bert_dir))
+    loader = build_loader(cfg, "val", epoch_mode=True)
+    batch = next(iter(loader))
+    assert sorted(batch["keys"]) == ["album", "pancake"]
+    assert model_pixels(batch).shape == (2, 3, 32, 192, 320)

@@ -19,6 +19,8 @@ def _group(members: Iterator[tuple[str, bytes]]) -> Iterator[dict]:
             current = {"key": key, "meta": None, "frames": []}
         if ext == "json":
             current["meta"] = json.loads(data)
+        elif ext == "h264":  # shards.frames: h264: the frames as one stream (lfvila.video.h264.decode_all)
+            current["h264"] = data
         else:
             current["frames"].append(data)  # members are written in frame order
     if current is not None:
@@ -26,7 +28,8 @@ def _group(members: Iterator[tuple[str, bytes]]) -> Iterator[dict]:
 
 
 def iter_samples(tar_path: str | Path) -> Iterator[dict]:
-    """Yield ``{"key", "meta" (the KEY.json dict), "frames" (JPEG bytes in time order)}`` per sample."""
+    """Yield ``{"key", "meta" (the KEY.json dict), "frames" (JPEG bytes in time order)}`` per sample;
+    an H.264 sample has ``"h264"`` (the stream) and no frames."""
     with tarfile.open(tar_path, "r") as tar:
         def members():
             for info in tar:

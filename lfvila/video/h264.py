@@ -128,3 +128,14 @@ def decode_selected(packets: list[bytes], packet_frames: list[int], wanted: set[
         raise ValueError(str(exc)[:200]) from None
     if decoded != len(packet_frames):
         raise ValueError(f"{len(packet_frames)} packets decoded to {decoded} frames")
+
+
+def decode_all(stream: bytes, packet_bytes: list[int], hw: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Every frame of a sample's stream as RGB uint8 ``(H, W, 3)``, in order (for viewing a sample)."""
+    offsets = [0]
+    for size in packet_bytes:
+        offsets.append(offsets[-1] + size)
+    packets = [stream[offsets[i]:offsets[i + 1]] for i in range(len(packet_bytes))]
+    frames = list(range(len(packets)))
+    for _, rgb in decode_selected(packets, frames, frozenset(frames), hw):
+        yield rgb

@@ -143,10 +143,28 @@ def _complete_sample(members: dict[str, bytes], key: str) -> tuple[dict, list[by
     if f"{key}.json" not in members:
         return None
     meta = json.loads(members[f"{key}.json"])
+    if meta.get("codec") == "h264":  # shards.frames: h264: the frames, decoded, as JPEGs for viewing
+        return _h264_sample(members, key, meta)
     names = sorted(n for n in members if n.endswith(".jpg"))
     if len(names) != len(meta.get("frame_times", [])):
         return None
     return meta, [members[n] for n in names]
+
+
+def _h264_sample(members: dict[str, bytes], key: str, meta: dict) -> tuple[dict, list[bytes]] | None:
+    import simplejpeg
+
+    from lfvila.video.h264 import decode_all
+
+    stream = members.get(f"{key}.h264")
+    if stream is None or sum(meta.get("packet_bytes", [])) != len(stream):
+        return None
+    try:
+        frames = [simplejpeg.encode_jpeg(rgb, quality=95) for rgb in
+                  decode_all(stream, meta["packet_bytes"], (meta["height"], meta["width"]))]
+    except ValueError:
+        return None
+    return meta, frames
 
 
 def read_sample_at(tar_path: Path, offset: int, size: int, key: str) -> tuple[dict, list[bytes]] | None:
