@@ -22,6 +22,9 @@ ADVICE = {
     "decode_error": "raise video.max_decode_errors (now {video.max_decode_errors}) to keep videos with "
                     "concealed damage",
     "video_not_found": "check --videos: videos are looked up as DIR/<video_id>.<ext> or DIR/<video_id>/<clip_id>",
+    # Not a loss to fix when the file holds every split (QuerYD's captions, DiDeMo with the lists).
+    "not_in_split": "check the source's ?split_list= / ?split= (expected when the annotation file holds "
+                    "the other splits too)",
 }
 
 

@@ -239,6 +239,11 @@ def test_queryd_split_list_json_variant_and_the_cli(tmp_path):
     counts = corpus["counts"]
     assert counts["input_records"] == 3 and counts["rejects_by_reason"] == {"not_in_split": 1}
     assert counts["longform"]["val"]["videos"] == 1 and counts["longform"]["val"]["clips"] == 2
+    from lfvila.build_advice import manifest_advice
+
+    (line,) = manifest_advice(counts, None, share=0.3)  # the unlisted video's caption: 1 of 3 records
+    assert line.endswith("left out as not_in_split; to keep more: check the source's ?split_list= / ?split= "
+                         "(expected when the annotation file holds the other splits too)")
     assert [f["path"] for f in corpus["inputs"][0]["files"]] == [
         "raw_captions_combined_filtered.json", "spans.json", "test_list.txt"]
 
