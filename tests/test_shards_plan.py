@@ -219,6 +219,8 @@ def _reference_plan_by_bytes(table_rows: list[dict], size: int, target: int, fra
                                                         (1, 100, "jpeg")])
 def test_target_bytes_plan_equals_the_definition(tmp_path, monkeypatch, target, per_shard, frames):
     monkeypatch.setattr(plan_module, "SORT_BATCH_ROWS", 7)  # several runs to merge
+    monkeypatch.setattr(plan_module, "RUN_ROW_GROUP_ROWS", 3)
+    monkeypatch.setattr(plan_module, "MAX_FAN_IN", 2)  # several merge passes, the estimates carried along
     rows = _rows(61)
     for i, row in enumerate(rows[::5]):  # overlapping sentences share frames: counted once
         row["sentences"] = row["sentences"] + [dict(row["sentences"][0], clip_id=f"{row['video_id']}.99.mp4")]
