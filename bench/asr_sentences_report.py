@@ -143,9 +143,9 @@ def manifest_counts(data: Path) -> list[dict]:
     from lfvila.config import load_config
     from lfvila.manifest.build import build_manifest
 
-    runs = [("activitynet train", f"activitynet:{data / 'activitynet_captions/train.json'}", "activitynet_paragraphs"),
-            ("activitynet val_1", f"activitynet:{data / 'activitynet_captions/val_1.json'}", "activitynet_paragraphs"),
-            ("youcook2 trainval", f"youcook2:{data / 'youcook2/youcookii_annotations_trainval.json'}", "activitynet_paragraphs"),
+    runs = [("activitynet train", f"activitynet:{data / 'activitynet_captions/train.json'}", "retrieval_activitynet"),
+            ("activitynet val_1", f"activitynet:{data / 'activitynet_captions/val_1.json'}", "retrieval_activitynet"),
+            ("youcook2 trainval", f"youcook2:{data / 'youcook2/youcookii_annotations_trainval.json'}", "retrieval_activitynet"),
             ("youcook2 trainval", f"youcook2:{data / 'youcook2/youcookii_annotations_trainval.json'}", None),
             ("howto100m 100 CSV", f"howto100m:{data / 'howto100m_asr_captions/small_train_captions'}", "asr"),
             ("subtitles (3 files)", f"subtitles:{data / 'asr_subtitles'}", "asr")]

@@ -20,9 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DIVER = "videos/natural/pd-extendedview__diver.mov"
 # v_frePM0YGtQE (8 sentences) is stretched to 70 s: only its first 3 sentences lie in the 14 s video,
-# so the default min_clips (4) rejects it and activitynet_paragraphs.yaml (min_clips 1) keeps it.
+# so the default min_clips (4) rejects it and retrieval_activitynet.yaml (min_clips 1) keeps it.
 # v_EwjDShmfFHM (7 sentences) is squeezed into 14 s: every sentence has frames.
-ANET_RECIPE = ["--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.fps=1"]
+ANET_RECIPE = ["--config", "pipelines/retrieval_activitynet.yaml", "--set", "video.fps=1"]
 STRETCH = {"v_frePM0YGtQE": 70.0, "v_EwjDShmfFHM": 14.0}
 
 
@@ -65,7 +65,7 @@ def test_shard_stage_uses_the_recipe_recorded_by_the_manifest_stage(tmp_path, an
     ann, videos = anet
     out = tmp_path / "corpus"
     r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", "--stage", "manifest",
-               "--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.fps=1")
+               "--config", "pipelines/retrieval_activitynet.yaml", "--set", "video.fps=1")
     assert r.returncode == 0, r.stderr
     recorded = json.loads((out / "corpus.json").read_text())["config"]
     assert recorded["manifest"]["min_clips"] == 1 and recorded["video"]["fps"] == 1.0
@@ -88,7 +88,7 @@ def test_a_recipe_that_conflicts_with_the_recorded_one_is_refused(tmp_path, anet
     ann, videos = anet
     out = tmp_path / "corpus"
     r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", "--stage", "manifest",
-               "--config", "pipelines/activitynet_paragraphs.yaml")
+               "--config", "pipelines/retrieval_activitynet.yaml")
     assert r.returncode == 0, r.stderr
     before = (out / "corpus.json").read_bytes()
 
@@ -103,7 +103,7 @@ def test_a_recipe_that_conflicts_with_the_recorded_one_is_refused(tmp_path, anet
 
     # restating the recipe, or changing runtime settings only, is accepted
     r = lfvila("build", "--out", str(out), "--stage", "shards", "--videos", str(videos), "--workers", "1",
-               "--config", "pipelines/activitynet_paragraphs.yaml", "--set", "video.timeout_s=120",
+               "--config", "pipelines/retrieval_activitynet.yaml", "--set", "video.timeout_s=120",
                "--set", "video.decoder_threads=2")
     assert r.returncode == 0, r.stderr
     assert sorted(_samples(out)) == sorted(STRETCH)
@@ -138,7 +138,7 @@ def test_other_inputs_into_an_existing_corpus_are_refused_unless_overwrite(tmp_p
     one = tmp_path / "one.json"
     one.write_text(json.dumps({k: v for k, v in json.loads(ann.read_text()).items() if k == "v_EwjDShmfFHM"}))
     out = tmp_path / "corpus"
-    common = ["--config", "pipelines/activitynet_paragraphs.yaml", "--set", "shards.samples_per_shard=1",
+    common = ["--config", "pipelines/retrieval_activitynet.yaml", "--set", "shards.samples_per_shard=1",
               "--set", "video.fps=1", "--videos", str(videos), "--workers", "1"]
     r = lfvila("build", "--out", str(out), "--source", f"activitynet:{ann}", *common)
     assert r.returncode == 0, r.stderr
@@ -168,7 +168,7 @@ def test_other_inputs_into_an_existing_corpus_are_refused_unless_overwrite(tmp_p
 def test_a_new_recipe_for_the_same_inputs_removes_shards_the_plan_no_longer_has(tmp_path, anet):
     ann, videos = anet
     out = tmp_path / "corpus"
-    common = ["--source", f"activitynet:{ann}", "--config", "pipelines/activitynet_paragraphs.yaml",
+    common = ["--source", f"activitynet:{ann}", "--config", "pipelines/retrieval_activitynet.yaml",
               "--set", "video.fps=1", "--videos", str(videos), "--workers", "1"]
     r = lfvila("build", "--out", str(out), *common, "--set", "shards.samples_per_shard=1")
     assert r.returncode == 0, r.stderr

@@ -25,7 +25,7 @@ def _digest(path: Path) -> str:
 
 def test_activitynet_train_numbers(shared_data, tmp_path):
     train = shared_data / "annotations/activitynet_captions/train.json"
-    cfg = load_config(BuildConfig, REPO / "pipelines/activitynet_paragraphs.yaml")
+    cfg = load_config(BuildConfig, REPO / "pipelines/retrieval_activitynet.yaml")
     counts = build_manifest(cfg, tmp_path, [f"activitynet:{train}"])
     src = counts["sources"][f"activitynet:{train}"]
     assert src["input_records"] == 37421
@@ -126,7 +126,7 @@ def test_missing_input_and_bad_spec_fail_loudly(tmp_path):
         ManifestConfig(min_clips=4, max_clips=2)
 
 
-@pytest.mark.parametrize("recipe", ["lfvila8m", "activitynet_paragraphs", "asr"])
+@pytest.mark.parametrize("recipe", ["lfvila8m", "retrieval_activitynet", "asr"])
 def test_recipes_load(recipe):
     cfg = load_config(BuildConfig, REPO / f"pipelines/{recipe}.yaml")
     assert cfg.manifest.min_clips >= 1

@@ -80,7 +80,7 @@ def test_split_list_is_an_input_of_the_corpus(tmp_path, shared_data):
     val_1 = shared_data / "annotations/activitynet_captions/val_1.json"
     split_list = tmp_path / "list.txt"
     split_list.write_text(next(iter(json.loads(val_1.read_text()))) + "\n")
-    corpus = _cli_manifest(tmp_path, f"activitynet:{val_1}?split_list={split_list}", "activitynet_paragraphs")
+    corpus = _cli_manifest(tmp_path, f"activitynet:{val_1}?split_list={split_list}", "retrieval_activitynet")
     assert [f["path"] for f in corpus["inputs"][0]["files"]] == ["val_1.json", "list.txt"]
     assert corpus["counts"]["longform"]["train"]["videos"] == 1
 
