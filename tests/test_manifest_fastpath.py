@@ -12,8 +12,8 @@ import pytest
 from lfvila.build_config import BuildConfig
 from lfvila.manifest.build import build_manifest
 from lfvila.manifest.config import ManifestConfig
-from lfvila.manifest.fastpath import parse_hms
-from lfvila.manifest.records import parse_time
+from lfvila.manifest.fastpath import check_batch
+from lfvila.manifest.records import parse_hms, parse_time
 from lfvila.manifest.sources import hdvila
 
 TABLES = ("clips.parquet", "rejects.parquet", "longform.parquet")
@@ -132,3 +132,39 @@ def test_fast_path_is_used_for_plain_lines(tmp_path):
     assert sum(len(b.video_ids) for b in batches) > 300  # the bulk videos (and some quirky ones) are batched
     # Lines that are not plain (numeric span, no text, bad JSON...) come one by one, in line order.
     assert any(isinstance(i, hdvila.RawVideo) and i.video_id == "numbers" for i in items)
+
+
+def _seconds_text(t: float):
+    """A real annotation time in the release's form (negative ones as numbers: not a plain line)."""
+    return _hms(round(t * 1000)) if t >= 0 else t
+
+
+def test_fast_path_is_byte_identical_on_real_captions(tmp_path, monkeypatch, shared_data):
+    """ActivityNet Captions (real sentences: edge and double spaces, overlapping and out-of-order spans,
+    ends past the duration) written as HD-VILA lines, once as released and once with whitespace
+    collapsed and clips in time order (so that many videos take the fast path), through both paths."""
+    annotations = json.loads((shared_data / "annotations/activitynet_captions/val_1.json").read_text())
+    lines = []
+    for v, (video_id, a) in enumerate(list(annotations.items())[:800]):
+        clips = [{"clip_id": f"{video_id}.{n}.mp4", "span": [_seconds_text(s), _seconds_text(e)], "text": text}
+                 for n, ((s, e), text) in enumerate(zip(a["timestamps"], a["sentences"]), 1)]
+        tidy = [{"clip_id": f"{video_id}-tidy.{n}.mp4", "span": c["span"], "text": " ".join(c["text"].split())}
+                for n, c in enumerate(sorted(clips, key=lambda c: str(c["span"][0])), 1)]
+        duration = {"duration": a["duration"]} if v % 5 == 0 else {}
+        lines.append(json.dumps({"video_id": video_id, **duration, "clip": clips}))
+        lines.append(json.dumps({"video_id": f"{video_id}-tidy", "clip": tidy}))
+    meta = tmp_path / "activitynet_as_hdvila.jsonl"
+    meta.write_text("\n".join(lines) + "\n")
+    batches = [i for i in hdvila.read_batches(meta, {}, None, {}) if isinstance(i, hdvila.LineBatch)]
+    fast_videos = sum(sum(check_batch(b, ManifestConfig().max_id_length, set()).clean) for b in batches)
+    assert 800 // 2 < fast_videos < 2 * 800  # the fast path really ran on many videos, not on all
+    results = {}
+    for name in ("fast", "per_record"):
+        with monkeypatch.context() as m:
+            if name == "per_record":
+                m.delattr(hdvila, "read_batches")
+            counts = build_manifest(BuildConfig(), tmp_path / name, [f"hdvila:{meta}"])
+        results[name] = (_digests(tmp_path / name), counts["sources"][f"hdvila:{meta}"])
+    assert results["fast"] == results["per_record"]
+    counts = results["fast"][1]
+    assert counts["clips_in_longform"] > 0

@@ -9,6 +9,10 @@ columns; any other video is handed back to the per-record path (``validate_video
 produces its rejects exactly as before. The conditions are deliberately narrower than validation
 (e.g. strictly increasing clip numbers and starts, which rule out duplicates without a set), so
 the tables are byte-identical with and without this path.
+
+No rule is stated here: each check is the columnar form defined next to its per-record rule
+(``records``: ``is_plain_id``, ``HDVILA_CLIP_ID_PATTERN``, ``CLEAN_TEXT_PATTERN``, ``parse_hms``,
+MAX_TEXT_CHARS; ``validate.may_repeat``; ``merge.follows``), and this module only combines them.
 """
 from __future__ import annotations
 
@@ -18,15 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lfvila.manifest.records import MAX_TEXT_CHARS, _FAST_SAFE_ID
+from lfvila.manifest.merge import follows
+from lfvila.manifest.records import CLEAN_TEXT_PATTERN, HDVILA_CLIP_ID_PATTERN, MAX_TEXT_CHARS, is_plain_id, parse_hms
 from lfvila.manifest.sources.hdvila import LineBatch
+from lfvila.manifest.validate import may_repeat
 
-# "<video_id>.<n>.mp4" with n of 1-9 ASCII digits (the release's form; int32 clip_index).
-_CLIP_ID = r"^(?P<video>.*)\.(?P<number>[0-9]{1,9})\.mp4$"
-# Already-clean printable ASCII text: words of [!-~] separated by single spaces, no edge spaces
-# (the same texts ``clean_text`` returns unchanged; empty text is not clean).
-_CLEAN_TEXT = r"^[!-~]+(?: [!-~]+)*$"
-_DIGITS = np.array([0, 1, 3, 4, 6, 7, 9, 10, 11])
+# The clip-id rule, capped at 9 digits (always within int32; longer numbers: the per-record path checks the cap).
+_CLIP_ID_9_DIGITS = HDVILA_CLIP_ID_PATTERN.replace("[0-9]+", "[0-9]{1,9}")
+assert _CLIP_ID_9_DIGITS != HDVILA_CLIP_ID_PATTERN
 
 
 class CheckedBatch(NamedTuple):
@@ -50,33 +53,6 @@ class CheckedBatch(NamedTuple):
     run_seconds: list[float]
 
 
-def parse_hms(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``HH:MM:SS.mmm`` strings -> (ok bool (n,), seconds float64 (n,)), equal to ``parse_time``'s result.
-
-    ``parse_time`` computes ``HH * 3600 + MM * 60`` as an int plus ``float("SS.mmm")``; the latter
-    is the correctly rounded value of the decimal, which is what ``(SS * 1000 + mmm) / 1000``
-    (two exact integers, one IEEE division) gives too, so the seconds are bit-identical.
-    """
-    arr = pa.array(values, pa.string())
-    n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1)
-    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    ok = np.diff(offsets) == 12
-    if len(data) == 0:
-        return ok & False, np.zeros(n)
-    if ok.all() and offsets[0] == 0:
-        chars = data[:12 * n].reshape(n, 12)  # the common case: every value is 12 bytes
-    else:
-        chars = data[np.minimum(offsets[:-1, None] + np.arange(12), len(data) - 1)]  # (n, 12) bytes
-    digits = (chars - 48).astype(np.int64)  # non-digits wrap to >= 10 in uint8 before the cast
-    ok &= (digits[:, _DIGITS] <= 9).all(1) & (chars[:, 2] == 58) & (chars[:, 5] == 58) & (chars[:, 8] == 46)
-    hours = digits[:, 0] * 10 + digits[:, 1]
-    minutes = digits[:, 3] * 10 + digits[:, 4]
-    millis = (digits[:, 6] * 10 + digits[:, 7]) * 1000 + digits[:, 9] * 100 + digits[:, 10] * 10 + digits[:, 11]
-    seconds = (hours * 3600 + minutes * 60).astype(np.float64) + millis / 1000.0
-    return ok, seconds
-
-
 def check_batch(batch: LineBatch, max_id_length: int, seen_video_ids: set) -> CheckedBatch:
     """Which videos of ``batch`` are clean, with their clips' numbers and times (see module doc)."""
     counts = np.array(batch.clip_counts, np.int64)
@@ -85,34 +61,30 @@ def check_batch(batch: LineBatch, max_id_length: int, seen_video_ids: set) -> Ch
 
     clean = np.ones(len(counts), bool)
     in_batch: set = set()
-    fast_safe = _FAST_SAFE_ID.fullmatch
     for v, video_id in enumerate(batch.video_ids):
-        if not (len(video_id) <= max_id_length and fast_safe(video_id)) or video_id in seen_video_ids \
-                or video_id in in_batch:
+        if not is_plain_id(video_id, max_id_length) or video_id in seen_video_ids or video_id in in_batch:
             clean[v] = False
         in_batch.add(video_id)
 
     clip_ids = pa.array(batch.clip_ids, pa.string())
-    parts = pc.extract_regex(clip_ids, _CLIP_ID)
+    parts = pc.extract_regex(clip_ids, _CLIP_ID_9_DIGITS)
     own_video = pa.array(batch.video_ids, pa.string()).take(pa.array(video_of_clip))
     same_prefix = pc.equal(pc.struct_field(parts, "video"), own_video)  # null where the id does not match
     ok = pc.fill_null(same_prefix, False).to_numpy(zero_copy_only=False)
     ok &= pc.binary_length(clip_ids).to_numpy() <= max_id_length
     numbers = pc.cast(pc.fill_null(pc.struct_field(parts, "number"), "0"), pa.int64()).to_numpy()
     texts = pa.array(batch.texts, pa.string())
-    ok &= pc.match_substring_regex(texts, _CLEAN_TEXT).to_numpy(zero_copy_only=False)
-    ok &= pc.binary_length(texts).to_numpy() <= MAX_TEXT_CHARS  # clean texts are ASCII: bytes == characters
+    text_bytes = pc.binary_length(texts).to_numpy()
+    ok &= pc.match_substring_regex(texts, CLEAN_TEXT_PATTERN).to_numpy(zero_copy_only=False)
+    ok &= (text_bytes > 0) & (text_bytes <= MAX_TEXT_CHARS)  # not empty; clean texts are ASCII: bytes == characters
     start_ok, starts = parse_hms(batch.starts)
     end_ok, ends = parse_hms(batch.ends)
     ok &= start_ok & end_ok & (ends > starts)
-    # Within a video, strictly increasing clip numbers and starts: already in clip-number order,
-    # no repeated clip id, no two clips with the same (start, end, text).
     same_video = video_of_clip[1:] == video_of_clip[:-1]
-    out_of_order = same_video & ((numbers[1:] <= numbers[:-1]) | (starts[1:] <= starts[:-1]))
     clean[video_of_clip[~ok]] = False
-    clean[video_of_clip[1:][out_of_order]] = False
+    clean[video_of_clip[1:][may_repeat(same_video, numbers, starts)]] = False
     new_run = np.ones(len(numbers), bool)
-    new_run[1:] = ~same_video | (numbers[1:] != numbers[:-1] + 1)
+    new_run[1:] = ~same_video | ~follows(numbers[:-1], numbers[1:])
     run_starts = np.flatnonzero(new_run)
     run_end = np.maximum.reduceat(ends, run_starts) if len(run_starts) else np.zeros(0)
     run_start = starts[run_starts]

@@ -23,6 +23,15 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]*").fullmatch
 _MAX_KEY_ID = 80  # escaped video ids longer than this are shortened with a hash
 
 
+def follows(prev_number, number):
+    """LF-VILA's adjacency of HD-VILA clips: clip number ``number`` comes right after ``prev_number``.
+
+    Plain arithmetic, so the same definition serves ints (``runs_of``) and numpy arrays of numbers
+    (the columnar fast path, elementwise).
+    """
+    return number == prev_number + 1
+
+
 def runs_of(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[list[Clip]]:
     """Runs of consecutive clips, in time order (clip number order when ``by_number``)."""
     if not clips:
@@ -35,7 +44,7 @@ def runs_of(clips: list[Clip], by_number: bool, cfg: ManifestConfig) -> list[lis
     runs = [[ordered[0]]]
     for prev, clip in zip(ordered, ordered[1:]):
         if by_number:
-            consecutive = clip.clip_index == prev.clip_index + 1
+            consecutive = follows(prev.clip_index, clip.clip_index)
         else:
             gap = clip.start - prev.end  # negative when the clips overlap
             consecutive = (max_gap is None or gap <= max_gap) and (max_overlap is None or -gap <= max_overlap)

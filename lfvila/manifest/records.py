@@ -11,6 +11,9 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+import numpy as np
+import pyarrow as pa
+
 # The fixed reject vocabulary (docs/manifest.md explains each; manifests/schemas/ lists it too).
 MALFORMED_RECORD = "malformed_record"  # unparseable line/entry or missing field; detail names the line
 INVALID_UTF8 = "invalid_utf8"  # bytes that are not UTF-8 in an id or the text
@@ -137,6 +140,37 @@ def parse_time(value: object) -> float:
     return t
 
 
+_HMS_DIGITS = np.array([0, 1, 3, 4, 6, 7, 9, 10, 11])  # the digit positions of HH:MM:SS.mmm
+
+
+def parse_hms(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``parse_time`` on many ``HH:MM:SS.mmm`` strings at once -> (ok bool (n,), seconds float64 (n,)).
+
+    The columnar form of ``parse_time``'s first branch: ok where that branch applies, and there
+    the same seconds, bit for bit. ``parse_time`` computes ``HH * 3600 + MM * 60`` as an int plus
+    ``float("SS.mmm")``; the latter is the correctly rounded value of the decimal, which is what
+    ``(SS * 1000 + mmm) / 1000`` (two exact integers, one IEEE division) gives too.
+    """
+    arr = pa.array(values, pa.string())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1)
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    ok = np.diff(offsets) == 12
+    if len(data) == 0:
+        return ok & False, np.zeros(n)
+    if ok.all() and offsets[0] == 0:
+        chars = data[:12 * n].reshape(n, 12)  # the common case: every value is 12 bytes
+    else:
+        chars = data[np.minimum(offsets[:-1, None] + np.arange(12), len(data) - 1)]  # (n, 12) bytes
+    digits = (chars - 48).astype(np.int64)  # non-digits wrap to >= 10 in uint8 before the cast
+    ok &= (digits[:, _HMS_DIGITS] <= 9).all(1) & (chars[:, 2] == 58) & (chars[:, 5] == 58) & (chars[:, 8] == 46)
+    hours = digits[:, 0] * 10 + digits[:, 1]
+    minutes = digits[:, 3] * 10 + digits[:, 4]
+    millis = (digits[:, 6] * 10 + digits[:, 7]) * 1000 + digits[:, 9] * 100 + digits[:, 10] * 10 + digits[:, 11]
+    seconds = (hours * 3600 + minutes * 60).astype(np.float64) + millis / 1000.0
+    return ok, seconds
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PRINTABLE_ASCII = re.compile(r"[ -~]*").fullmatch
 
@@ -163,10 +197,22 @@ def shown_utf8(text: str) -> str:
         return _SURROGATE.sub("\ufffd", text)
 
 
+def is_clean_text(text: str) -> bool:
+    """True when ``clean_text`` returns ``text`` unchanged because it is printable ASCII words
+    separated by single spaces (the common case, kept cheap); the empty text is clean too."""
+    return _PRINTABLE_ASCII(text) is not None and "  " not in text and text[:1] != " " and text[-1:] != " "
+
+
+# ``is_clean_text`` as one regular expression, for Arrow's ``match_substring_regex`` over a column
+# (the scalar form is 4x faster per text in Python's ``re``, so each keeps its own spelling; the
+# test test_manifest_rules pins them equal on tricky texts).
+CLEAN_TEXT_PATTERN = r"^(?:[!-~]+(?: [!-~]+)*)?$"
+
+
 def clean_text(text: str) -> str:
     """NFC-normalise, replace control characters by spaces, collapse whitespace, strip."""
-    if _PRINTABLE_ASCII(text) and "  " not in text and text[:1] != " " and text[-1:] != " ":
-        return text  # printable ASCII words separated by single spaces: the common case, kept cheap
+    if is_clean_text(text):
+        return text
     if text.isascii():
         if not text.isprintable():
             text = _CONTROL.sub(" ", text)
@@ -180,12 +226,18 @@ def clean_text(text: str) -> str:
 _FAST_SAFE_ID = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 
 
+def is_plain_id(value: str, max_length: int) -> bool:
+    """True for an id of plain ASCII words separated by single dots, at most ``max_length`` long:
+    safe without the detailed checks of ``unsafe_id_reason`` (the common case, kept cheap)."""
+    return len(value) <= max_length and _FAST_SAFE_ID.fullmatch(value) is not None
+
+
 def unsafe_id_reason(value: object, max_length: int) -> str | None:
     """Why ``value`` cannot be part of a file or tar member name, or None when it is safe."""
     if not isinstance(value, str):
         return "not a string"
-    if len(value) <= max_length and _FAST_SAFE_ID.fullmatch(value):
-        return None  # plain ASCII words separated by single dots: safe
+    if is_plain_id(value, max_length):
+        return None
     if not value:
         return "empty"
     if len(value) > max_length:
@@ -199,3 +251,19 @@ def unsafe_id_reason(value: object, max_length: int) -> str | None:
     if value != value.strip():
         return "leading or trailing whitespace"
     return None
+
+
+def hdvila_clip_number(video_id: str, clip_id: str) -> str | None:
+    """The digits ``n`` of an HD-VILA clip id ``<video_id>.<n>.mp4`` (LF-VILA's adjacency), or None
+    when ``clip_id`` has another form (the caller checks ``n`` against MAX_CLIP_NUMBER)."""
+    middle = clip_id[len(video_id) + 1:-4]
+    if clip_id.startswith(video_id + ".") and clip_id.endswith(".mp4") and middle.isdigit() and middle.isascii():
+        return middle
+    return None
+
+
+# ``hdvila_clip_number`` as one regular expression over a column of clip ids: where group "video"
+# equals the clip's video id, group "number" is what ``hdvila_clip_number`` returns (the greedy
+# "video" group ends at the last "." before the digits, as the prefix does); pinned equal by
+# test_manifest_rules.
+HDVILA_CLIP_ID_PATTERN = r"^(?P<video>.*)\.(?P<number>[0-9]+)\.mp4$"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lfvila.manifest.config import ManifestConfig
 from lfvila.manifest.records import (
     BAD_TIMESTAMP, BEYOND_DURATION, DUPLICATE_CLIP, EMPTY_TEXT, END_NOT_AFTER_START, FLOAT_NOISE_S, INVALID_UTF8,
-    MAX_TEXT_CHARS, NEGATIVE_TIME, TOO_LARGE, UNSAFE_ID, _FAST_SAFE_ID, _PRINTABLE_ASCII, Clip, RawVideo, Reject, clean_text, has_invalid_utf8, parse_time, shown_utf8,
-    unsafe_id_reason,
+    MAX_TEXT_CHARS, NEGATIVE_TIME, TOO_LARGE, UNSAFE_ID, Clip, RawVideo, Reject, clean_text, has_invalid_utf8,
+    is_clean_text, is_plain_id, parse_time, shown_utf8, unsafe_id_reason,
 )
 
 
@@ -75,11 +77,10 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
     max_id = cfg.max_id_length
     seen_clip_ids: set = set()
     seen_content: set = set()
-    fast_safe = _FAST_SAFE_ID.fullmatch
     kept = out.clips
     for raw in video.clips:
         clip_id, number, start_raw, end_raw, text, line, word_starts = raw
-        if not (type(clip_id) is str and len(clip_id) <= max_id and fast_safe(clip_id)):
+        if not (type(clip_id) is str and is_plain_id(clip_id, max_id)):
             if not isinstance(clip_id, str):
                 reject(raw, UNSAFE_ID, "clip_id is not a string", clip_id)
                 continue
@@ -92,8 +93,8 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
         if type(text) is str and len(text) > MAX_TEXT_CHARS:
             reject(raw, TOO_LARGE, f"text of {len(text)} characters, over the cap of {MAX_TEXT_CHARS}", text)
             continue
-        if type(text) is str and _PRINTABLE_ASCII(text) and "  " not in text and text[:1] != " " and text[-1:] != " ":
-            clean = text  # already clean printable ASCII: the common case, kept cheap
+        if type(text) is str and is_clean_text(text):
+            clean = text  # the common case, before the UTF-8 check it makes needless
         elif isinstance(text, str):
             if has_invalid_utf8(text):
                 reject(raw, INVALID_UTF8, "text is not valid UTF-8", text)
@@ -132,6 +133,7 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
         if not clean:
             reject(raw, EMPTY_TEXT, "no text" if text is None else "text is empty after normalisation", text)
             continue
+        # The duplicate rule (the columnar form is ``may_repeat`` below):
         if clip_id in seen_clip_ids:
             reject(raw, DUPLICATE_CLIP, "clip_id repeated within the video", clip_id)
             continue
@@ -145,3 +147,14 @@ def validate_video(video: RawVideo, source: str, cfg: ManifestConfig, seen_video
         if word_starts is not None:
             out.word_starts[clip_id] = word_starts
     return out
+
+
+def may_repeat(same_video: np.ndarray, numbers: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The duplicate rule's columnar form, for clips in input order: per pair of neighbouring clips
+    (n - 1,) True where they are of the same video and the later one's clip number and start are
+    not both greater. Where it is False for every pair of a video, ``validate_video`` rejects no clip
+    of it as a duplicate: distinct numbers n give distinct clip ids ``<video_id>.<n>.mp4``, distinct
+    starts distinct (start, end, text); and the clips are already in clip-number order.
+    ``same_video``: (n - 1,) bool, numbers: (n,) int, starts: (n,) float seconds.
+    """
+    return same_video & ((numbers[1:] <= numbers[:-1]) | (starts[1:] <= starts[:-1]))

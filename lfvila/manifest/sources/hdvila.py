@@ -33,7 +33,8 @@ from lfvila.manifest.config import AsrConfig, ManifestConfig
 from lfvila.manifest.jsonstream import TooDeep, loads_line
 from lfvila.manifest.records import (
     DUPLICATE_CLIP, INVALID_UTF8, MALFORMED_RECORD, MAX_CLIP_NUMBER, MAX_LINE_BYTES, NO_SUBTITLES,
-    TOO_DEEP, TOO_LARGE, RawClip, RawVideo, Reject, has_invalid_utf8, parse_time, shown_utf8, unsafe_id_reason,
+    TOO_DEEP, TOO_LARGE, RawClip, RawVideo, Reject, has_invalid_utf8, hdvila_clip_number, parse_time, shown_utf8,
+    unsafe_id_reason,
 )
 from lfvila.manifest.sources._io import files_with_suffixes, iter_lines, raw_lines
 from lfvila.manifest.sources.subtitles import parse_track
@@ -119,7 +120,6 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
     video_id = obj["video_id"]
     texts = _lookup(conn, video_id) if conn is not None else None
     clips = []
-    prefix, cut = video_id + ".", len(video_id) + 1
     for entry in obj["clip"]:
         try:
             clip_id, (start, end) = entry["clip_id"], entry["span"]
@@ -130,9 +130,8 @@ def items_of_line(line_no: int, line: str, file: str, conn=None, used: list | No
                           f"line {line_no}: clip entry needs clip_id (string) and span [start, end]",
                           json.dumps(entry)[:500], file, line_no)
             continue
-        # The release's clip ids are <video_id>.<n>.mp4; n gives LF-VILA's adjacency.
-        middle = clip_id[cut:-4]
-        if not (clip_id.startswith(prefix) and clip_id.endswith(".mp4") and middle.isdigit() and middle.isascii()):
+        middle = hdvila_clip_number(video_id, clip_id)
+        if middle is None:
             yield _reject(video_id, clip_id, "parse", MALFORMED_RECORD,
                           f"line {line_no}: clip_id is not <video_id>.<n>.mp4", clip_id, file, line_no)
             continue
