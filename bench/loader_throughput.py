@@ -54,8 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lfvila.data import DataConfig, batch_to_device, build_loader  # noqa: E402
-from lfvila.data.collate import (BatchBuffers, BatchCanvas, collate, new_video_buffer, render_geometry,  # noqa: E402
-                                 render_sample, render_video)
+from lfvila.data.buffers import BatchBuffers, BatchCanvas, new_video_buffer  # noqa: E402
+from lfvila.data.collate import collate  # noqa: E402
+from lfvila.data.frames import render_geometry, render_sample, render_video  # noqa: E402
 from lfvila.data.loader import _tokenizer  # noqa: E402
 from lfvila.data.reader import fingerprint, read_shard  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lfvila.data import DataConfig, batch_to_device, build_loader, normalize_video
-from lfvila.data.collate import IGNORE_INDEX, DeviceCrop, Tokenizer, mask_tokens
+from lfvila.data.collate import DeviceCrop
+from lfvila.data.tokenize import IGNORE_INDEX, Tokenizer, mask_tokens
 from lfvila.data.sampling import SkipSample, frame_members, plan_sample, uniform_frame_indices
 from lfvila.data.transforms import (box_to_pixels, random_resized_crop_box, resize_crop_frames, resize_crop_into,
                                     val_crop_box)

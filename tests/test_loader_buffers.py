@@ -51,7 +51,7 @@ def test_canvas_packs_samples_and_grows_keeping_those_rendered(bert_dir):
     """Each sample's frames are one contiguous region after the previous sample's; a sample that
     does not fit the reserved buffer (a skipped sample's larger replacement) moves the samples
     rendered so far into a larger buffer."""
-    from lfvila.data.collate import BatchBuffers, BatchCanvas
+    from lfvila.data.buffers import BatchBuffers, BatchCanvas
 
     cfg = DataConfig(batch_size=3, n_sentences=1, frames_per_sentence=2, bert_dir=str(bert_dir))
     canvas = BatchCanvas(BatchBuffers(cfg, 2))

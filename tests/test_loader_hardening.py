@@ -120,7 +120,7 @@ def test_a_jpeg_header_claiming_a_huge_frame_is_a_skip_not_an_allocation(tmp_pat
     """Buffers were sized from the first frame's unchecked header: 8000x8000 asked for 98 GB,
     65500x65500 for 6.6 TB. With the JSON claiming the same size it must still be refused
     (data.max_frame_side), and nothing larger than a normal batch may be allocated."""
-    from lfvila.data import collate
+    from lfvila.data import buffers
 
     huge = sample("huge", 3)
     for name in [n for n in huge if n.endswith(".jpg")]:
@@ -130,18 +130,18 @@ def test_a_jpeg_header_claiming_a_huge_frame_is_a_skip_not_an_allocation(tmp_pat
     path = tmp_path / "huge.tar"
     write_sample_tar(path, [sample("ok_a", 1), huge, sample("ok_b", 2)])
     batch_bytes = 4 * 32 * SIZE[0] * SIZE[1] * 3  # a whole batch of (T, 24, 40, 3) frames
-    real_storage, real_empty = collate._new_storage, collate.np.empty
+    real_storage, real_empty = buffers.new_storage, np.empty
 
     def storage(nbytes):  # refused before allocating: the test must not take the machine down
         assert nbytes <= batch_bytes, f"a {nbytes}-byte batch buffer"
         return real_storage(nbytes)
 
     def empty(shape, *args, **kw):
-        assert int(collate.np.prod(shape)) <= batch_bytes, f"a {shape} frame array"
+        assert int(np.prod(shape)) <= batch_bytes, f"a {shape} frame array"
         return real_empty(shape, *args, **kw)
 
-    monkeypatch.setattr(collate, "_new_storage", storage)
-    monkeypatch.setattr(collate.np, "empty", empty)
+    monkeypatch.setattr(buffers, "new_storage", storage)
+    monkeypatch.setattr(np, "empty", empty)
     max_side = 4096 if claim[0] > 4096 else 200
     keys, counters = load([str(path)], bert_dir, resize_on=resize_on, max_frame_side=max_side)
     assert sorted(keys) == ["ok_a", "ok_b"]
@@ -455,13 +455,13 @@ def test_fuzz_mutated_shards_never_crash_hang_or_lose_samples_silently(tmp_path_
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from lfvila.data import collate, reader
+    from lfvila.data import buffers, reader
 
     tmp = tmp_path_factory.mktemp("fuzz")
     data, offsets, keys = _fuzz_base_shard(tmp)
     cfg_kw = dict(n_sentences=2, frames_per_sentence=2, batch_size=2)
     batch_bytes = 2 * 4 * SIZE[0] * SIZE[1] * 3
-    real_storage, real_chunk = collate._new_storage, reader._Chunk
+    real_storage, real_chunk = buffers.new_storage, reader._Chunk
 
     def storage(nbytes):
         assert nbytes <= batch_bytes, f"a {nbytes}-byte batch buffer"
@@ -471,7 +471,7 @@ def test_fuzz_mutated_shards_never_crash_hang_or_lose_samples_silently(tmp_path_
         assert size <= reader.CHUNK_BYTES + reader.MAX_MEMBER_BYTES + 2 * reader.PAGE, f"a {size}-byte read chunk"
         return real_chunk(size)
 
-    monkeypatch.setattr(collate, "_new_storage", storage)
+    monkeypatch.setattr(buffers, "new_storage", storage)
     monkeypatch.setattr(reader, "_Chunk", chunk)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     position = st.one_of(st.integers(0, len(data) - 1),
@@ -533,7 +533,7 @@ def test_fuzz_sample_json_fields_are_a_plan_or_a_counted_skip():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from lfvila.data.collate import render_geometry
+    from lfvila.data.frames import render_geometry
     from lfvila.data.sampling import SkipSample, plan_sample
 
     base = sample("j", 5, n_sentences=3)

@@ -10,7 +10,7 @@ import pytest
 from lfvila.build_config import BuildConfig
 from lfvila.config import load_config
 from lfvila.data import DataConfig
-from lfvila.data.collate import render_frames, render_geometry
+from lfvila.data.frames import render_frames, render_geometry
 from lfvila.data.reader import read_shard
 from lfvila.data.sampling import SkipSample, plan_sample
 from lfvila.shards.build import build_shards
@@ -137,7 +137,7 @@ def test_frames_to_decode_runs_from_the_keyframe_before_each_wanted_frame():
 
 @pytest.mark.parametrize("damage", ["packet_bytes", "stream", "codec"])
 def test_a_damaged_h264_sample_is_a_counted_skip(shards, damage):
-    from lfvila.data.collate import render_frames as render
+    from lfvila.data.frames import render_frames as render
 
     raw = dict(_raws(shards["h264"])["pancake"])
     meta = json.loads(raw["json"])

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lfvila.data.collate import (BatchBuffers, BatchCanvas, Tokenizer, collate, render_geometry, render_sample,
-                                 storage_users)
+from lfvila.data.buffers import IN_PROCESS_BUFFERS, BatchBuffers, BatchCanvas, BufferReleases, buffers_per_worker
+from lfvila.data.collate import collate
+from lfvila.data.frames import render_geometry, render_sample
+from lfvila.data.tokenize import Tokenizer
 from lfvila.data.config import DataConfig
 from lfvila.data.reader import HttpTimeouts, expand_shards, fingerprint, read_shard, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
@@ -39,14 +41,6 @@ STATE_FORMAT = "lfvila.loader/1"
 # URLs): raise with the reason instead of spinning forever in an infinite mode.
 MAX_CONSECUTIVE_SKIPS = 10_000
 SHARD_REASONS = ("shard_open_error", "shard_read_error", "shard_timeout", "truncated_tar")
-# Batch buffers each stream reuses (collate.BatchBuffers): the consumer holds the current batch
-# while the next is made, a worker has up to prefetch_factor batches in flight, plus slack for
-# batches the main process has not yet seen released. Each is one batch (~94 MB by default).
-IN_PROCESS_BUFFERS = 3
-
-
-def buffers_per_worker(cfg: DataConfig) -> int:
-    return cfg.prefetch_factor + 3
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,7 +111,7 @@ class ShardStream(IterableDataset):
         self.positions = [0] * self.n_local
         self.rotation = 0
         # Shared int8 flags, one per batch buffer of each local worker: 1 while the main process
-        # may still read the batch (set by StreamingLoader; see collate.BatchBuffers).
+        # may still read the batch (set by StreamingLoader; see lfvila.data.buffers).
         self.release_flags: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[dict]:
@@ -268,10 +262,8 @@ class StreamingLoader:
         stream, cfg = self.stream, self.cfg
         stream.pass_index, stream.positions, stream.rotation = self.pass_index, list(self.positions), self.next_worker
         pinned = cfg.pin_memory and torch.cuda.is_available()
-        flags = None
-        if cfg.num_workers > 0:
-            flags = torch.zeros(self.n_local * buffers_per_worker(cfg), dtype=torch.int8).share_memory_()
-        stream.release_flags = flags
+        releases = BufferReleases(cfg, self.n_local)
+        stream.release_flags = releases.flags
         loader = DataLoader(
             stream, batch_size=None, num_workers=cfg.num_workers,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
@@ -281,24 +273,10 @@ class StreamingLoader:
             # then see a different training RNG stream. Our streams never use that seed.
             generator=torch.Generator().manual_seed(cfg.seed),
         )
-        # Release flag index -> the worker buffer's storage as mapped here (kept, so the next batch
-        # in that buffer reuses the mapping), and the flags whose batch may still be in use.
-        mapped: dict[int, torch.UntypedStorage] = {}
-        in_use: set[int] = set()
         for batch in loader:
             meta = batch.pop("__meta__")
-            for index in [i for i in in_use if storage_users(mapped[i]) == 1]:  # only `mapped` holds it
-                flags[index] = 0
-                in_use.discard(index)
-            release = meta["release"]
-            if release is not None:
-                if "video" in batch and not pinned:  # a pinned batch is a copy: the buffer is free now
-                    video = batch["video"]  # one tensor, or one per sample (all views of one buffer)
-                    mapped[release] = (video[0] if isinstance(video, list) else video).untyped_storage()
-                    del video
-                    in_use.add(release)
-                else:
-                    flags[release] = 0
+            releases.sweep()
+            releases.received(meta["release"], batch, pinned)
             worker = meta["worker"]
             self.positions[worker] = meta["position"]
             # torch's DataLoader serves active workers in a fixed cycle; a resumed loader is
