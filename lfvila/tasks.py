@@ -58,6 +58,9 @@ class TaskConfig:
     mtc_reference_negatives: bool = False
     mlm_weight: float = 1.0
     vtm_weight: float = 10.0
+    # The released VTM negatives (first half of the batch rolled among itself, see
+    # lfvila.losses.vtm.mismatch_pairs) instead of the next sample's video; for reference runs.
+    vtm_reference_pairing: bool = False
     coarse_weight: float = 1.0
     coarse_temperature: float = 0.05
     coarse_target_temperature: float = 0.05
@@ -164,8 +167,8 @@ class Stage2Task(_Task):
 
     Frozen (as in the paper): the video encoder, the four projections, the BERT embeddings, the
     sentence and paragraph layers and the paragraph embeddings. Trained: the cross-modal layers, the
-    video token embeddings, the MLM head (its decoder is tied to the frozen word embeddings, so only its
-    transform and bias train) and the matching head. Frozen modules also stay in eval mode (no dropout).
+    video token embeddings, the MLM head (transform, bias and its own decoder matrix, as released; the
+    word embeddings stay frozen) and the matching head. Frozen modules also stay in eval mode (no dropout).
     """
 
     def __init__(self, model: LFVILA, cfg: TaskConfig):
@@ -192,7 +195,8 @@ class Stage2Task(_Task):
             video = self.model.encode_video(batch["video"])
             text = self.model.encode_text(batch["mlm_ids"], batch["text_mask"], batch["sentence_mask"])
         b = text["tokens"].shape[0]
-        video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device)
+        video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device,
+                                                 reference=self.cfg.vtm_reference_pairing)
         hidden = self.model.fuse(text["tokens"], text["token_mask"], video["tokens"][video_index])  # (B, S+N, C)
         out = {"vtm": self.cfg.vtm_weight * self.vtm_loss(self.model.match_logits(hidden), vtm_labels)}
 

@@ -49,7 +49,7 @@ def make_inputs(seed=0):
 
 def test_export_uses_released_names(source_and_export):
     _, state = source_and_export
-    for key in ("video_encoder.patch_embed.proj.weight", "video_encoder.layers.0.blocks.0.attn.qkv.weight",
+    for key in ("text_encoder.cls.predictions.decoder.weight", "text_encoder.cls.predictions.bias","video_encoder.patch_embed.proj.weight", "video_encoder.layers.0.blocks.0.attn.qkv.weight",
                 "text_encoder.bert.embeddings.word_embeddings.weight",
                 "text_encoder.bert.encoder.layer.5.output.dense.weight", "text_encoder.bert.pooler.dense.weight",
                 "text_encoder.cls.predictions.transform.dense.weight", "text_encoder.seq_relationship.weight",
@@ -67,6 +67,7 @@ def test_round_trip_gives_identical_weights_and_outputs(bert_dir, source_and_exp
     target = build_model(tiny_cfg(bert_dir)).eval()
     report = load_released(target, state)
     assert report.unexpected == [] and report.missing == []
+    assert "text.mlm_head.predictions.decoder.weight" in report.loaded
     for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
         assert torch.equal(a, b), name
     video, ids, mask, sentence_mask = make_inputs()
@@ -136,7 +137,8 @@ def test_loaded_model_computes_the_released_forward(bert_dir, source_and_export)
         t = F.gelu(lin(fused[:, 1:5], "text_encoder.cls.predictions.transform.dense"))
         t = F.layer_norm(t, (c,), state["text_encoder.cls.predictions.transform.LayerNorm.weight"],
                          state["text_encoder.cls.predictions.transform.LayerNorm.bias"], bert_cfg.layer_norm_eps)
-        mlm = t @ state["text_encoder.bert.embeddings.word_embeddings.weight"].T + state["text_encoder.cls.predictions.bias"]
+        # the released decoder is its own matrix (only the bias is tied)
+        mlm = t @ state["text_encoder.cls.predictions.decoder.weight"].T + state["text_encoder.cls.predictions.bias"]
 
         # --- this model
         ours_video = model.encode_video(video)
@@ -162,6 +164,7 @@ def test_stage1_checkpoint_leaves_cross_modal_part_missing(bert_dir, source_and_
     model = build_model(cfg)
     report = load_released(model, stage1)
     assert report.unexpected == ["some_other_head.weight"]
+    assert "text.mlm_head.predictions.decoder.weight" in report.loaded  # stage-1 releases hold BERT's decoder
     assert report.missing and all(k.startswith(("text.cross_layers.", "video_tokens.")) for k in report.missing)
 
 
@@ -176,7 +179,7 @@ def test_wrong_shapes_raise_naming_the_key(bert_dir, source_and_export):
 def test_released_compatible_switches():
     model_cfg, task_cfg = released_compatible(ModelConfig.tiny(), TaskConfig())
     assert model_cfg.video.clip_features == "final"
-    assert task_cfg.mtc_reference_negatives
+    assert task_cfg.mtc_reference_negatives and task_cfg.vtm_reference_pairing
     assert ModelConfig.tiny().video.clip_features == "local"  # the paper's intent stays the default
 
 
@@ -200,3 +203,38 @@ def test_bert_large_style_directory_initialises_the_encoder(bert_dir, tmp_path):
             assert torch.equal(a, b), name
     assert torch.equal(large_style.mlm_head.predictions.transform.dense.weight, torch.full((hidden, hidden), 0.5))
     assert torch.equal(large_style.mlm_head.predictions.decoder.bias, renamed["cls.predictions.bias"])
+
+
+def test_released_decoder_loads_and_every_dropped_key_is_reported(bert_dir, source_and_export, caplog):
+    """The released MLM decoder is its own trained matrix: it is loaded, not tied to the word embeddings
+    and dropped; buffers and the untrained local tap are dropped with their reason, logged by name."""
+    _, state = source_and_export
+    state = dict(state)
+    decoder = torch.randn_like(state["text_encoder.cls.predictions.decoder.weight"])
+    state["text_encoder.cls.predictions.decoder.weight"] = decoder
+    state["text_encoder.bert.embeddings.position_ids"] = torch.arange(8)[None]
+    state["video_encoder.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(4, dtype=torch.long)
+    state["video_encoder.norm_local.weight"] = torch.ones(3)
+    model = build_model(tiny_cfg(bert_dir))
+    with caplog.at_level("INFO", logger="lfvila.models.compat"):
+        report = load_released(model, state)
+    assert torch.equal(model.text.mlm_head.predictions.decoder.weight, decoder)
+    assert not torch.equal(model.text.mlm_head.predictions.decoder.weight, model.text.embeddings.word_embeddings.weight)
+    assert report.dropped == {
+        "text_encoder.bert.embeddings.position_ids": "a buffer this model recomputes",
+        "video_encoder.layers.0.blocks.0.attn.relative_position_index": "a buffer this model recomputes",
+        "video_encoder.norm_local.weight": "the released encoder's local tap, never used by the released model (untrained)",
+    }
+    assert report.missing == [] and report.unexpected == []
+    for key in report.dropped:
+        assert f"dropped: {key}" in caplog.text
+
+
+def test_stage2_trains_the_decoder_and_keeps_the_word_embeddings_frozen(bert_dir):
+    from lfvila.tasks import build_task
+
+    model = build_model(tiny_cfg(bert_dir))
+    task = build_task(model, TaskConfig(stage=2))
+    trained = {id(p) for p in task.trainable_parameters()}
+    assert id(model.text.mlm_head.predictions.decoder.weight) in trained
+    assert id(model.text.embeddings.word_embeddings.weight) not in trained

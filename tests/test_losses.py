@@ -200,6 +200,20 @@ def test_mismatch_pairs_never_pair_a_text_with_its_own_video(batch_size):
         assert (video_index[i] != i) == (labels[i] == 0)
 
 
+def test_reference_pairing_is_the_released_roll_of_the_first_half():
+    """The issue's batch of 4: released [1, 0, 2, 3], lfvila [1, 2, 2, 3]; same labels."""
+    released, labels = mismatch_pairs(4, reference=True)
+    ours, our_labels = mismatch_pairs(4)
+    assert released.tolist() == [1, 0, 2, 3] and ours.tolist() == [1, 2, 2, 3]
+    assert labels.tolist() == our_labels.tolist() == [0, 0, 1, 1]
+    # the roll by one of the first half, as torch.roll(video[:B // 2], 1, 0) reorders it
+    for b in (2, 3, 4, 6, 7, 16):
+        index = torch.arange(b)
+        expected = torch.cat([torch.roll(index[: b // 2], 1, 0), index[b // 2:]])
+        assert torch.equal(mismatch_pairs(b, reference=True)[0], expected), b
+    assert mismatch_pairs(3, reference=True)[0].tolist() == [0, 1, 2]  # its own video under label 0
+
+
 def test_vtm_loss_is_cross_entropy():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
     labels = torch.tensor([0, 1])

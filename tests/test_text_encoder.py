@@ -81,10 +81,16 @@ def test_paragraph_embeddings_by_hand(encoder):
         emb(torch.randn(1, 9, 10, encoder.width))
 
 
-def test_mlm_decoder_is_tied_and_paragraph_positions_start_from_bert(encoder):
+def test_mlm_decoder_is_its_own_matrix_and_paragraph_positions_start_from_bert(encoder):
+    """As released: only the decoder's bias is tied; its weight starts as BERT's (here: MiniLM has no
+    MLM head, so a copy of the word embeddings) and is a parameter of its own."""
     decoder = encoder.mlm_head.predictions.decoder
-    assert decoder.weight is encoder.embeddings.word_embeddings.weight
+    assert decoder.weight is not encoder.embeddings.word_embeddings.weight
+    assert decoder.weight.data_ptr() != encoder.embeddings.word_embeddings.weight.data_ptr()
+    torch.testing.assert_close(decoder.weight, encoder.embeddings.word_embeddings.weight, rtol=0, atol=0)
     assert decoder.bias is encoder.mlm_head.predictions.bias
+    names = [n for n, _ in encoder.named_parameters()]
+    assert "mlm_head.predictions.decoder.weight" in names
     torch.testing.assert_close(encoder.paragraph_embeddings.position_embeddings.weight,
                                encoder.embeddings.position_embeddings.weight)
 

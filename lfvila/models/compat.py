@@ -10,8 +10,9 @@ Key mapping (released ``LFVILA_Pretrain`` state_dict -> :class:`lfvila.models.lf
                                                   text.cross_layers.{i - S - P}.*       S + P <= i
     text_encoder.bert.pooler.dense.*           -> text.match_head.pooler.dense.*
     text_encoder.seq_relationship.*            -> text.match_head.classifier.*
-    text_encoder.cls.predictions.{bias,transform.*} -> text.mlm_head.predictions.*
-    text_encoder.cls.predictions.decoder.*     -> dropped (tied to the word embeddings and the bias)
+    text_encoder.cls.predictions.{bias,transform.*,decoder.weight} -> text.mlm_head.predictions.*
+                                                  (the decoder is its own trained matrix, as released)
+    text_encoder.cls.predictions.decoder.bias  -> text.mlm_head.predictions.decoder.bias (the tied bias)
     sent_embedding.position_embeddings.weight  -> text.paragraph_embeddings.position_embeddings.weight
     sent_embedding.segment_embeddings.weight   -> text.paragraph_embeddings.segment_embeddings.weight
     sent_embedding.norm.*                      -> text.paragraph_embeddings.norm.*
@@ -39,13 +40,17 @@ Switches that reproduce the released behaviour (see :func:`released_compatible`)
 * ``text.sentence_layers/paragraph_layers/cross_layers = 8/4/12``, ``text.max_sentences = 8``,
   ``model.max_frames = 32``, ``model.tokens_per_frame = 6`` (the paper presets).
 
+* ``task.vtm_reference_pairing = True``: the released VTM negatives. The release rolls the first half
+  of the batch by one among itself: text ``i < B//2`` gets video ``(i - 1) mod (B//2)`` (batch 4:
+  ``[1, 0, 2, 3]``; with 2 or 3 samples the "mismatched" pair is the sample itself). lfvila's default
+  gives it the next sample's video ``(i + 1) mod B`` (batch 4: ``[1, 2, 2, 3]``). The two differ on
+  every batch of 4 or more samples.
+
 Known remaining differences, none of which occurs on LF-VILA-8M pre-training data (every sample has its
 4 sentences): with padded sentences the released paragraph token averaged the padded sentences' first
 tokens too (here: real sentences only), and its per-sentence layers ran padded sentences with uniform
-attention (their outputs are unused here). The released VTM pairing rolled only the first half of the
-batch (with 2 or 3 samples a "mismatched" pair was the sample itself); here the first half takes the
-next sample's video. The released window attention defects at other resolutions are described with
-the video mapping.
+attention (their outputs are unused here). The released window attention defects at other resolutions
+are described with the video mapping.
 """
 from __future__ import annotations
 
@@ -86,17 +91,41 @@ EXACT: dict[str, str] = {
     "video_token_pos.t_pos_embed": "video_tokens.temporal",
     "video_token_pos.s_pos_embed": "video_tokens.spatial",
 }
-DROPPED_SUFFIXES = ("position_ids", "token_type_ids", "relative_position_index", "attn_mask",
-                    "predictions.decoder.weight", "predictions.decoder.bias")
+# Released buffers this model recomputes (never parameters): dropped with this reason.
+DROPPED_SUFFIXES = ("position_ids", "token_type_ids", "relative_position_index", "attn_mask")
+DROPPED_BUFFER = "a buffer this model recomputes"
+DROPPED_LOCAL_TAP = "the released encoder's local tap, never used by the released model (untrained)"
 
 
 @dataclass
 class LoadReport:
-    """What a load did: ``loaded`` / ``missing`` are our keys, ``unexpected`` released keys with no place."""
+    """What a load did, every key named.
+
+    loaded / missing: our keys filled from the checkpoint / keeping their values (tied aliases of a
+    loaded key count as loaded); unexpected: checkpoint keys with no place in this model;
+    dropped: checkpoint key -> why it was deliberately not loaded.
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The report as log lines: counts, then every missing, unexpected and dropped key."""
+        out = [f"{len(self.loaded)} tensors loaded, {len(self.missing)} missing (keep their values), "
+               f"{len(self.unexpected)} unexpected, {len(self.dropped)} dropped"]
+        out += [f"  missing: {key}" for key in self.missing]
+        out += [f"  unexpected: {key}" for key in self.unexpected]
+        out += [f"  dropped: {key} ({why})" for key, why in sorted(self.dropped.items())]
+        return out
+
+    def log(self, logger: logging.Logger, source: object) -> None:
+        """Every line at INFO, the missing and unexpected keys at WARNING."""
+        head, *rest = self.lines()
+        logger.info("loaded %s: %s", source, head)
+        for line in rest:
+            (logger.info if line.startswith("  dropped") else logger.warning)("%s", line)
 
 
 def released_compatible(model_cfg: ModelConfig, task_cfg=None):
@@ -107,7 +136,7 @@ def released_compatible(model_cfg: ModelConfig, task_cfg=None):
     model_cfg = dataclasses.replace(model_cfg, video=dataclasses.replace(model_cfg.video, clip_features="final"))
     if task_cfg is None:
         return model_cfg
-    return model_cfg, dataclasses.replace(task_cfg, mtc_reference_negatives=True)
+    return model_cfg, dataclasses.replace(task_cfg, mtc_reference_negatives=True, vtm_reference_pairing=True)
 
 
 def released_key_to_ours(key: str, text_cfg: TextEncoderConfig) -> str | None:
@@ -136,24 +165,53 @@ def _unwrap(state: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def convert_released_state_dict(state: dict, model_cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Released keys -> our keys; returns the converted dict and the released keys that found no place."""
+def convert_released_state_dict(
+    state: dict, model_cfg: ModelConfig
+) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    """Released keys -> our keys; returns the converted dict, the released keys that found no place,
+    and the released keys deliberately dropped (key -> reason)."""
     state = _unwrap(state)
     converted: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
+    dropped: dict[str, str] = {}
     video_part = {k: v for k, v in state.items() if k.startswith(VIDEO_PREFIX)}
-    for key, value in remap_released_video_keys(video_part, prefix=VIDEO_PREFIX).items():
+    video = remap_released_video_keys(video_part, prefix=VIDEO_PREFIX)
+    for key, value in video.items():
         converted["video." + key] = value
+    for key in video_part:
+        if key.endswith("relative_position_index"):
+            dropped[key] = DROPPED_BUFFER
+        elif key[len(VIDEO_PREFIX):] not in video:
+            dropped[key] = DROPPED_LOCAL_TAP
     for key, value in state.items():
         if key.startswith(VIDEO_PREFIX):
             continue
         target = released_key_to_ours(key, model_cfg.text)
         if target is None:
-            if not key.endswith(DROPPED_SUFFIXES):
+            if key.endswith(DROPPED_SUFFIXES):
+                dropped[key] = DROPPED_BUFFER
+            else:
                 unexpected.append(key)
             continue
         converted[target] = value
-    return converted, unexpected
+    return converted, unexpected, dropped
+
+
+def is_released_state_dict(state: dict) -> bool:
+    """Whether ``state`` is laid out as a released LF-VILA checkpoint (not as this model's state_dict)."""
+    return any(k.startswith((VIDEO_PREFIX, "text_encoder.")) for k in _unwrap(state))
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Every parameter name that is a second name of another parameter -> the first name."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
 
 
 @torch.no_grad()
@@ -164,14 +222,15 @@ def load_released(model: LFVILA, source: str | PathLike | dict) -> LoadReport:
     differs raises ``ValueError`` naming the key. For the released numerics build the model with
     :func:`released_compatible` (``clip_features="final"``).
     """
+    where = "released checkpoint (a state_dict)" if isinstance(source, dict) else f"released checkpoint {source}"
     if not isinstance(source, dict):
         source = torch.load(Path(source), map_location="cpu", weights_only=True)
-    converted, unexpected = convert_released_state_dict(source, model.cfg)
+    converted, unexpected, dropped = convert_released_state_dict(source, model.cfg)
     if model.cfg.video.clip_features != "final":
         log.warning("released weights were trained with clip features from the final stage; "
                     "set model.video.clip_features='final' to compute what the released model computes")
     own = model.state_dict()
-    report = LoadReport(unexpected=sorted(unexpected))
+    report = LoadReport(unexpected=sorted(unexpected), dropped=dropped)
     for key, value in converted.items():
         if key not in own:
             report.unexpected.append(key)
@@ -181,8 +240,12 @@ def load_released(model: LFVILA, source: str | PathLike | dict) -> LoadReport:
             raise ValueError(f"released {key}: shape {tuple(value.shape)} != model {tuple(own[key].shape)}{hint}")
         own[key].copy_(value)
         report.loaded.append(key)
-    tied = {"text.mlm_head.predictions.decoder.weight", "text.mlm_head.predictions.decoder.bias"}
-    report.missing = sorted(set(own) - set(report.loaded) - tied)
+    loaded = set(report.loaded)
+    for alias, name in tied_aliases(model).items():  # one tensor, two names: loading either fills both
+        if name in loaded or alias in loaded:
+            loaded |= {alias, name}
+    report.missing = sorted(set(own) - loaded)
+    report.log(log, where)
     return report
 
 

@@ -8,7 +8,8 @@ One BERT is split into three stacks of layers (BERT-large 24 layers: 8 / 4 / 12)
    token (mean of the sentences' first tokens) whose output is the paragraph feature;
 3. cross-modal layers (stage 2) run on ``[paragraph tokens; video tokens]``.
 
-The MLM head (``BertOnlyMLMHead``, decoder tied to the word embeddings) and the video-text matching head
+The MLM head (``BertOnlyMLMHead``; its decoder is its own matrix, as in the release, and only its bias is
+tied to the head's output bias) and the video-text matching head
 (BERT pooler + 2-way linear) sit on the cross-modal output. Nothing here knows about training stages:
 the tasks in ``lfvila.tasks`` decide which parts run and which are frozen.
 """
@@ -184,6 +185,7 @@ class TextEncoder(nn.Module):
         self.match_head = MatchingHead(bert_cfg)
         self.apply(self._init_weights)
         self.tie_weights()
+        self.init_decoder_from_word_embeddings()
         if cfg.init_from_pretrained:
             fresh = load_bert_weights(self, resolve_bert_dir(cfg.bert_dir))
             log.info("text encoder: BERT weights from %s; %d tensors keep their initialisation (%s...)",
@@ -207,10 +209,19 @@ class TextEncoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def tie_weights(self) -> None:
-        """MLM decoder shares the word embedding matrix and the head's output bias, as in BERT."""
+        """The MLM decoder's bias is the head's output bias (one tensor under two names, as in BERT).
+
+        Its weight is its own matrix, as in the released model (whose text encoder defines no output
+        embeddings, so Hugging Face never tied them): it starts as BERT's decoder (a copy of the word
+        embeddings when the checkpoint has none) and stage 2 trains it while the word embeddings stay frozen.
+        """
         predictions = self.mlm_head.predictions
-        predictions.decoder.weight = self.embeddings.word_embeddings.weight
         predictions.decoder.bias = predictions.bias
+
+    @torch.no_grad()
+    def init_decoder_from_word_embeddings(self) -> None:
+        """The decoder starts as BERT's tied decoder was: a copy of the word embedding matrix."""
+        self.mlm_head.predictions.decoder.weight.copy_(self.embeddings.word_embeddings.weight)
 
     @torch.no_grad()
     def init_paragraph_positions(self) -> None:
@@ -319,7 +330,8 @@ def bert_key_to_encoder_key(key: str, cfg: TextEncoderConfig) -> str | None:
     if key.startswith("pooler."):
         return "match_head." + key
     if key.startswith("cls.predictions."):
-        return None if key.startswith("cls.predictions.decoder.") else "mlm_head." + key[len("cls."):]
+        # decoder.bias is the tied output bias (loaded as predictions.bias); decoder.weight is its own matrix
+        return None if key == "cls.predictions.decoder.bias" else "mlm_head." + key[len("cls."):]
     if key.startswith("cls.seq_relationship."):
         return "match_head.classifier." + key[len("cls.seq_relationship."):]
     return None
@@ -342,7 +354,10 @@ def load_bert_weights(encoder: TextEncoder, bert_dir: Path) -> list[str]:
             raise ValueError(f"{bert_dir}: {key} has shape {tuple(value.shape)}, expected {tuple(own[target].shape)}")
         own[target].copy_(value)
         loaded.add(target)
-    tied = {"mlm_head.predictions.decoder.weight", "mlm_head.predictions.decoder.bias"}
+    if "mlm_head.predictions.decoder.weight" not in loaded:  # a checkpoint without BERT's MLM decoder
+        encoder.init_decoder_from_word_embeddings()
+        loaded.add("mlm_head.predictions.decoder.weight")
+    tied = {"mlm_head.predictions.decoder.bias"}
     required = [k for k in own if k.startswith(("embeddings.", "sentence_layers.", "paragraph_layers.", "cross_layers."))]
     missing_required = [k for k in required if k not in loaded]
     if missing_required:

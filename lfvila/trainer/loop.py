@@ -107,6 +107,7 @@ class Trainer:
             raise ConfigError(f"trainer.out_dir {self.out} already holds checkpoints: continue it with "
                              "--resume auto, or choose another out_dir")
         self.step = 0
+        self.init_report = None  # the LoadReport of trainer.init_from, when it applied
         tcfg = cfg.trainer
         if tcfg.cpu_threads is not None and self.ctx.device.type == "cpu":
             torch.set_num_threads(tcfg.cpu_threads)
@@ -174,14 +175,23 @@ class Trainer:
                      f"stage {task.stage}" if task.name == "pretrain" else f"task {task.name}")
 
     def _init_weights(self, spec: str) -> None:
+        """Weights from an lfvila checkpoint or a released LF-VILA state_dict (recognised by its key
+        names); every missing, unexpected and dropped key is logged and kept in ``self.init_report``."""
+        from lfvila.models.compat import LoadReport, is_released_state_dict, load_released
+
         state = ckpt.load_model_weights(spec)
-        result = self.model.load_state_dict(state, strict=False)
-        loaded = len(state) - len(result.unexpected_keys)
-        if loaded == 0:
+        if is_released_state_dict(state):
+            report = load_released(self.model, state)
+        else:
+            result = self.model.load_state_dict(state, strict=False)
+            unexpected = set(result.unexpected_keys)
+            report = LoadReport(loaded=[k for k in state if k not in unexpected],
+                                missing=sorted(result.missing_keys), unexpected=sorted(unexpected))
+            if self.ctx.is_main:
+                report.log(log, f"init_from {spec}")
+        if not report.loaded:
             raise ValueError(f"init_from {spec!r}: no parameter of the checkpoint matches this model")
-        if self.ctx.is_main:
-            log.info("initialised %d tensors from %s (%d missing, %d unexpected)", loaded, spec,
-                     len(result.missing_keys), len(result.unexpected_keys))
+        self.init_report = report
 
     def _init_video_2d(self, path: str) -> None:
         """The video encoder from a 2D Swin checkpoint, inflated to 3D (``model.video.init_2d``)."""
@@ -214,8 +224,14 @@ class Trainer:
                 from lfvila.errors import CheckpointError
 
                 detail = " ".join(str(exc).split())  # load_state_dict lists its mismatches on several lines
+                hint = ""
+                if what == "optimizer" and self.cfg.task.stage == 2 and self.cfg.task.name == "pretrain":
+                    # lfvila before the untied MLM decoder trained one parameter fewer in stage 2
+                    hint = (" A stage-2 checkpoint written before the MLM decoder became its own trained "
+                            "matrix cannot be resumed; start a new run from its weights with "
+                            f"--set trainer.init_from={path}.")
                 raise CheckpointError(f"{path / name}: cannot restore the {what} from it ({type(exc).__name__}: "
-                                      f"{detail[:300]}); was it written with another model or config?") from None
+                                      f"{detail[:300]}); was it written with another model or config?{hint}") from None
         self.step = state["train_state"].get("step")
         if type(self.step) is not int or self.step != state["meta"]["step"]:
             from lfvila.errors import CheckpointError
