@@ -61,6 +61,10 @@ class TaskConfig:
     # The released VTM negatives (first half of the batch rolled among itself, see
     # lfvila.losses.vtm.mismatch_pairs) instead of the next sample's video; for reference runs.
     vtm_reference_pairing: bool = False
+    # Stage 2: the frozen modules follow the model's mode (train: dropout and stochastic depth on),
+    # as in the release, whose trainer put the whole model in train mode; false (lfvila): they run in
+    # eval mode, so the frozen features are the deterministic ones stage 1 learned.
+    frozen_train_mode: bool = False
     coarse_weight: float = 1.0
     coarse_temperature: float = 0.05
     coarse_target_temperature: float = 0.05
@@ -187,8 +191,9 @@ class Stage2Task(_Task):
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"mlm": ..., "vtm": ...}`` weighted. The first B // 2 samples get another sample's video."""
-        for module in self.frozen_modules:
-            module.eval()
+        if not self.cfg.frozen_train_mode:
+            for module in self.frozen_modules:
+                module.eval()
         if "mlm_ids" not in batch or "mlm_labels" not in batch:
             raise ValueError("stage 2 batches need mlm_ids and mlm_labels (build the loader with stage=2)")
         with torch.no_grad():  # everything below the cross-modal layers is frozen

@@ -40,6 +40,13 @@ class DataConfig:
     # default jitter is around 1:1, which on 16:9 frames at scale >= 0.8 almost always falls back to
     # a centre crop; jittering around the output aspect keeps the crop random and the distortion small.
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # false: data.ratio is the crop's absolute W/H range, as torchvision's RandomResizedCrop and the
+    # release (on 16:9 frames at scale >= 0.8 no try fits, so every train crop is the fixed centre
+    # crop of aspect 4/3, resized to `crop`); true (lfvila): relative to the output aspect.
+    ratio_relative_to_output: bool = True
+    # true: the release's window choice, a random first sentence in [0, n - n_sentences), never the
+    # last window of a long-form video; false (lfvila): every window, the last one included.
+    window_excludes_last: bool = False
     hflip: bool = True  # horizontal flip with probability 0.5 (train)
     val_resize: tuple[int, int] = (240, 428)  # validation: resize to (H, W) ...
     val_crop_fraction: float = 0.9  # ... centre crop this fraction of each side, then resize to crop

@@ -216,7 +216,9 @@ def _window(sentences: list[dict], cfg: DataConfig, rng: np.random.Generator) ->
     """Pre-training: a random window of ``n_sentences`` consecutive sentences, ``frames_per_sentence``
     frames uniformly inside each; (texts, frame indices in clip order)."""
     m, k = cfg.n_sentences, cfg.frames_per_sentence
-    first = int(rng.integers(0, len(sentences) - m + 1)) if len(sentences) > m else 0
+    # The release drew the first sentence in [0, n - m): never the last window (window_excludes_last).
+    last = len(sentences) - m if cfg.window_excludes_last else len(sentences) - m + 1
+    first = int(rng.integers(0, last)) if len(sentences) > m else 0
     window = sentences[first:first + m]
     short = [s for s in window if s["frame_end"] - s["frame_start"] < cfg.min_frames_per_sentence]
     if short:
@@ -283,7 +285,7 @@ def plan_sample(raw: dict, cfg: DataConfig, rng: np.random.Generator, train: boo
     slot = {frame: j for j, frame in enumerate(distinct)}
     frame_hw = (meta["height"], meta["width"])
     if train:
-        box = random_resized_crop_box(rng, frame_hw, cfg.crop, cfg.scale, cfg.ratio)
+        box = random_resized_crop_box(rng, frame_hw, cfg.crop, cfg.scale, cfg.ratio, cfg.ratio_relative_to_output)
         flip = bool(cfg.hflip and rng.random() < 0.5)
     else:
         box, flip = val_crop_box(cfg.val_resize, cfg.val_crop_fraction), False

@@ -25,15 +25,17 @@ def random_resized_crop_box(
     out_hw: tuple[int, int],
     scale: tuple[float, float],
     ratio: tuple[float, float],
+    relative: bool = True,
 ) -> CropBox:
     """RandomResizedCrop's box (torchvision's algorithm, 10 tries then a centre crop).
 
     ``ratio`` is the jitter of the crop's aspect (W/H) *relative to the output aspect*
-    (``ratio=(1, 1)`` gives crops with exactly the output's aspect, so no distortion).
+    (``ratio=(1, 1)`` gives crops with exactly the output's aspect, so no distortion);
+    ``relative=False``: the crop's absolute W/H range, as torchvision and the release.
     """
     height, width = frame_hw
     area = height * width
-    out_aspect = out_hw[1] / out_hw[0]
+    out_aspect = out_hw[1] / out_hw[0] if relative else 1.0
     log_lo, log_hi = math.log(ratio[0] * out_aspect), math.log(ratio[1] * out_aspect)
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])

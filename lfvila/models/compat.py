@@ -249,31 +249,31 @@ def load_released(model: LFVILA, source: str | PathLike | dict) -> LoadReport:
     return report
 
 
+def released_key(key: str, text_cfg: TextEncoderConfig) -> str | None:
+    """The released name of our state_dict key, or None when it has no released place."""
+    if key.startswith("video."):
+        rest = key[len("video."):]
+        for ours, released in (("local_merge.", "local_feat_proj."), ("local_norm.", "norm_local.")):
+            if rest.startswith(ours):
+                rest = released + rest[len(ours):]
+        return VIDEO_PREFIX + rest
+    exact_inverse = {ours: released for released, ours in EXACT.items()}
+    if key in exact_inverse:
+        return exact_inverse[key]
+    offsets = {"sentence_layers": 0, "paragraph_layers": text_cfg.sentence_layers,
+               "cross_layers": text_cfg.sentence_layers + text_cfg.paragraph_layers}
+    stack = next((name for name in offsets if key.startswith(f"text.{name}.")), None)
+    if stack is not None:
+        index, rest = key[len(f"text.{stack}."):].split(".", 1)
+        return f"{BERT_LAYER}{offsets[stack] + int(index)}.{rest}"
+    return next((r + key[len(o):] for r, o in PREFIXES if key.startswith(o)), None)
+
+
 def export_released(model: LFVILA) -> dict[str, torch.Tensor]:
     """This model's weights under the released key names (the inverse of :func:`load_released`)."""
-    video_inverse = {"local_merge.": "local_feat_proj.", "local_norm.": "norm_local."}
-    text_cfg = model.cfg.text
-    layer_offsets = {"sentence_layers": 0, "paragraph_layers": text_cfg.sentence_layers,
-                     "cross_layers": text_cfg.sentence_layers + text_cfg.paragraph_layers}
-    exact_inverse = {ours: released for released, ours in EXACT.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        if key.startswith("video."):
-            rest = key[len("video."):]
-            for ours, released in video_inverse.items():
-                if rest.startswith(ours):
-                    rest = released + rest[len(ours):]
-            out[VIDEO_PREFIX + rest] = value
-            continue
-        if key in exact_inverse:
-            out[exact_inverse[key]] = value
-            continue
-        stack = next((name for name in layer_offsets if key.startswith(f"text.{name}.")), None)
-        if stack is not None:
-            index, rest = key[len(f"text.{stack}."):].split(".", 1)
-            out[f"{BERT_LAYER}{layer_offsets[stack] + int(index)}.{rest}"] = value
-            continue
-        released = next((r + key[len(o):] for r, o in PREFIXES if key.startswith(o)), None)
+        released = released_key(key, model.cfg.text)
         if released is not None:
             out[released] = value
     return out

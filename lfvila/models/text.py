@@ -50,6 +50,13 @@ class TextEncoderConfig:
     max_tokens: int | None = None
     max_sentences: int = 8
     init_from_pretrained: bool = True
+    # Initial std of the paragraph segment embedding: BERT's 0.02 (lfvila); the release's nn.Embedding
+    # default N(0, 1) is 1.0 (it sat outside the BERT module, so BERT's initialisation never reached it).
+    segment_init_std: float = 0.02
+    # The matching head's 2-way classifier: "bert_nsp" starts it from BERT's NSP head
+    # (cls.seq_relationship) when the checkpoint has one (lfvila); "random": BERT's random
+    # initialisation, as released (its head was named seq_relationship, so no BERT key reached it).
+    match_classifier_init: str = "bert_nsp"
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +72,10 @@ class TextEncoderConfig:
             raise ValueError(f"text.max_tokens must be >= 2 ([CLS] and [SEP]), got {self.max_tokens}")
         if self.max_sentences < 1:
             raise ValueError(f"text.max_sentences must be >= 1, got {self.max_sentences}")
+        if not self.segment_init_std > 0:
+            raise ValueError(f"text.segment_init_std must be > 0, got {self.segment_init_std}")
+        if self.match_classifier_init not in ("bert_nsp", "random"):
+            raise ValueError(f"text.match_classifier_init must be 'bert_nsp' or 'random', got {self.match_classifier_init!r}")
 
     @classmethod
     def paper(cls, bert_dir: str = "bert-large-uncased") -> "TextEncoderConfig":
@@ -184,6 +195,7 @@ class TextEncoder(nn.Module):
         self.mlm_head = BertOnlyMLMHead(bert_cfg)
         self.match_head = MatchingHead(bert_cfg)
         self.apply(self._init_weights)
+        nn.init.normal_(self.paragraph_embeddings.segment_embeddings.weight, std=cfg.segment_init_std)
         self.tie_weights()
         self.init_decoder_from_word_embeddings()
         if cfg.init_from_pretrained:
@@ -350,6 +362,8 @@ def load_bert_weights(encoder: TextEncoder, bert_dir: Path) -> list[str]:
         target = bert_key_to_encoder_key(_normalise_bert_key(key), encoder.cfg)
         if target is None or target not in own:
             continue
+        if target.startswith("match_head.classifier.") and encoder.cfg.match_classifier_init == "random":
+            continue  # the released matching head started random
         if own[target].shape != value.shape:
             raise ValueError(f"{bert_dir}: {key} has shape {tuple(value.shape)}, expected {tuple(own[target].shape)}")
         own[target].copy_(value)

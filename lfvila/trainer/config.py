@@ -27,6 +27,12 @@ class OptimConfig:
     # Parameters with ndim > 1 (weight matrices and embedding tables) are decayed; 1-D ones (biases,
     # norm weights) are not unless this is true (lfvila/trainer/optim.py).
     decay_norm_and_bias: bool = False
+    # "lfvila": the rule above. "released": the release's groups, by released parameter name: no decay
+    # for names holding bias, LayerNorm.weight, pos_embed or relative_position_bias_table (so Swin's
+    # and the paragraph embedding's norm weights and all embedding tables are decayed, the video
+    # position embeddings and relative position bias tables are not), and the BERT pooler (the
+    # matching head's pooler) is left out of the optimizer: it keeps its BERT weights.
+    param_groups: str = "lfvila"
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -37,6 +43,8 @@ class OptimConfig:
             raise ValueError(f"optim.eps must be > 0, got {self.eps}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.param_groups not in ("lfvila", "released"):
+            raise ValueError(f"optim.param_groups must be 'lfvila' or 'released', got {self.param_groups!r}")
 
 
 @dataclass

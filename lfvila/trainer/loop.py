@@ -32,7 +32,7 @@ from lfvila.trainer import checkpoint as ckpt
 from lfvila.trainer.config import TrainConfig
 from lfvila.trainer.evaluate import chance_level, evaluate, write_eval_json
 from lfvila.trainer.flops import device_peak_tflops, format_throughput, training_step_flops
-from lfvila.trainer.optim import build_optimizer, build_scheduler
+from lfvila.trainer.optim import build_optimizer, build_scheduler, parameter_groups
 from lfvila.trainer.parallel import DistContext, setup_distributed
 from lfvila.trainer.setup import build_model_and_task, seed_everything
 
@@ -126,7 +126,8 @@ class Trainer:
                 self._init_video_2d(cfg.model.video.init_2d)
             if tcfg.init_from:
                 self._init_weights(tcfg.init_from)
-        self.optimizer = build_optimizer(self._trainable_named(), cfg.optim)
+        self.optimizer = build_optimizer(self._trainable_named(), cfg.optim, self._released_name)
+        self._freeze_excluded()
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tcfg.max_steps)
         use_cuda = self.ctx.device.type == "cuda"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.precision) if use_cuda else None
@@ -159,6 +160,21 @@ class Trainer:
 
     def _trainable_named(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _released_name(self, name: str) -> str | None:
+        from lfvila.models.compat import released_key
+
+        return released_key(name, self.model.cfg.text)
+
+    def _freeze_excluded(self) -> None:
+        """Parameters the optimizer leaves out (optim.param_groups: released, the pooler) stop training."""
+        groups = parameter_groups(self._trainable_named(), self.cfg.optim, self._released_name)
+        named = dict(self.model.named_parameters())
+        for name in groups["excluded"]:
+            named[name].requires_grad_(False)
+        if groups["excluded"] and self.ctx.is_main:
+            log.info("optim.param_groups=released: not trained (as released): %s", ", ".join(groups["excluded"]))
+        self.parameter_counts["trained"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def _freeze_untrained(self) -> None:
         """Parameters the task does not train get no gradient (and DDP does not wait for them)."""

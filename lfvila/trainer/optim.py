@@ -1,18 +1,46 @@
 """AdamW with decay / no-decay groups and the warm-up + linear-decay (or step-decay) schedule."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from lfvila.trainer.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the given trainable parameters; biases and norm weights (1-D) are not decayed."""
-    decay, no_decay = [], []
-    for _, param in named_params:
-        (decay if cfg.decay_norm_and_bias or param.ndim > 1 else no_decay).append(param)
+# The release's rule (LF-VILA src/optimization/optimizer.py), on released parameter names.
+RELEASED_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "pos_embed", "relative_position_bias_table")
+RELEASED_EXCLUDED = "pooler"
+
+
+def parameter_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig,
+                     released_name: Callable[[str], str | None] | None = None) -> dict[str, list[str]]:
+    """Names of the parameters decayed, not decayed and left out of the optimizer.
+
+    ``optim.param_groups: lfvila``: 1-D parameters (biases, norm weights) are not decayed unless
+    ``decay_norm_and_bias``. ``released``: the release's substring rule applied to each parameter's
+    released name (``released_name``; a name without one is judged as it is), the pooler left out.
+    """
+    groups: dict[str, list[str]] = {"decay": [], "no_decay": [], "excluded": []}
+    for name, param in named_params:
+        if cfg.param_groups == "released":
+            judged = (released_name(name) if released_name else None) or name
+            group = ("excluded" if RELEASED_EXCLUDED in judged
+                     else "no_decay" if any(part in judged for part in RELEASED_NO_DECAY) else "decay")
+        else:
+            group = "decay" if cfg.decay_norm_and_bias or param.ndim > 1 else "no_decay"
+        groups[group].append(name)
+    return groups
+
+
+def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig,
+                    released_name: Callable[[str], str | None] | None = None) -> torch.optim.AdamW:
+    """AdamW over the given trainable parameters, grouped by :func:`parameter_groups` (the excluded
+    ones get no optimizer slot: the caller freezes them)."""
+    named_params = list(named_params)
+    names = parameter_groups(named_params, cfg, released_name)
+    by_name = dict(named_params)
+    decay, no_decay = [by_name[n] for n in names["decay"]], [by_name[n] for n in names["no_decay"]]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
