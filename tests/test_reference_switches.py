@@ -188,3 +188,33 @@ def test_reference_recipe_trains_two_steps(stage, tmp_path):
     assert not any(p.requires_grad for p in trainer.model.text.match_head.pooler.parameters())
     trainer.fit()
     assert trainer.step == 2 and all(math.isfinite(v) for v in trainer.last_losses.values())
+
+
+def test_init_from_a_released_state_dict_loads_the_decoder_and_logs_every_key(tmp_path, caplog):
+    """The CLI's loading path (trainer.init_from) takes a released checkpoint file and reports it."""
+    from lfvila.models.compat import export_released
+    from lfvila.trainer.loop import Trainer
+
+    shards = write_synthetic_shards(tmp_path / "shards", n_samples=4, samples_per_shard=4)
+    tiny = yaml.safe_load((RECIPES / "tiny.yaml").read_text())
+    tiny["model"]["text"].update(sentence_layers=2, paragraph_layers=2, cross_layers=2)
+    tiny["model"]["video"]["clip_features"] = "final"  # the released encoder has no (trained) local tap
+    recipe = _merge(tiny, {"data": {"train_shards": shards, "batch_size": 2, "num_workers": 0},
+                           "task": {"stage": 2}, "trainer": {"out_dir": str(tmp_path / "run"), "tensorboard": False}})
+    cfg = from_dict(TrainConfig, recipe)
+    torch.manual_seed(3)
+    source = build_model(cfg.model)
+    with torch.no_grad():
+        source.text.mlm_head.predictions.decoder.weight.normal_()
+    released = export_released(source)
+    released["text_encoder.bert.embeddings.position_ids"] = torch.arange(4)[None]
+    torch.save(released, tmp_path / "released.pt")
+    cfg.trainer.init_from = str(tmp_path / "released.pt")
+    with caplog.at_level("INFO"):
+        trainer = Trainer(cfg)
+    report = trainer.init_report
+    assert report.missing == [] and report.unexpected == []
+    assert report.dropped == {"text_encoder.bert.embeddings.position_ids": "a buffer this model recomputes"}
+    assert torch.equal(trainer.model.text.mlm_head.predictions.decoder.weight,
+                       source.text.mlm_head.predictions.decoder.weight)
+    assert "dropped: text_encoder.bert.embeddings.position_ids" in caplog.text
