@@ -218,3 +218,32 @@ def test_init_from_a_released_state_dict_loads_the_decoder_and_logs_every_key(tm
     assert torch.equal(trainer.model.text.mlm_head.predictions.decoder.weight,
                        source.text.mlm_head.predictions.decoder.weight)
     assert "dropped: text_encoder.bert.embeddings.position_ids" in caplog.text
+
+
+def test_an_old_stage2_checkpoint_without_a_decoder_slot_is_refused_naming_init_from(tmp_path):
+    """Before the decoder became its own parameter, stage 2 trained one parameter fewer: its optimizer
+    state cannot be resumed; the error says why and how to continue from its weights."""
+    from lfvila.errors import CheckpointError
+    from lfvila.testing import rehash_checkpoint_file
+    from lfvila.trainer.loop import Trainer
+
+    shards = write_synthetic_shards(tmp_path / "shards", n_samples=4, samples_per_shard=4)
+    tiny = yaml.safe_load((RECIPES / "tiny.yaml").read_text())
+    tiny["model"]["text"].update(sentence_layers=2, paragraph_layers=2, cross_layers=2)
+    recipe = _merge(tiny, {"data": {"train_shards": shards, "batch_size": 2, "num_workers": 0},
+                           "task": {"stage": 2}, "schedule": {"warmup_steps": 0},
+                           "trainer": {"out_dir": str(tmp_path / "run"), "tensorboard": False, "max_steps": 1}})
+    trainer = Trainer(from_dict(TrainConfig, recipe))
+    trainer.fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    decay = state["optimizer"]["param_groups"][0]
+    decay["params"] = decay["params"][:-1]  # the old stage 2 had no decoder matrix to train
+    torch.save(state, ckpt / "train_state.pt")
+    rehash_checkpoint_file(ckpt, "train_state.pt")
+    with pytest.raises(CheckpointError, match="MLM decoder.*trainer.init_from="):
+        Trainer(from_dict(TrainConfig, recipe), resume=str(ckpt))
+    # its weights still initialise a new run: the old model.pt holds the decoder key (then a copy of
+    # the word embeddings), so nothing is missing
+    recipe["trainer"] = {**recipe["trainer"], "out_dir": str(tmp_path / "new"), "init_from": str(ckpt)}
+    assert Trainer(from_dict(TrainConfig, recipe)).init_report.missing == []
