@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lfvila.atomic import atomic_write
 from lfvila.errors import ConfigError
 
 T = TypeVar("T")
@@ -145,12 +146,10 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
 def write_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config next to an output (YAML or JSON by suffix), atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     plain = to_dict(cfg)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         if path.suffix == ".json":
             json.dump(plain, f, indent=2, sort_keys=False)
             f.write("\n")
         else:
             yaml.safe_dump(plain, f, sort_keys=False)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lfvila.atomic import atomic_write_text
 from lfvila.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,7 @@ def _read_corpus(out: Path) -> dict | None:
 
 
 def _write_corpus(out: Path, corpus: dict) -> None:
-    tmp = out / ".corpus.json.prepare.tmp"
-    tmp.write_text(json.dumps(corpus, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "corpus.json")
+    atomic_write_text(out / "corpus.json", json.dumps(corpus, indent=2) + "\n")
 
 
 def _normal(source) -> str:

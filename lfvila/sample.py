@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from lfvila.atomic import AtomicPath, atomic_write_bytes
 from lfvila.resources import resource_path
 from lfvila.video.decode import ffmpeg_exe, file_url  # $LFVILA_FFMPEG or imageio-ffmpeg's build
 
@@ -228,7 +229,7 @@ def write_sample_sources(sample_dir: Path = SAMPLE_DIR, n_videos: int = 100, see
     """Regenerate the committed sample files (a test checks the committed ones match)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     for name, data in sample_files(generate_scenes(n_videos, seed)).items():
-        _atomic_write(sample_dir / name, data)
+        atomic_write_bytes(sample_dir / name, data)
 
 
 def load_scenes(path: Path) -> list[VideoScene]:
@@ -320,25 +321,18 @@ def render_command(scene: VideoScene, out_path: Path, width: int = 320, height: 
 def render_video(scene: VideoScene, videos_dir: Path, width: int = 320, height: int = 180,
                  fps: int = 15) -> Path:
     """Render one video to ``videos_dir/<video_id>.mp4`` via a temporary name (atomic)."""
-    out = videos_dir / f"{scene.video_id}.mp4"
-    tmp = videos_dir / f".{scene.video_id}.mp4.tmp{os.getpid()}"
+    out = AtomicPath(videos_dir / f"{scene.video_id}.mp4")
     try:
-        subprocess.run(render_command(scene, tmp, width, height, fps), check=True,
+        subprocess.run(render_command(scene, out.tmp, width, height, fps), check=True,
                        capture_output=True, timeout=300)
-        os.replace(tmp, out)
+        out.commit()
     except FileNotFoundError as e:
         raise RuntimeError(f"ffmpeg not found ({e}); set LFVILA_FFMPEG to an ffmpeg binary") from e
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"ffmpeg failed rendering {scene.video_id}: {e.stderr.decode(errors='replace')[-2000:]}") from e
     finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        out.discard()
+    return out.path
 
 
 def _stamp(scene: VideoScene, settings: dict) -> dict:
@@ -372,7 +366,7 @@ def render_demo_videos(out_dir: Path, *, sample_dir: Path = SAMPLE_DIR, limit: i
     sources_dir.mkdir(parents=True, exist_ok=True)
     videos_dir.mkdir(parents=True, exist_ok=True)
     metadata_path = sources_dir / METADATA_NAME
-    _atomic_write(metadata_path, files[METADATA_NAME])
+    atomic_write_bytes(metadata_path, files[METADATA_NAME])
 
     result = RenderedSample(sources=[f"hdvila:{metadata_path.resolve()}"], videos_dir=videos_dir.resolve())
     # Stamps live outside videos_dir: the shard stage treats any DIR/<video_id>.* file as the video.
@@ -393,7 +387,7 @@ def render_demo_videos(out_dir: Path, *, sample_dir: Path = SAMPLE_DIR, limit: i
     def render(scene: VideoScene) -> None:
         render_video(scene, videos_dir, width, height, fps)
         # Written after the rename: a kill in between only costs a re-render next time.
-        _atomic_write(stamps_dir / f"{scene.video_id}.json", json.dumps(_stamp(scene, settings)).encode())
+        atomic_write_bytes(stamps_dir / f"{scene.video_id}.json", json.dumps(_stamp(scene, settings)).encode())
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         # ffmpeg does the work in its own process, so threads are enough to run them in parallel.

@@ -110,9 +110,9 @@ def write_synthetic_shards(
 def write_sample_tar(path: str | Path, samples: list[dict]) -> None:
     """Write webdataset sample dicts to a tar as the shard stage does: members ``KEY.EXT`` in
     each dict's order (``__``-keys skipped), fixed metadata, written to a temporary file first."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    from lfvila.atomic import atomic_write
+
+    with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for sample in samples:
             for ext, data in sample.items():
                 if ext.startswith("__"):
@@ -120,7 +120,6 @@ def write_sample_tar(path: str | Path, samples: list[dict]) -> None:
                 info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
                 info.size, info.mode = len(data), 0o444
                 tar.addfile(info, io.BytesIO(data))
-    tmp.replace(path)
 
 
 def model_pixels(batch: dict) -> "torch.Tensor":

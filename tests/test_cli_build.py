@@ -341,14 +341,20 @@ def test_rejected_failed_and_dropped_clips_are_told_apart(tmp_path, anet):
 def test_ctrl_c_in_build_says_what_is_complete_without_a_traceback(shared_data, tmp_path):
     import signal
     import time
+
+    from lfvila.atomic import temporaries_pattern
+
     train = shared_data / "annotations/activitynet_captions/train.json"
     proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", "build", "--out", str(tmp_path / "c"),
                              "--source", f"activitynet:{train}", "--source", f"activitynet:{train}",
                              "--source", f"activitynet:{train}", "--stage", "manifest"],
                             stderr=subprocess.PIPE, text=True)
-    # Interrupt inside the manifest stage: its tables are open (as .tmp) while ~110k records are read.
+    # Interrupt inside the manifest stage: its tables are open (as temporaries) while ~110k records are read.
+    def temporaries():
+        return list((tmp_path / "c").glob(temporaries_pattern("clips.parquet"))) if (tmp_path / "c").is_dir() else []
+
     deadline = time.monotonic() + 60
-    while not (tmp_path / "c" / "clips.parquet.tmp").exists():
+    while not temporaries():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -356,4 +362,5 @@ def test_ctrl_c_in_build_says_what_is_complete_without_a_traceback(shared_data, 
     assert proc.returncode == 130, stderr
     assert "lfvila build: interrupted." in stderr and "Run the same command again" in stderr
     assert "Traceback" not in stderr
-    assert "manifest tables not complete" in stderr and not (tmp_path / "c" / "clips.parquet.tmp").exists()
+    assert "manifest tables not complete" in stderr and not temporaries()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == []  # no table, complete or not

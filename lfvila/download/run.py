@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import quote
 
+from lfvila.atomic import AtomicPath, atomic_write_text, replace_durably
 from lfvila.download.config import DownloadConfig
 from lfvila.download.fetch import (
     NO_URL, PERMANENT, RATE_LIMITED, REASONS, RETRY_IN_RUN, UNSAFE_ID, WORKER_LOST, WRITE_ERROR, FetchError, MediaURL,
@@ -197,10 +197,10 @@ def download_one(req: VideoRequest, out: Path, cfg: DownloadConfig, pacer: HostP
                 # Captions first, the video last: a video file in place means the whole download is.
                 subtitles = []
                 for lang, path in sorted(got.subtitles.items()):
-                    os.replace(path, out / f"{req.video_id}.{lang}.vtt")
+                    replace_durably(path, out / f"{req.video_id}.{lang}.vtt")
                     subtitles.append(lang)
                 final = out / f"{req.video_id}{got.path.suffix.lower()}"
-                os.replace(got.path, final)
+                replace_durably(got.path, final)
                 return _row(req, "ok", None, "", attempts, started, bytes=got.bytes, duration=duration,
                             format=f"{desc} ({got.format})", file=final.name, subtitles=subtitles)
             except FetchError as e:
@@ -238,19 +238,14 @@ def _sections_row(req: VideoRequest, out: Path, work: Path, cfg: DownloadConfig,
     captions.update(fetch_subtitles(subtitle_urls, work, req.video_id, cfg))
     subtitles = []
     for lang, path in sorted(captions.items()):
-        os.replace(path, out / f"{req.video_id}.{lang}.vtt")
+        replace_durably(path, out / f"{req.video_id}.{lang}.vtt")
         subtitles.append(lang)
     final = out / req.video_id
     shutil.rmtree(final, ignore_errors=True)  # an earlier, smaller set of sections
-    os.replace(section_dir, final)  # the folder appears complete, sections.json included
+    replace_durably(section_dir, final)  # the folder appears complete, sections.json included
     return _row(req, "ok", None, "", attempts, started, bytes=size, duration=seconds,
                 format=f"{len(spans)} {how}", file=f"{req.video_id}/{SECTIONS_FILE}", subtitles=subtitles)
 
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _table(rows: list[dict]):
@@ -402,8 +397,9 @@ def download_videos(cfg: DownloadConfig, sources: list[str], out: Path, workers:
     }
     totals["check"] = f"requested {totals['requested']} == ok {totals['ok']} + failed {totals['failed']}"
     totals["check_ok"] = totals["requested"] == totals["ok"] + totals["failed"]
-    _write_atomic(out / f"{stem}.parquet", lambda p: pq.write_table(_table(ordered), p))
-    _write_atomic(out / f"{stem}.json", lambda p: p.write_text(json.dumps(totals, indent=2) + "\n"))
+    with AtomicPath(out / f"{stem}.parquet") as tmp:
+        pq.write_table(_table(ordered), tmp)
+    atomic_write_text(out / f"{stem}.json", json.dumps(totals, indent=2) + "\n")
     journal_path.unlink(missing_ok=True)  # its rows are in the table now
     return totals
 

@@ -16,11 +16,10 @@ inside the section either way.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import uuid
 from pathlib import Path
 
+from lfvila.atomic import AtomicPath, atomic_write_text
 from lfvila.video.decode import file_url
 from lfvila.video.source import SECTIONS_FILE
 
@@ -87,7 +86,8 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / name
-    tmp = dest_dir / f".{name}.{uuid.uuid4().hex}.part"
+    section = AtomicPath(final)
+    tmp = section.tmp
     header_lines = http_header_lines(headers)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
            *(["-headers", header_lines] if header_lines else []),
@@ -99,11 +99,11 @@ def cut_section(input: str | Path, start: float, end: float, dest_dir: Path, nam
         if proc.returncode != 0:
             raise SectionError("cut_failed", proc.stderr.decode(errors="replace").strip()[-500:])
         offset = _measure_offset(source, start, tmp, {"headers": header_lines} if header_lines else None)
-        os.replace(tmp, final)
+        section.commit()
     except subprocess.TimeoutExpired as exc:
         raise SectionError("cut_failed", f"ffmpeg ran past {timeout_s} s") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        section.discard()
     return {"file": name, "start": round(start, 6), "end": round(end, 6), "offset": round(offset, 6)}
 
 
@@ -147,7 +147,5 @@ def write_sections_json(video_dir: Path, video_id: str, entries: list[dict]) -> 
     video_dir = Path(video_dir)
     doc = {"video_id": video_id, "sections": sorted(entries, key=lambda e: (e["start"], e["file"]))}
     path = video_dir / SECTIONS_FILE
-    tmp = video_dir / f".{SECTIONS_FILE}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return path

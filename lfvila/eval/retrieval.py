@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from lfvila.atomic import atomic_write, atomic_write_text
 from lfvila.eval.retrieval_metrics import retrieval_metrics
 from lfvila.trainer.parallel import DistContext
 
@@ -120,29 +121,20 @@ def evaluate_retrieval(model: Any, batches: Iterable[dict], ctx: DistContext,
     return RetrievalResult({"n_videos": float(len(keys)), **retrieval_metrics(similarity)}, keys, similarity)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_retrieval_outputs(result: RetrievalResult, out_dir: Path, provenance: dict[str, Any]) -> Path:
     """``OUT/retrieval.json`` (provenance, ``n_videos``, ``metrics``), ``OUT/similarity.npy`` (texts x
     videos) and ``OUT/keys.json`` (their order); the JSON is written last. Returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def save_npy(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, result.similarity)
-
-    _write_atomic(out_dir / "similarity.npy", save_npy)
-    _write_atomic(out_dir / "keys.json", lambda tmp: tmp.write_text(json.dumps(result.keys) + "\n"))
+    with atomic_write(out_dir / "similarity.npy") as f:
+        np.save(f, result.similarity)
+    atomic_write_text(out_dir / "keys.json", json.dumps(result.keys) + "\n")
     record = {**provenance, "n_videos": len(result.keys),
               "metrics": {k: v for k, v in result.metrics.items() if k != "n_videos"},
               "similarity": "similarity.npy", "keys": "keys.json",
               "similarity_layout": "rows: paragraphs, columns: videos, both in the order of keys.json"}
     path = out_dir / "retrieval.json"
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

@@ -136,12 +136,11 @@ def shuffle_test_path(metrics_json: Path) -> Path:
 
 def write_shuffle_test(record: dict[str, Any], path: Path) -> Path:
     import json
-    import os
+
+    from lfvila.atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import operator
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 import lfvila
+from lfvila.atomic import atomic_write_text, remove_temporaries
 from lfvila.build_config import BuildConfig
 from lfvila.config import to_dict
 from lfvila.errors import ConfigError, InputError
@@ -145,7 +145,7 @@ class _Writers:
 
     def __init__(self, out: Path):
         self.all: tuple = ()
-        try:  # each sink opens its .tmp file: one opened before a failure (or Ctrl-C) is removed
+        try:  # each sink opens its temporary: one opened before a failure (or Ctrl-C) is removed
             self.clips = TableSink(out / "clips.parquet", CLIPS_SCHEMA)
             self.all = (self.clips,)
             self.rejects = TableSink(out / "rejects.parquet", REJECTS_SCHEMA, batch_rows=1 << 14)
@@ -475,14 +475,6 @@ def _rare_gc(first_generation_threshold: int = 200_000):
         gc.set_threshold(*previous)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
     """Build the manifest tables of a corpus from ``FORMAT:PATH`` sources; returns corpus.json's counts.
 
@@ -499,6 +491,8 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         raise ConfigError("manifest.runs_file lists HD-VILA clip ids: it needs an hdvila: source")
     inputs = [describe_input(spec) for spec in specs]  # before OUT is made: an unusable input leaves nothing
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("clips.parquet", "rejects.parquet", "longform.parquet", "corpus.json"):
+        remove_temporaries(out, name)  # left by a manifest build killed while writing
     total_bytes = sum(i["size"] for i in inputs)
     # Indexed before the table writers open their temporary files: a missing or unreadable runs
     # file leaves nothing behind in OUT.
@@ -566,7 +560,7 @@ def build_manifest(cfg: BuildConfig, out: Path, sources: list[str]) -> dict:
         except (ValueError, AttributeError):
             corpus = {}
     corpus = {"config": to_dict(cfg), "lfvila_version": lfvila.__version__, "inputs": inputs, "counts": counts, **corpus}
-    _write_json_atomic(corpus_path, corpus)
+    atomic_write_text(corpus_path, json.dumps(corpus, indent=2) + "\n")
     lf = counts["longform"]
     log.info("manifest: %d input records -> %d clips kept, %d rejected; %d clips in long-form videos, %d left out "
              "(merge rejects); long-form videos train %d (%.1f h), val %d (%.1f h)",

@@ -2,16 +2,18 @@
 
 Rows are appended to plain Python column lists and flushed as one row group every
 ``batch_rows`` rows, so memory stays bounded however long the input is. Each table is written
-to ``NAME.parquet.tmp`` and renamed into place only by ``commit()``.
+to a temporary beside it (``lfvila.atomic``: ``.NAME.parquet.<hex>.tmp``) and renamed into place,
+durably, only by ``commit()``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lfvila.atomic import AtomicPath
 
 SENTENCE_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
                            ("text", pa.string())])
@@ -141,15 +143,15 @@ class TableSink:
 
     def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1 << 16, buffered=None):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._out = AtomicPath(self.path)
         self.schema = schema
         self.batch_rows = batch_rows
         self.columns = ColumnGroup(schema if buffered is None else buffered)
         self.rows = 0
         try:
-            self._writer = pq.ParquetWriter(self.tmp, schema)
-        except BaseException:  # interrupted while opening: no .tmp left behind
-            self.tmp.unlink(missing_ok=True)
+            self._writer = pq.ParquetWriter(self._out.tmp, schema)
+        except BaseException:  # interrupted while opening: no temporary left behind
+            self._out.discard()
             raise
 
     def pending(self) -> int:
@@ -171,14 +173,14 @@ class TableSink:
         self.rows += n
 
     def commit(self) -> None:
-        """Flush, close and rename into place."""
+        """Flush, close and rename into place (fsynced)."""
         self.flush()
         self._writer.close()
-        os.replace(self.tmp, self.path)
+        self._out.commit()
 
     def abort(self) -> None:
         self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+        self._out.discard()
 
 
 class LongformSink(TableSink):

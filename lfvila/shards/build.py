@@ -18,13 +18,13 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
+from lfvila.atomic import AtomicPath, atomic_write_bytes, remove_temporaries
 from lfvila.errors import InputError, TaskFailure
 from lfvila.shards.sample import RETRYABLE_REASONS
 from lfvila.shards.plan import ShardTask, plan_shard_tasks
-from lfvila.shards.task import atomic_write_bytes, is_complete, paths, read_stats, run_shard_task
+from lfvila.shards.task import is_complete, paths, read_stats, run_shard_task
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,9 @@ def write_corpus_indexes(out: Path, tasks: list[ShardTask], cfg, limit: int | No
 
     shard_dir = out / "shards"
     # Temporaries of an earlier attempt killed while writing these files (not those of shard tasks).
-    for pattern in (".status.parquet.*.tmp", ".index.parquet.*.tmp", ".*.wids.json.*.tmp"):
-        for stale in shard_dir.glob(pattern):
-            stale.unlink(missing_ok=True)
-    for stale in out.glob(".corpus.json.*.tmp"):
-        stale.unlink(missing_ok=True)
+    for name in ("status.parquet", "index.parquet", *(f"{split}.wids.json" for split in {t.split for t in tasks})):
+        remove_temporaries(shard_dir, name)
+    remove_temporaries(out, "corpus.json")
     # Streamed one shard at a time (memory independent of the corpus), in row groups of the size
     # pq.write_table uses, so the files are those a single write of all rows would give.
     status_writer = _RowGroupWriter(shard_dir / "status.parquet")
@@ -335,8 +333,7 @@ class _RowGroupWriter:
     ROW_GROUP_ROWS = 1 << 20
 
     def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.out = AtomicPath(path)
         self.writer = None
         self.pending: list = []
         self.pending_rows = 0
@@ -347,7 +344,7 @@ class _RowGroupWriter:
         import pyarrow.parquet as pq
 
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self.writer = pq.ParquetWriter(self.out.tmp, table.schema)
         self.pending.append(table)
         self.pending_rows += table.num_rows
         while self.pending_rows >= self.ROW_GROUP_ROWS:
@@ -366,9 +363,7 @@ class _RowGroupWriter:
             self.writer.write_table(pa.concat_tables(self.pending), row_group_size=self.ROW_GROUP_ROWS)
         self.writer.close()
         self.writer = None
-        with open(self.tmp, "rb") as f:  # on disk before the rename makes it the index
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
+        self.out.commit()
 
     def abort(self) -> None:
         """Remove the temporary (after a failure, or a no-op after ``close``); never raises."""
@@ -378,10 +373,7 @@ class _RowGroupWriter:
         except OSError:
             pass
         self.writer = None
-        try:
-            self.tmp.unlink(missing_ok=True)
-        except OSError as e:
-            log.warning("could not remove %s: %s", self.tmp, e)
+        self.out.discard()
 
 
 def _write_json(path: Path, data: dict) -> None:

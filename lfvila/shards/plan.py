@@ -33,11 +33,12 @@ import json
 import os
 import shutil
 import time
-import uuid
 import zlib
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+
+from lfvila.atomic import TMP_SUFFIX, AtomicPath
 
 PLAN_DIR = ".plan"
 PLAN_FILE = "plan.json"
@@ -127,22 +128,22 @@ def plan_shard_tasks(cfg, out: Path, limit: int | None = None) -> list[ShardTask
     plan_dir = root / digest
     tasks = _read_plan(plan_dir)
     if tasks is None:
-        tmp = root / f".{digest}.{uuid.uuid4().hex}.tmp"
+        plan_out = AtomicPath(plan_dir)  # built in .DIGEST.<hex>.tmp, renamed whole
         try:
-            _write_plan(longform, tmp, cfg, limit)
+            _write_plan(longform, plan_out.tmp, cfg, limit)
             try:
-                os.replace(tmp, plan_dir)
+                plan_out.commit()
             except OSError:  # another part of an array job renamed its identical plan first
                 if _read_plan(plan_dir) is None:
                     raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            plan_out.discard()
         tasks = _read_plan(plan_dir)
         for old in root.iterdir():  # plans of earlier manifests of this folder, and of killed runs
             if old.name == digest:
                 continue
             # another array-job part may be writing its plan right now: temporaries go once stale
-            if not old.name.endswith(".tmp") or time.time() - old.stat().st_mtime > STALE_TMP_S:
+            if not old.name.endswith(TMP_SUFFIX) or time.time() - old.stat().st_mtime > STALE_TMP_S:
                 shutil.rmtree(old, ignore_errors=True)
     return tasks
 

@@ -145,5 +145,5 @@ class DeterministicTarWriter:
             pass
         try:
             self.path.unlink(missing_ok=True)
-        except OSError as e:  # the next attempt at this shard removes it (task._clear_stale)
+        except OSError as e:  # the next attempt at this shard removes it (lfvila.shards.task removes its shard's temporaries)
             log.warning("could not remove %s: %s", self.path, e)

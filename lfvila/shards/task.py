@@ -8,18 +8,16 @@ Completion protocol (what makes a rerun skip a shard, and a SIGKILL at any momen
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
-import os
 import traceback
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 # Settings that change how a build runs, not what it writes (RUNTIME_KEYS): changing them (say, a
 # longer timeout before --retry-failed) must not make every complete shard stale.
+from lfvila.atomic import AtomicPath, atomic_write_bytes, remove_temporaries
 from lfvila.build_config import RUNTIME_KEYS
 from lfvila.shards.plan import ShardTask
 
@@ -101,32 +99,12 @@ def is_complete(shard_dir: Path, task: ShardTask, retry_failed: bool = False) ->
     return not (retry_failed and stats["samples_failed"] > 0)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name (fsynced, renamed); on any failure the temporary goes."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
 def _remove(path: Path) -> None:
     """Unlink ``path`` after a failure without raising (the disk may be failing): a rerun cleans up the rest."""
     try:
         path.unlink(missing_ok=True)
     except OSError as e:
         log.warning("could not remove %s: %s", path, e)
-
-
-def _clear_stale(shard_dir: Path, name: str) -> None:
-    """Remove temporaries of earlier, killed attempts at this shard."""
-    for stale in shard_dir.glob(f".{glob.escape(name)}.*.tmp"):  # a split named like a pattern is a name
-        stale.unlink(missing_ok=True)
 
 
 def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
@@ -140,12 +118,14 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     rows = task.load_rows()  # from the plan, before anything of the shard is touched
     shard_dir = Path(out) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale(shard_dir, task.name)
+    # Temporaries of earlier, killed attempts at this shard: those of NAME.tar, NAME.status.parquet and
+    # NAME.stats.json all match NAME's pattern (a split named like a glob is matched literally).
+    remove_temporaries(shard_dir, task.name)
     p = paths(shard_dir, task.name)
     # Stats go first so a half-redone shard can never look complete.
     p["stats"].unlink(missing_ok=True)
-    tmp_tar = shard_dir / f".{task.name}.tar.{uuid.uuid4().hex}.tmp"
-    tar = DeterministicTarWriter(tmp_tar)
+    tar_out = AtomicPath(p["tar"])
+    tar = DeterministicTarWriter(tar_out.tmp)
     outcomes: list[SampleOutcome] = []
     try:
         for row in rows:
@@ -179,14 +159,14 @@ def run_shard_task(task: ShardTask, out: Path, videos_dir: Path, cfg) -> dict:
     pq.write_table(table, sink)
 
     try:
-        os.replace(tmp_tar, p["tar"])
+        tar_out.commit(synced=True)  # the writer's close fsynced it
         atomic_write_bytes(p["status"], sink.getvalue().to_pybytes())
         stats = _shard_stats(task, outcomes, p["tar"].stat().st_size, cfg.video.fps)
         atomic_write_bytes(p["stats"], (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
     except BaseException:
         # Without its stats the shard is not complete: drop what was renamed, so a failed commit
         # (disk full on the status table) leaves no orphan holding the space a rerun needs.
-        for path in (tmp_tar, p["tar"], p["status"]):
+        for path in (tar_out.tmp, p["tar"], p["status"]):
             _remove(path)
         raise
     return stats

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 import lfvila
+from lfvila.atomic import replace_durably
 from lfvila.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,11 @@ def save_checkpoint(
             json.dump(meta, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)  # the entries of the files, before the directory gets its final name
         if final.exists():  # the same step saved again (e.g. the final save after a periodic one)
             _remove(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)  # the rename itself
+        # The entries of the files reach the disk before the directory gets its final name, then the rename.
+        # (The directory's name is fixed, not atomic.temporary_path's: every rank must know it unasked.)
+        replace_durably(tmp, final)
         _prune(root, keep_last)
     barrier()
     return final
@@ -225,14 +226,6 @@ def _save_synced(obj: Any, path: Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

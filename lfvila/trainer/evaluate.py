@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import torch
 
+from lfvila.atomic import atomic_write_text
 from lfvila.trainer.parallel import DistContext
 
 log = logging.getLogger(__name__)
@@ -366,13 +367,9 @@ def checkpoint_eval_config(path: Path, *, overrides: list[str] | None = None,
 
 
 def write_eval_json(metrics: dict[str, Any], path: Path) -> None:
-    """``metrics`` as indented JSON at ``path`` (its directory made), through a temporary and a rename."""
+    """``metrics`` as indented JSON at ``path`` (its directory made), atomically (``lfvila.atomic``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
 
 
 def evaluate_checkpoint(path: Path, *, overrides: list[str] | None = None, max_batches: int | None = None,

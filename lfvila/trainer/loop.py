@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import resource
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from lfvila.atomic import atomic_write_text
 from lfvila.config import to_dict, write_config
 from lfvila.data.device import batch_to_device
 from lfvila.trainer import checkpoint as ckpt
@@ -57,7 +57,7 @@ class TaskForward(nn.Module):
 
 
 def drop_loss_records_after(path: Path, step: int) -> None:
-    """Keep only ``path``'s records of steps <= ``step`` (atomically: temp file, then rename), so a
+    """Keep only ``path``'s records of steps <= ``step`` (atomically: ``lfvila.atomic``), so a
     resumed run's losses.jsonl has one record per step, like its TensorBoard events (purge_step).
     A torn last line (the kill came mid-write) goes too."""
     if not path.exists():
@@ -69,9 +69,7 @@ def drop_loss_records_after(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 @dataclass

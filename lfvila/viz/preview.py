@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import textwrap
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lfvila.atomic import AtomicPath
 
 GAP_GREY = "#9a9a9a"
 
@@ -141,9 +142,8 @@ def contact_sheet(meta: dict, frames: list[bytes], out_path: Path, *, max_frames
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, out_path)
+    with AtomicPath(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return out_path
 
 

@@ -7,12 +7,12 @@ Distributions describe the written samples when the shards exist, else the manif
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lfvila.atomic import AtomicPath, atomic_write_text
 from lfvila.viz.corpus import CorpusPaths, read_table
 from lfvila.viz.summary import VOCABULARY, CorpusSummary, SplitSummary, loss_rows, summarize
 
@@ -71,9 +71,8 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with AtomicPath(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -183,7 +182,5 @@ def write_report(root: Path, out_dir: Path | None = None) -> Path:
     lines += [""] + [f"- **{word}**: {meaning}" for word, meaning in VOCABULARY.items()]
     lines += ["", "![rejects by reason](rejects.png)", ""]
     report = out_dir / "report.md"
-    tmp = report.with_name(f".{report.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    atomic_write_text(report, "\n".join(lines))
     return report
