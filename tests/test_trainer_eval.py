@@ -82,3 +82,41 @@ def test_merge_keeps_each_key_once_in_rank_order():
     merged = merge_rank_features([part(["a", "b"], 0.0), part(["c", "a"], 1.0)])
     assert merged["keys"] == ["a", "b", "c"]
     assert merged["paragraph"][:, 0].tolist() == [0.0, 0.0, 1.0]
+
+
+class _PairRecorder:
+    """Stands in for the stage-2 model's fusion: records which sample's video each text was fused with."""
+
+    def __init__(self):
+        self.fused_with = None
+
+    def encode_text(self, ids, mask, sentence_mask):
+        b = ids.shape[0]
+        return {"tokens": torch.zeros(b, 5, 2), "token_mask": torch.ones(b, 5, dtype=torch.long)}
+
+    def fuse(self, text_tokens, text_mask, video_tokens):
+        self.fused_with = video_tokens[:, 0, 0].long().tolist()
+        return torch.zeros(text_tokens.shape[0], 5, 2)  # (B, 1 + M*L, C): [CLS] and the M x L tokens
+
+    def match_logits(self, hidden):
+        return torch.zeros(hidden.shape[0], 2)
+
+    def mlm_logits(self, hidden):
+        return torch.zeros(hidden.shape[0], 5)
+
+
+@pytest.mark.parametrize("reference, expected", [(False, [1, 2, 2, 3]), (True, [1, 0, 2, 3])])
+def test_stage2_counts_pair_as_the_task_trains(reference, expected):
+    # Held-out VTM accuracy must score the pairs training used: the released pairing when the
+    # task's vtm_reference_pairing switch is on (the batch-4 example of the release).
+    from lfvila.trainer.evaluate import stage2_counts
+
+    b, m, length = 4, 2, 2
+    batch = {"mlm_ids": torch.zeros(b, m, length, dtype=torch.long), "text_mask": torch.ones(b, m, length),
+             "sentence_mask": torch.ones(b, m, dtype=torch.bool),
+             "mlm_labels": torch.full((b, m, length), -100)}
+    video = {"tokens": torch.arange(b, dtype=torch.float32).reshape(b, 1, 1)}
+    model = _PairRecorder()
+    counts = stage2_counts(model, batch, video, reference_pairing=reference)
+    assert model.fused_with == expected
+    assert counts["vtm_total"] == b and counts["mlm_total"] == 0

@@ -128,7 +128,8 @@ def collect_features(task: Any, batches: Iterable[dict], ctx: DistContext, *, ma
             text = model.encode_text(batch["text_ids"], batch["text_mask"], batch["sentence_mask"])
             losses = batch_losses(batch) if per_batch_losses else {}
             if "mlm_ids" in batch:
-                for name, count in stage2_counts(model, batch, video).items():
+                reference_pairing = getattr(getattr(task, "cfg", None), "vtm_reference_pairing", False)
+                for name, count in stage2_counts(model, batch, video, reference_pairing).items():
                     counts[name] = counts.get(name, 0) + count
         for name, value in losses.items():
             loss_sums[name] = loss_sums.get(name, 0.0) + float(value)
@@ -250,17 +251,19 @@ def evaluate(task: Any, batches: Iterable[dict], ctx: DistContext, *, max_batche
     return metrics
 
 
-def stage2_counts(model: Any, batch: dict[str, Any], video: dict[str, torch.Tensor]) -> dict[str, int]:
+def stage2_counts(model: Any, batch: dict[str, Any], video: dict[str, torch.Tensor],
+                  reference_pairing: bool = False) -> dict[str, int]:
     """Correct / total masked-token predictions and video-text matching decisions of one batch.
 
-    Pairs and masks as in training (``lfvila.tasks.Stage2Task``): the first B // 2 texts get the
-    next sample's video; MLM is scored on the matched pairs' masked tokens.
+    Pairs and masks as in training (``lfvila.tasks.Stage2Task``): the first B // 2 texts get
+    another sample's video (``mismatch_pairs``; ``reference_pairing`` is the task's
+    ``vtm_reference_pairing``); MLM is scored on the matched pairs' masked tokens.
     """
     from lfvila.losses import mismatch_pairs
 
     text = model.encode_text(batch["mlm_ids"], batch["text_mask"], batch["sentence_mask"])
     b = text["tokens"].shape[0]
-    video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device)
+    video_index, vtm_labels = mismatch_pairs(b, device=text["tokens"].device, reference=reference_pairing)
     hidden = model.fuse(text["tokens"], text["token_mask"], video["tokens"][video_index])  # (B, S+N, C)
     vtm_pred = model.match_logits(hidden).argmax(dim=-1)  # (B,)
     matched = vtm_labels.bool()
