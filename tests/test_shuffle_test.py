@@ -189,6 +189,7 @@ def test_eval_shuffle_test_writes_both_passes_and_the_drop(demo_stage1_checkpoin
     assert json.loads(shuffle_test_path(again).read_text())["metrics"] == record["metrics"]
 
 
+@pytest.mark.slow  # two gloo processes, ~16 s: make test stays under 15 minutes
 def test_shuffle_test_on_two_gloo_ranks_equals_one_process(demo_stage1_checkpoint, demo_corpus, tmp_path):
     shards = demo_corpus["val"]  # 2 shards of 10: one per rank
     one, two = tmp_path / "one.json", tmp_path / "two.json"
