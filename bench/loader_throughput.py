@@ -58,7 +58,8 @@ from lfvila.data.buffers import BatchBuffers, BatchCanvas, new_video_buffer  # n
 from lfvila.data.collate import collate  # noqa: E402
 from lfvila.data.frames import render_geometry, render_sample, render_video  # noqa: E402
 from lfvila.data.loader import _tokenizer  # noqa: E402
-from lfvila.data.reader import fingerprint, read_shard  # noqa: E402
+from lfvila.data.reader import read_shard  # noqa: E402
+from lfvila.data.shardlists import fingerprint  # noqa: E402
 from lfvila.data.sampling import SamplePlan, plan_sample, uniform_frame_indices  # noqa: E402
 from lfvila.data.transforms import random_resized_crop_box, resize_crop_into  # noqa: E402
 

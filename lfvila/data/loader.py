@@ -1,7 +1,7 @@
 """The streaming loader: shards -> batches, deterministic, distributed, exactly resumable.
 
 Each DataLoader worker of each rank runs one *stream*: a pure function of (seed, pass, global
-worker id, number of global workers). A stream reads its shards (``reader.worker_shards``),
+worker id, number of global workers). A stream reads its shards (``shardlists.worker_shards``),
 plans every sample with a generator seeded by the sample's read position (``sampling``), shuffles
 the small plans in a seeded buffer, and only then decodes JPEGs and batches (``collate``).
 
@@ -31,7 +31,8 @@ from lfvila.data.collate import collate
 from lfvila.data.frames import render_geometry, render_sample
 from lfvila.data.tokenize import Tokenizer
 from lfvila.data.config import DataConfig
-from lfvila.data.reader import HttpTimeouts, expand_shards, fingerprint, read_shard, worker_shards
+from lfvila.data.reader import HttpTimeouts, read_shard
+from lfvila.data.shardlists import expand_shards, fingerprint, worker_shards
 from lfvila.data.sampling import SamplePlan, SkipSample, plan_sample
 
 logger = logging.getLogger("lfvila.data")

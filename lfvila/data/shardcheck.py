@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lfvila.data.reader import TarFormatError, count_json_members, expand_shards
+from lfvila.data.reader import TarFormatError, count_json_members
+from lfvila.data.shardlists import expand_shards
 from lfvila.errors import ConfigError
 
 STATUSES = ("found", "damaged", "missing", "unreadable", "remote")

@@ -319,7 +319,7 @@ def command_urls(spec: str | list[str]) -> list[str]:
     scheme parsed as webdataset's ``gopen`` parses it (case and leading blanks ignored)."""
     from urllib.parse import urlparse
 
-    from lfvila.data.reader import expand_shards
+    from lfvila.data.shardlists import expand_shards
 
     return [url for url in expand_shards(spec) if urlparse(url).scheme not in _SAFE_SCHEMES]
 
