@@ -345,11 +345,13 @@ def test_ctrl_c_in_build_says_what_is_complete_without_a_traceback(shared_data, 
     from lfvila.atomic import temporaries_pattern
 
     train = shared_data / "annotations/activitynet_captions/train.json"
-    proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", "build", "--out", str(tmp_path / "c"),
-                             "--source", f"activitynet:{train}", "--source", f"activitynet:{train}",
-                             "--source", f"activitynet:{train}", "--stage", "manifest"],
-                            stderr=subprocess.PIPE, text=True)
-    # Interrupt inside the manifest stage: its tables are open (as temporaries) while ~110k records are read.
+    # Ten copies (~1 s each to read): the Ctrl-C below lands at the first, and a loaded machine that
+    # holds this process back a few seconds still finds the build running (with three copies, once
+    # in a loaded full-suite run, the build ended with its own exit 2 before the signal took effect).
+    sources = [a for _ in range(10) for a in ("--source", f"activitynet:{train}")]
+    proc = subprocess.Popen([sys.executable, "-m", "lfvila.cli", "build", "--out", str(tmp_path / "c"), *sources,
+                             "--stage", "manifest"], stderr=subprocess.PIPE, text=True)
+    # Interrupt inside the manifest stage: its tables are open (as temporaries) while ~370k records are read.
     def temporaries():
         return list((tmp_path / "c").glob(temporaries_pattern("clips.parquet"))) if (tmp_path / "c").is_dir() else []
 
