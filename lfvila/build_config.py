@@ -16,7 +16,8 @@ from lfvila.config import apply_overrides, from_dict, load_config, to_dict
 from lfvila.errors import ConfigError, UserError
 from lfvila.download.config import DownloadConfig
 from lfvila.manifest.config import ManifestConfig
-from lfvila.shards.config import ShardConfig, VideoConfig
+from lfvila.shards.config import ShardConfig
+from lfvila.video.config import VideoConfig
 
 
 @dataclass
